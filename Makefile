@@ -1,0 +1,50 @@
+# Propel: `make help` lists the targets. Everything runs inside .venv, created on first use.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CUSTOMERS ?= 20000
+DAYS ?= 180
+SEED ?= 7
+RAW ?= data/raw
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; install Python 3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: help
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install Propel with its dependencies
+
+.PHONY: data
+data: $(STAMP) ## Generate the demo data set into data/raw (CUSTOMERS, DAYS, SEED)
+	$(BIN)/propel generate --customers $(CUSTOMERS) --days $(DAYS) --seed $(SEED) $(RAW)
+
+.PHONY: ingest
+ingest: $(STAMP) ## Ingest data/raw into the lake (validate, clean, resolve identities)
+	$(BIN)/propel ingest $(RAW)
+
+.PHONY: demo
+demo: $(STAMP) ## Run the whole pipeline on generated demo data
+	@test -d $(RAW) || $(MAKE) --no-print-directory data
+	$(MAKE) --no-print-directory ingest
+
+.PHONY: test
+test: $(STAMP) ## Run the test suite
+	$(BIN)/python -m pytest -q
+
+.PHONY: bench
+bench: $(STAMP) ## Run the benchmarks and update docs/benchmarks.md (takes a while)
+	$(BIN)/python bench/run.py
+
+.PHONY: clean
+clean: ## Remove generated data and runs (keeps .venv)
+	rm -rf data feature_repo/data mlruns/*.db mlruns/[0-9]*

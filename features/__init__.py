@@ -1,0 +1,1 @@
+"""Ingestion, identity resolution and feature computation (raw -> lake -> features)."""

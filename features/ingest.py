@@ -1,0 +1,417 @@
+"""`propel ingest RAW_DIR`: validate, clean and append raw files to the unified lake.
+
+Every input row ends in exactly one of: accepted (lake), quarantined (with a reason code), or
+removed as a duplicate; the manifest proves `input = accepted + quarantined + duplicates` per table.
+File-level errors (unreadable file, missing required column) stop the load before anything is
+written, naming the file and column. Files already ingested (same SHA-256) are skipped, so
+re-running a load changes nothing; new files append only themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+
+from features import identity
+from features.lake import LAKE_TYPES, Lake
+from features.schema import (
+    BLOCKED_VALUE_PATTERN, CLICK_EVENT_TYPES, PII_COLUMNS, PII_TYPES, TABLES, Column, Table,
+    normalize_column, table_for_file,
+)
+from propel.config import Settings, Workspace
+from propel.progress import steps
+
+log = logging.getLogger(__name__)
+# Ingest order matters only for readability of the manifest; identity resolution runs after all.
+TABLE_ORDER = ("customers", "items", "campaigns", "identities", "events", "campaign_touches", "labels")
+# Timestamp columns that may legitimately lie in the future (a scheduled campaign).
+FUTURE_OK = {("campaigns", "start_at"), ("campaigns", "end_at")}
+
+
+class IngestError(Exception):
+    """A problem with an input file that the user must fix; the message says where and how."""
+
+
+@dataclass
+class TableCounts:
+    input: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def reconciles(self) -> bool:
+        return self.input == self.accepted + self.quarantined + self.duplicates
+
+
+@dataclass
+class IngestReport:
+    load_id: str | None
+    files: list[dict]
+    skipped_files: list[str]
+    tables: dict[str, TableCounts]
+    identity: dict
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.load_id is None:
+            return f"nothing new: {len(self.skipped_files)} file(s) already ingested ({self.seconds:.1f}s)"
+        t = self.tables
+        parts = [f"{n} {c.accepted:,}/{c.input:,}" for n, c in t.items()]
+        q = sum(c.quarantined for c in t.values())
+        d = sum(c.duplicates for c in t.values())
+        return (f"load {self.load_id}: accepted {', '.join(parts)}; quarantined {q:,}, duplicates removed "
+                f"{d:,}; {self.identity.get('customers', 0):,} customers resolved ({self.seconds:.1f}s)")
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def discover(raw_dir: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """Raw files by table; folders starting with `_` or `.` (e.g. generator ground truth) are skipped."""
+    if not raw_dir.is_dir():
+        raise IngestError(f"{raw_dir}: not a directory. Pass the folder holding the raw CSV/Parquet files.")
+    found: dict[str, list[Path]] = {}
+    unknown: list[str] = []
+    for path in sorted(raw_dir.rglob("*")):
+        rel = path.relative_to(raw_dir)
+        if not path.is_file() or any(p.startswith(("_", ".")) for p in rel.parts):
+            continue
+        table = table_for_file(path.name)
+        if table is None:
+            unknown.append(str(rel))
+        else:
+            found.setdefault(table, []).append(path)
+    return found, unknown
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _hash_sql(expr: str, kind_expr: str, salt: str) -> str:
+    """Salted SHA-256 of a normalised phone/email; `kind_expr` is 'phone' or 'email' (SQL)."""
+    norm = (f"CASE WHEN {kind_expr} = 'phone' THEN regexp_replace({expr}, '[^0-9]', '', 'g') "
+            f"ELSE lower(trim({expr})) END")
+    return f"CASE WHEN nullif(trim({expr}), '') IS NULL THEN NULL ELSE sha256({_sql_str(salt)} || {norm}) END"
+
+
+def hash_pii(kind: str, value: str, salt: str) -> str:
+    """The Python twin of `_hash_sql`, for tests and lookups of a known phone/email."""
+    norm = "".join(ch for ch in value if ch.isdigit()) if kind == "phone" else value.strip().lower()
+    return hashlib.sha256((salt + norm).encode()).hexdigest()
+
+
+class _Loader:
+    """One ingestion run: reads files into typed staging tables, then writes the lake."""
+
+    def __init__(self, ws: Workspace, settings: Settings, raw_dir: Path, now: datetime):
+        self.ws, self.settings, self.raw_dir = ws, settings, raw_dir
+        self.lake = Lake(ws)
+        self.con = self.lake.connect()
+        # Row numbers must follow file order, so staging keeps DuckDB's insertion order.
+        self.con.execute("SET preserve_insertion_order = true")
+        self.salt = ws.salt()
+        self.now = now.astimezone(timezone.utc).replace(tzinfo=None)
+        self.warnings: list[str] = []
+
+    # ---- reading -------------------------------------------------------------------------------
+    def _file_select(self, path: Path, table: Table) -> str:
+        """SELECT of one file with contract column names, all VARCHAR, PII hashed, `_file`/`_row`."""
+        rel = str(path.relative_to(self.raw_dir))
+        src = (f"read_parquet({_sql_str(str(path))})" if path.name.lower().endswith(".parquet")
+               else f"read_csv({_sql_str(str(path))}, all_varchar=true, header=true, auto_detect=true)")
+        try:
+            names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise IngestError(f"{rel}: cannot read as {table.name} ({first}). Fix: check the file is a "
+                              "valid CSV with a header row, or Parquet.") from None
+        by_norm: dict[str, str] = {}
+        for name in names:
+            norm = normalize_column(name)
+            if norm in by_norm:
+                raise IngestError(f"{rel}: columns '{by_norm[norm]}' and '{name}' both mean '{norm}'. "
+                                  "Fix: rename or drop one of them.")
+            by_norm[norm] = name
+        missing = [c for c in table.required if c not in by_norm]
+        if missing:
+            raise IngestError(f"{rel}: missing required column '{missing[0]}' for table '{table.name}' "
+                              f"(found: {', '.join(names)}). Fix: add or rename the column; see docs/data-contract.md.")
+        if table.identified and "customer_id" not in by_norm and not {"identity_type", "identity_value"} <= set(by_norm):
+            raise IngestError(f"{rel}: table '{table.name}' needs either 'customer_id' or both 'identity_type' "
+                              "and 'identity_value' to say who each row is about. Fix: add those columns.")
+        known = {c.name for c in table.columns}
+        extras = [n for n in by_norm if n not in known]
+        if extras and not table.passthrough and table.name != "events":
+            self.warnings.append(f"{rel}: ignored unknown column(s) {', '.join(extras)} for table '{table.name}'")
+        cols = []
+        for norm, orig in by_norm.items():
+            if norm in known or table.passthrough or table.name == "events":
+                value = f"CAST({_quote(orig)} AS VARCHAR)"
+                if norm in PII_COLUMNS:
+                    kind = "'phone'" if "phone" in norm or "mobile" in norm or norm == "msisdn" else "'email'"
+                    value = _hash_sql(value, kind, self.salt)
+                cols.append(f"{value} AS {_quote(norm)}")
+        for pair in (("identity_type", "identity_value"), ("linked_type", "linked_value")):
+            if pair[0] in by_norm and pair[1] in by_norm:
+                kind = f"lower(trim(CAST({_quote(by_norm[pair[0]])} AS VARCHAR)))"
+                raw = f"CAST({_quote(by_norm[pair[1]])} AS VARCHAR)"
+                cols = [c for c in cols if not c.endswith(f" AS {_quote(pair[1])}")]
+                cols.append(f"CASE WHEN {kind} IN ({', '.join(map(_sql_str, sorted(PII_TYPES)))}) "
+                            f"THEN {_hash_sql(raw, kind, self.salt)} ELSE {raw} END AS {_quote(pair[1])}")
+        cols += [f"{_sql_str(rel)} AS _file", "row_number() OVER () AS _row"]
+        return f"SELECT {', '.join(cols)} FROM {src}"
+
+    # ---- validation ----------------------------------------------------------------------------
+    @staticmethod
+    def _parse(col: Column, v: str) -> str:
+        text = f"nullif(trim({v}), '')"
+        return {
+            "id": text,
+            "string": text,
+            "category": f"lower({text})",
+            "timestamp": f"TRY_CAST({text} AS TIMESTAMPTZ)::TIMESTAMP",
+            "float": f"TRY_CAST({text} AS DOUBLE)",
+            "int": f"TRY_CAST(TRY_CAST({text} AS DOUBLE) AS BIGINT)",
+            "bool": (f"CASE WHEN lower({text}) IN ('true','t','yes','y','1') THEN true "
+                     f"WHEN lower({text}) IN ('false','f','no','n','0') THEN false END"),
+        }[col.kind]
+
+    def _checks(self, table: Table, present: set[str]) -> list[tuple[str, str]]:
+        """(SQL condition on raw `r` and parsed `p` columns, reason code), first match wins."""
+        future = self.now + timedelta(hours=self.settings.ingest.future_tolerance_hours)
+        checks: list[tuple[str, str]] = []
+        if table.identified:
+            has_node = ("(p.identity_type IS NOT NULL AND p.identity_value IS NOT NULL) "
+                        "OR p.customer_id IS NOT NULL")
+            checks.append((f"NOT ({has_node})", "missing_identity"))
+        for col in table.columns:
+            if col.name not in present:
+                continue
+            raw, val = f"nullif(trim(r.{_quote(col.name)}), '')", f"p.{_quote(col.name)}"
+            if col.required:
+                checks.append((f"{raw} IS NULL", f"missing_value:{col.name}"))
+            checks.append((f"{raw} IS NOT NULL AND {val} IS NULL", f"bad_{col.kind}:{col.name}"))
+            if col.allowed:
+                allowed = ", ".join(map(_sql_str, col.allowed))
+                checks.append((f"{val} IS NOT NULL AND CAST({val} AS VARCHAR) NOT IN ({allowed})",
+                               f"not_allowed:{col.name}"))
+            if col.nonnegative:
+                checks.append((f"{val} < 0", f"negative_value:{col.name}"))
+            if col.kind == "timestamp" and (table.name, col.name) not in FUTURE_OK:
+                checks.append((f"{val} > TIMESTAMP '{future:%Y-%m-%d %H:%M:%S}'", f"future_timestamp:{col.name}"))
+            if col.name in ("identity_value", "linked_value", "customer_id"):
+                checks.append((f"regexp_matches({val}, {_sql_str(BLOCKED_VALUE_PATTERN)}, 'i')",
+                               f"placeholder_value:{col.name}"))
+        return checks
+
+    def _stage(self, table: Table, files: list[Path]) -> set[str]:
+        """Read, parse and validate all files of a table into `stage` (typed, with `_reason`)."""
+        union = " UNION ALL BY NAME ".join(f"({self._file_select(p, table)})" for p in files)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE raw_stage AS {union}")
+        present = {r[0] for r in self.con.execute("DESCRIBE raw_stage").fetchall()} - {"_file", "_row"}
+        known = [c for c in table.columns if c.name in present]
+        parsed = [f"{self._parse(c, 'r.' + _quote(c.name))} AS {_quote(c.name)}" for c in known]
+        extras = sorted(present - {c.name for c in known})
+        checks = self._checks(table, present)
+        reason = "CASE " + " ".join(f"WHEN {cond} THEN {_sql_str(code)}" for cond, code in checks) + " END"
+        raw_json = "to_json(struct_pack(" + ", ".join(f"{_quote(c)} := r.{_quote(c)}" for c in sorted(present)) + "))"
+        extra_cols = [f"r.{_quote(c)}" for c in extras] if table.passthrough else []
+        extra_json = (["to_json(struct_pack(" + ", ".join(f"{_quote(c)} := r.{_quote(c)}" for c in extras) + ")) AS extra"]
+                      if extras and table.name == "events" else [])
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT p.*, {', '.join(extra_cols + extra_json) + ', ' if extra_cols or extra_json else ''}"
+            f"r._file, r._row, {reason} AS _reason, CASE WHEN {reason} IS NOT NULL THEN {raw_json} END AS _raw "
+            f"FROM raw_stage r, LATERAL (SELECT {', '.join(parsed)}) p"
+        )
+        self.con.execute("DROP TABLE raw_stage")
+        return present
+
+    def _infer_passthrough(self, table: Table, present: set[str]) -> list[str]:
+        """Typed SELECT items for extra CRM columns: BIGINT, DOUBLE or BOOLEAN when every value fits."""
+        items = []
+        for col in sorted(present - {c.name for c in table.columns}):
+            q = _quote(col)
+            v = f"nullif(trim({q}), '')"
+            row = self.con.execute(
+                f"SELECT count({v}), count(TRY_CAST({v} AS BIGINT)), count(TRY_CAST({v} AS DOUBLE)), "
+                f"count(CASE WHEN lower({v}) IN ('true','false') THEN 1 END) FROM stage WHERE _reason IS NULL"
+            ).fetchone()
+            n, n_int, n_float, n_bool = row
+            target = ("VARCHAR" if n == 0 else "BIGINT" if n_int == n else "DOUBLE" if n_float == n
+                      else "BOOLEAN" if n_bool == n else "VARCHAR")
+            items.append(f"CAST({v} AS {target}) AS {q}")
+        return items
+
+    # ---- cleaning ------------------------------------------------------------------------------
+    def _dedupe(self, table: Table, present: set[str]) -> None:
+        """Mark exact duplicates, and for events duplicate event_ids (also against the lake) and bots."""
+        cols = [c for c in self.con.execute("DESCRIBE stage").fetchall() if c[0] not in ("_file", "_row", "_reason", "_raw")]
+        all_cols = ", ".join(_quote(c[0]) for c in cols)
+        order = "ORDER BY _file, _row"
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT *, CASE WHEN _reason IS NULL AND "
+            f"row_number() OVER (PARTITION BY _reason IS NULL, {all_cols} {order}) > 1 THEN 'exact_duplicate' END AS _dup FROM stage"
+        )
+        key = ("event_id",) if table.name == "events" else table.key
+        if key:
+            keep = "ASC" if table.name == "events" else "DESC"  # events: first wins; records: last row wins
+            k = ", ".join(key)
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE (_dup), CASE WHEN _dup IS NULL AND _reason IS NULL "
+                f"AND row_number() OVER (PARTITION BY _dup IS NULL AND _reason IS NULL, {k} ORDER BY _file {keep}, _row {keep}) > 1 "
+                f"THEN 'duplicate_key' ELSE _dup END AS _dup FROM stage"
+            )
+        if table.name == "events" and self.lake.files("events"):
+            self.con.execute(
+                f"UPDATE stage SET _dup = 'already_in_lake' WHERE _dup IS NULL AND _reason IS NULL AND event_id IN "
+                f"(SELECT event_id FROM {self.lake.scan('events')})"
+            )
+        if table.name == "events":
+            self._flag_bots()
+
+    def _flag_bots(self) -> None:
+        s = self.settings.ingest
+        clicks = ", ".join(map(_sql_str, sorted(CLICK_EVENT_TYPES)))
+        win = f"INTERVAL {float(s.bot_burst_seconds)} SECOND"
+        node = "coalesce(identity_type, 'customer_id'), coalesce(identity_value, customer_id)"
+        self.con.execute(
+            f"""UPDATE stage SET _reason = 'bot_burst', _raw = to_json(struct_pack(event_id, ts, identity_type, channel, event_type))
+            FROM (
+              SELECT _file AS f, _row AS r FROM (
+                SELECT _file, _row,
+                  count(*) OVER (PARTITION BY {node} ORDER BY ts RANGE BETWEEN {win} PRECEDING AND CURRENT ROW) AS before,
+                  count(*) OVER (PARTITION BY {node} ORDER BY ts RANGE BETWEEN CURRENT ROW AND {win} FOLLOWING) AS after
+                FROM stage WHERE _reason IS NULL AND _dup IS NULL AND event_type IN ({clicks})
+              ) WHERE greatest(before, after) >= {int(s.bot_burst_events)}
+            ) bots WHERE stage._file = bots.f AND stage._row = bots.r"""
+        )
+
+    # ---- writing -------------------------------------------------------------------------------
+    def _write(self, table: Table, present: set[str], load_id: str) -> TableCounts:
+        counts = TableCounts(*self.con.execute(
+            "SELECT count(*), count(*) FILTER (_reason IS NULL AND _dup IS NULL), "
+            "count(*) FILTER (_reason IS NOT NULL AND _dup IS NULL), count(*) FILTER (_dup IS NOT NULL) FROM stage"
+        ).fetchone())
+        counts.reasons = dict(self.con.execute(
+            "SELECT coalesce(_dup, _reason), count(*) FROM stage WHERE _reason IS NOT NULL OR _dup IS NOT NULL "
+            "GROUP BY 1 ORDER BY 1").fetchall())
+        select = [f"{_quote(c.name)}" for c in table.columns if c.name in present and
+                  not (table.identified and c.name in ("identity_type", "identity_value", "customer_id"))]
+        missing = [f"NULL::{LAKE_TYPES[c.kind]} AS {_quote(c.name)}" for c in table.columns
+                   if c.name not in present and not (table.identified and c.name == "customer_id")
+                   and c.name not in ("identity_type", "identity_value")]
+        if table.identified:
+            has = {c for c in ("identity_type", "identity_value", "customer_id") if c in present}
+            itype = "identity_type" if "identity_type" in has else "NULL"
+            ival = "identity_value" if "identity_value" in has else "NULL"
+            cid = "customer_id" if "customer_id" in has else "NULL::VARCHAR"
+            select += [f"CASE WHEN {itype} IS NOT NULL AND {ival} IS NOT NULL THEN {itype} ELSE 'customer_id' END AS identity_type",
+                       f"CASE WHEN {itype} IS NOT NULL AND {ival} IS NOT NULL THEN {ival} ELSE {cid} END AS identity_value",
+                       f"{cid} AS source_customer_id"]
+        if table.passthrough:
+            select += self._infer_passthrough(table, present)
+        if table.name == "events":
+            select.append("extra" if "extra" in {r[0] for r in self.con.execute("DESCRIBE stage").fetchall()}
+                          else "NULL::VARCHAR AS extra")
+        select += missing + [f"{_sql_str(load_id)} AS _load"]
+        accepted = f"SELECT {', '.join(select)} FROM stage WHERE _reason IS NULL AND _dup IS NULL"
+        if counts.accepted:
+            out = self.lake.table_dir(table.name)
+            out.mkdir(parents=True, exist_ok=True)
+            if table.name == "events":
+                self.con.execute(f"COPY (SELECT *, CAST(ts AS DATE) AS event_date FROM ({accepted})) TO {_sql_str(str(out))} "
+                                 f"(FORMAT parquet, PARTITION_BY (event_date), APPEND, FILENAME_PATTERN '{load_id}_{{uuid}}')")
+            else:
+                self.con.execute(f"COPY ({accepted}) TO {_sql_str(str(out / (load_id + '.parquet')))} (FORMAT parquet)")
+        if counts.quarantined:
+            qdir = self.lake.table_dir("quarantine")
+            qdir.mkdir(parents=True, exist_ok=True)
+            self.con.execute(
+                f"COPY (SELECT {_sql_str(table.name)} AS \"table\", _file AS file, _row AS row, _reason AS reason, "
+                f"_raw AS raw, {_sql_str(load_id)} AS _load FROM stage WHERE _reason IS NOT NULL AND _dup IS NULL "
+                f"ORDER BY _file, _row) TO {_sql_str(str(qdir / f'{load_id}_{table.name}.parquet'))} (FORMAT parquet)"
+            )
+        self.con.execute("DROP TABLE stage")
+        return counts
+
+    def load_table(self, table: Table, files: list[Path], load_id: str) -> TableCounts:
+        present = self._stage(table, files)
+        self._dedupe(table, present)
+        counts = self._write(table, present, load_id)
+        if not counts.reconciles():  # an invariant of the SQL above; a failure here is our bug
+            raise AssertionError(f"{table.name}: counts do not reconcile: {counts}")
+        return counts
+
+
+def ingest(raw_dir: Path, ws: Workspace, now: datetime | None = None, progress: bool = False) -> IngestReport:
+    """Ingest the new files of `raw_dir` into the workspace lake, then re-resolve identities."""
+    started = time.perf_counter()
+    settings = ws.settings()
+    raw_dir = Path(raw_dir).resolve()
+    by_table, unknown = discover(raw_dir)
+    lake = Lake(ws)
+    seen = {f["sha256"] for m in lake.manifests() for f in m["files"]}
+    new: dict[str, list[Path]] = {}
+    files, skipped = [], []
+    for table, paths in by_table.items():
+        for path in paths:
+            digest = sha256_file(path)
+            rel = str(path.relative_to(raw_dir))
+            if digest in seen:
+                skipped.append(rel)
+                continue
+            seen.add(digest)
+            new.setdefault(table, []).append(path)
+            files.append({"path": rel, "table": table, "sha256": digest, "bytes": path.stat().st_size})
+    warnings = [f"{u}: file name matches no table ({', '.join(TABLES)}); skipped" for u in unknown]
+    if not new:
+        if not by_table:
+            raise IngestError(f"{raw_dir}: no raw files found. Expected CSV/Parquet files named after a table "
+                              f"({', '.join(TABLES)}), e.g. events_2024-01.csv.")
+        return IngestReport(None, [], skipped, {}, {}, time.perf_counter() - started, warnings)
+
+    load_id = f"L{len(lake.manifests()) + 1:06d}"
+    loader = _Loader(ws, settings, raw_dir, now or datetime.now(timezone.utc))
+    # Validate headers of every file first so a bad file stops the load before anything is written.
+    for table_name, paths in new.items():
+        for path in paths:
+            loader._file_select(path, TABLES[table_name])
+    timings: dict[str, float] = {}
+    tables: dict[str, TableCounts] = {}
+    order = [t for t in TABLE_ORDER if t in new]
+    with steps(progress, "ingest", len(order) + 1) as advance:
+        for table_name in order:
+            t0 = time.perf_counter()
+            tables[table_name] = loader.load_table(TABLES[table_name], new[table_name], load_id)
+            timings[table_name] = round(time.perf_counter() - t0, 3)
+            advance(f"{table_name}: {tables[table_name].accepted:,} rows")
+        t0 = time.perf_counter()
+        id_report = identity.resolve(lake, settings.identity, load_id, con=loader.con)
+        timings["identity_resolution"] = round(time.perf_counter() - t0, 3)
+        advance("identities resolved")
+    seconds = time.perf_counter() - started
+    report = IngestReport(load_id, files, skipped, tables, id_report, seconds, warnings + loader.warnings)
+    manifest = {
+        "load_id": load_id, "raw_dir": str(raw_dir), "started_at": datetime.now(timezone.utc).isoformat(),
+        "files": files, "tables": {k: asdict(v) for k, v in tables.items()}, "identity": id_report,
+        "timings_s": timings, "seconds": round(seconds, 3), "warnings": report.warnings,
+    }
+    lake.manifests_dir.mkdir(parents=True, exist_ok=True)
+    (lake.manifests_dir / f"{load_id}.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return report

@@ -1,0 +1,129 @@
+"""Workspace paths and settings: the one place every path and tunable comes from.
+
+A workspace holds all state (raw data, lake, features, Feast registry/online store, MLflow runs).
+It is chosen by `--workspace DIR`, else `PROPEL_HOME`, else the current directory, and nothing is
+computed at import time. Settings have defaults here and may be overridden per workspace in
+`<workspace>/propel.toml` (sections match the dataclass names below).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+from features.schema import IDENTITY_TYPES
+
+
+@dataclass
+class IngestSettings:
+    bot_burst_events: int = 8  # this many click events from one identifier ...
+    bot_burst_seconds: float = 2.0  # ... within this many seconds is a bot burst, not a human
+    future_tolerance_hours: float = 24.0  # timestamps later than now + this are quarantined
+
+
+@dataclass
+class IdentitySettings:
+    # The most identifiers of each type one person may hold; a link that would exceed it is refused
+    # (e.g. two customer_ids never merge through a shared device). Only an explicit customer_id <->
+    # customer_id row in `identities` proves two customers are one person.
+    per_person: dict[str, int] = field(
+        default_factory=lambda: {"customer_id": 1, "member_id": 1, "email": 3, "phone": 3,
+                                 "device_id": 10, "cookie_id": 50}
+    )
+    # An identifier linked to more distinct identifiers than this is shared (a shop's tablet, a
+    # family phone) and links nobody.
+    max_links: dict[str, int] = field(
+        default_factory=lambda: {"customer_id": 1000, "member_id": 30, "email": 30, "phone": 30,
+                                 "device_id": 30, "cookie_id": 30}
+    )
+    max_ids_per_session: int = 6  # sessions with more distinct identifiers are not used for linking
+
+    def __post_init__(self) -> None:
+        for name in ("per_person", "max_links"):
+            unknown = set(getattr(self, name)) - set(IDENTITY_TYPES)
+            if unknown:
+                raise ValueError(f"identity.{name}: unknown identifier types {sorted(unknown)}; "
+                                 f"use {list(IDENTITY_TYPES)}")
+
+
+@dataclass
+class Settings:
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+
+
+def _merge(obj, overrides: dict, where: str):
+    """Apply a TOML section onto a settings dataclass, rejecting unknown keys with their path."""
+    known = {f.name: f for f in fields(obj)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"{where}: unknown setting '{key}'; known: {sorted(known)}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            _merge(current, value, f"{where}.{key}")
+        elif isinstance(current, dict):
+            setattr(obj, key, {**current, **value})
+        else:
+            setattr(obj, key, type(current)(value))
+    if hasattr(obj, "__post_init__"):
+        obj.__post_init__()
+    return obj
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """All paths of one workspace. Create with `Workspace.resolve()`."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, workspace: str | os.PathLike | None = None) -> "Workspace":
+        root = workspace or os.environ.get("PROPEL_HOME") or Path.cwd()
+        return cls(Path(root).expanduser().resolve())
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def raw(self) -> Path:
+        return self.data / "raw"
+
+    @property
+    def lake(self) -> Path:
+        return self.data / "lake"
+
+    @property
+    def features(self) -> Path:
+        return self.data / "features"
+
+    @property
+    def feast_data(self) -> Path:
+        return self.root / "feature_repo" / "data"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "propel.toml"
+
+    def settings(self) -> Settings:
+        settings = Settings()
+        if self.config_file.exists():
+            with self.config_file.open("rb") as fh:
+                _merge(settings, tomllib.load(fh), str(self.config_file))
+        return settings
+
+    def salt(self) -> str:
+        """The workspace's secret salt for hashing PII; created on first use, never written to the lake."""
+        path = self.data / ".salt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(16))
+            path.chmod(0o600)
+        return path.read_text().strip()

@@ -1,0 +1,1 @@
+"""BentoML service and batch scoring (models -> decisions)."""
