@@ -187,7 +187,7 @@ class _Loader:
             "category": f"lower({text})",
             "timestamp": f"TRY_CAST({text} AS TIMESTAMPTZ)::TIMESTAMP",
             "float": f"TRY_CAST({text} AS DOUBLE)",
-            "int": f"TRY_CAST(TRY_CAST({text} AS DOUBLE) AS BIGINT)",
+            "int": f"CASE WHEN TRY_CAST({text} AS DOUBLE) = floor(TRY_CAST({text} AS DOUBLE)) THEN TRY_CAST({text} AS BIGINT) END",
             "bool": (f"CASE WHEN lower({text}) IN ('true','t','yes','y','1') THEN true "
                      f"WHEN lower({text}) IN ('false','f','no','n','0') THEN false END"),
         }[col.kind]
@@ -249,7 +249,7 @@ class _Loader:
             q = _quote(col)
             v = f"nullif(trim({q}), '')"
             row = self.con.execute(
-                f"SELECT count({v}), count(TRY_CAST({v} AS BIGINT)), count(TRY_CAST({v} AS DOUBLE)), "
+                f"SELECT count({v}), count(CASE WHEN regexp_matches({v}, '^[+-]?[0-9]{{1,18}}$') THEN 1 END), count(TRY_CAST({v} AS DOUBLE)), "
                 f"count(CASE WHEN lower({v}) IN ('true','false') THEN 1 END) FROM stage WHERE _reason IS NULL"
             ).fetchone()
             n, n_int, n_float, n_bool = row

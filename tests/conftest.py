@@ -1,0 +1,48 @@
+"""Shared fixtures: every test works in its own temporary workspace, never the developer's data/."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from propel.config import Workspace
+
+NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)  # reference "now" for hand-made data
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace.resolve(tmp_path / "ws")
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    path = tmp_path / "raw"
+    path.mkdir()
+    return path
+
+
+def write(raw_dir: Path, name: str, text: str) -> Path:
+    """Write a raw CSV from a dedented literal (first line = header)."""
+    path = raw_dir / name
+    path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory) -> Path:
+    """A small generated data set (CSV), shared read-only by the tests that need realistic data."""
+    from features.generate import generate
+
+    out = tmp_path_factory.mktemp("gen") / "raw"
+    generate(out, customers=1500, days=90, seed=11, fmt="csv")
+    return out
+
+
+def lake_frame(ws: Workspace, sql: str) -> pd.DataFrame:
+    from features.lake import Lake
+
+    return Lake(ws).connect().execute(sql).df()
