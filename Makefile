@@ -41,6 +41,10 @@ demo: $(STAMP) ## Run the whole pipeline on generated demo data
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q
 
+.PHONY: docs
+docs: $(STAMP) ## Regenerate the generated sections of docs/ from the code
+	$(BIN)/python -m propel.docs
+
 .PHONY: bench
 bench: $(STAMP) ## Run the benchmarks and update docs/benchmarks.md (takes a while)
 	$(BIN)/python bench/run.py

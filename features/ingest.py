@@ -116,6 +116,14 @@ def hash_pii(kind: str, value: str, salt: str) -> str:
     return hashlib.sha256((salt + norm).encode()).hexdigest()
 
 
+def _lake_column(col: Column, present: set[str]) -> str:
+    """The typed lake column for a contract column, with its default when missing."""
+    value = _quote(col.name) if col.name in present else "NULL"
+    if col.default is not None:
+        value = f"coalesce({value}, {col.default})"
+    return f"CAST({value} AS {LAKE_TYPES[col.kind]}) AS {_quote(col.name)}"
+
+
 class _Loader:
     """One ingestion run: reads files into typed staging tables, then writes the lake."""
 
@@ -311,11 +319,8 @@ class _Loader:
         counts.reasons = dict(self.con.execute(
             "SELECT coalesce(_dup, _reason), count(*) FROM stage WHERE _reason IS NOT NULL OR _dup IS NOT NULL "
             "GROUP BY 1 ORDER BY 1").fetchall())
-        select = [f"{_quote(c.name)}" for c in table.columns if c.name in present and
-                  not (table.identified and c.name in ("identity_type", "identity_value", "customer_id"))]
-        missing = [f"NULL::{LAKE_TYPES[c.kind]} AS {_quote(c.name)}" for c in table.columns
-                   if c.name not in present and not (table.identified and c.name == "customer_id")
-                   and c.name not in ("identity_type", "identity_value")]
+        node_cols = ("identity_type", "identity_value", "customer_id") if table.identified else ()
+        select = [_lake_column(c, present) for c in table.columns if c.name not in node_cols]
         if table.identified:
             has = {c for c in ("identity_type", "identity_value", "customer_id") if c in present}
             itype = "identity_type" if "identity_type" in has else "NULL"
@@ -329,7 +334,7 @@ class _Loader:
         if table.name == "events":
             select.append("extra" if "extra" in {r[0] for r in self.con.execute("DESCRIBE stage").fetchall()}
                           else "NULL::VARCHAR AS extra")
-        select += missing + [f"{_sql_str(load_id)} AS _load"]
+        select.append(f"{_sql_str(load_id)} AS _load")
         accepted = f"SELECT {', '.join(select)} FROM stage WHERE _reason IS NULL AND _dup IS NULL"
         if counts.accepted:
             out = self.lake.table_dir(table.name)

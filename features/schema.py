@@ -45,6 +45,7 @@ class Column:
     doc: str = ""
     allowed: tuple[str, ...] | None = None  # for category columns (compared lower-case)
     nonnegative: bool = False
+    default: str | None = None  # SQL literal used when the value is missing
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ TABLES: dict[str, Table] = {
             (
                 Column("customer_id", "id", doc="the business's own customer id; kept as the person's id"),
                 Column("signup_at", "timestamp", doc="when the customer registered"),
-                Column("marketing_consent", "bool", False, "may we market to them (default true)"),
+                Column("marketing_consent", "bool", False, "may we market to them (default true)", default="true"),
             ),
             "CRM records, one per customer; any extra attribute columns flow through to features.",
             key=("customer_id",),

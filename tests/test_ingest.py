@@ -205,3 +205,11 @@ def test_csv_and_parquet_give_the_same_lake(tmp_path, generated):
         a, b = (lake_frame(w, f"SELECT * EXCLUDE (_load) FROM {table} ORDER BY {key}") for w in lakes)
         assert len(a) > 0
         pd.testing.assert_frame_equal(a, b, check_dtype=False)
+
+
+def test_missing_consent_defaults_to_true(ws, raw):
+    write(raw, "customers.csv", "customer_id,signup_at,marketing_consent\nC1,2025-01-01,\nC2,2025-01-01,no")
+    write(raw, "customers_b.csv", "customer_id,signup_at\nC3,2025-01-01")
+    ingest(raw, ws, now=NOW)
+    c = lake_frame(ws, "SELECT customer_id, marketing_consent FROM customers ORDER BY 1")
+    assert c.values.tolist() == [["C1", True], ["C2", False], ["C3", True]]

@@ -1,0 +1,60 @@
+"""Generated sections of the docs, so that docs and code cannot drift apart.
+
+`python -m propel.docs` rewrites the text between `<!-- BEGIN name -->` and `<!-- END name -->`
+markers in docs/*.md; tests fail when a committed doc differs from what this renders.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from features.schema import BLOCKED_VALUE_PATTERN, IDENTITY_TYPES, TABLES
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def contract_tables() -> str:
+    out = []
+    for table in TABLES.values():
+        flags = []
+        if table.passthrough:
+            flags.append("extra columns flow through")
+        if table.identified:
+            flags.append("each row needs `customer_id` or `identity_type` + `identity_value`")
+        if table.key:
+            flags.append(f"latest load wins per `{', '.join(table.key)}`")
+        out += [f"### `{table.name}`", "", table.doc + (f" ({'; '.join(flags)}.)" if flags else ""), "",
+                "| column | type | required | allowed / rule | meaning |", "|---|---|---|---|---|"]
+        for c in table.columns:
+            rule = ", ".join(c.allowed) if c.allowed else (">= 0" if c.nonnegative else "")
+            out.append(f"| `{c.name}` | {c.kind} | {'yes' if c.required else 'no'} | {rule} | {c.doc} |")
+        out.append("")
+    out += ["Identifier types, strongest first: " + ", ".join(f"`{t}`" for t in IDENTITY_TYPES) + ".", "",
+            f"Placeholder identifier values (never link anyone, rows quarantined): `{BLOCKED_VALUE_PATTERN}`."]
+    return "\n".join(out)
+
+
+SECTIONS = {"data-contract.md": {"tables": contract_tables}}
+
+
+def render(text: str, sections: dict) -> str:
+    for name, fn in sections.items():
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"missing <!-- BEGIN {name} --> / <!-- END {name} --> markers")
+        text = pattern.sub(lambda m: m.group(1) + fn() + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    for doc, sections in SECTIONS.items():
+        path = DOCS / doc
+        path.write_text(render(path.read_text(), sections))
+        print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
