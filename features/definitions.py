@@ -1,0 +1,148 @@
+"""Every feature Propel computes: name, type, description, how it is computed and its default.
+
+This list is the one place features are defined. `features.build` turns it into DuckDB SQL,
+`feature_repo/` turns it into Feast feature views and services, and `propel.docs` into the table
+in docs/features.md. CRM attributes are the exception: they are whatever extra columns the user's
+`customers` table has, discovered when features are built.
+
+A feature is either an aggregate over one *source* (a per-customer daily table, see `features.build`)
+restricted to days before the snapshot (`T` is the snapshot date in SQL), or *derived*: an
+expression over other features of the same row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FEATURE_CHANNELS = ("web", "app", "store", "email", "sms", "social", "search")
+NEVER_DAYS = 9999  # "days since" for something that never happened: large, finite, documented
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str  # int | float | string
+    description: str
+    view: str  # the Feast feature view it belongs to
+    sql: str  # aggregate over `source`, or an expression over other features when source == "derived"
+    source: str = "daily"
+    default: str = "0"  # SQL literal used when there is no history
+
+
+def _windowed(name: str, desc: str, view: str, expr: str, windows: tuple[int, ...], dtype: str = "int",
+              source: str = "daily") -> list[Feature]:
+    return [Feature(f"{name}_{w}d", dtype, f"{desc} in the {w} days before the snapshot", view,
+                    f"{expr} FILTER (WHERE day >= T - {w})", source) for w in windows]
+
+
+def _ratio(name: str, num: str, den: str, desc: str, view: str) -> Feature:
+    return Feature(name, "float", desc, view, f"CASE WHEN {den} > 0 THEN {num} / {den} ELSE 0 END", "derived")
+
+
+CUSTOMER_FEATURES: tuple[Feature, ...] = (
+    # --- RFM -----------------------------------------------------------------------------------
+    Feature("days_since_last_purchase", "int", f"days from the last purchase to the snapshot ({NEVER_DAYS} if never)",
+            "customer_rfm", "T - max(day) FILTER (WHERE n_purchases > 0)", default=str(NEVER_DAYS)),
+    Feature("days_since_last_visit", "int", f"days from the last event of any kind to the snapshot ({NEVER_DAYS} if never)",
+            "customer_rfm", "T - max(day)", default=str(NEVER_DAYS)),
+    *_windowed("purchases", "purchases", "customer_rfm", "sum(n_purchases)", (7, 30, 90, 365)),
+    *_windowed("revenue", "revenue", "customer_rfm", "sum(revenue)", (7, 30, 90, 365), "float"),
+    Feature("lifetime_purchases", "int", "purchases ever before the snapshot", "customer_rfm", "sum(n_purchases)"),
+    Feature("lifetime_revenue", "float", "revenue ever before the snapshot", "customer_rfm", "sum(revenue)"),
+    _ratio("avg_order_value_365d", "revenue_365d", "purchases_365d", "average purchase value over 365 days", "customer_rfm"),
+    Feature("tenure_days", "int", "days since signup (or first event) at the snapshot", "customer_rfm",
+            "T - CAST(since AS DATE)", "derived"),
+    # --- channel behaviour -----------------------------------------------------------------------
+    *[f for ch in FEATURE_CHANNELS for f in _windowed(f"events_{ch}", f"events on the {ch} channel", "customer_channels",
+                                                        f"sum(n_{ch})", (7, 30, 90))],
+    *[_ratio(f"share_{ch}_90d", f"events_{ch}_90d", "events_90d", f"share of the last 90 days' events on {ch}",
+             "customer_channels") for ch in FEATURE_CHANNELS],
+    *_windowed("events", "events of any kind", "customer_channels", "sum(n_events)", (30, 90)),
+    Feature("preferred_channel_90d", "string", "channel with most events in the last 90 days ('none' if no events)",
+            "customer_channels",
+            "CASE WHEN events_90d = 0 THEN 'none' ELSE " + "".join(
+                f"CASE WHEN events_{ch}_90d = greatest({', '.join(f'events_{c}_90d' for c in FEATURE_CHANNELS)}) THEN '{ch}' ELSE "
+                for ch in FEATURE_CHANNELS) + "'other'" + " END" * len(FEATURE_CHANNELS) + " END",
+            "derived", "'none'"),
+    *_windowed("sessions", "distinct sessions", "customer_channels", "sum(n_sessions)", (30, 90)),
+    *_windowed("product_views", "product views", "customer_channels", "sum(n_views)", (90,)),
+    *_windowed("carts", "add-to-cart events", "customer_channels", "sum(n_carts)", (90,)),
+    _ratio("view_to_cart_90d", "carts_90d", "product_views_90d", "add-to-carts per product view, 90 days", "customer_channels"),
+    _ratio("cart_to_purchase_90d", "purchases_90d", "carts_90d", "purchases per add-to-cart, 90 days", "customer_channels"),
+    # --- campaign engagement ---------------------------------------------------------------------
+    *_windowed("touches", "campaign messages received (control group excluded)", "customer_campaigns", "sum(n_touches)",
+               (30, 90, 365), source="touches"),
+    Feature("days_since_last_touch", "int", f"days since the last campaign message ({NEVER_DAYS} if never)",
+            "customer_campaigns", "T - max(day)", "touches", str(NEVER_DAYS)),
+    *_windowed("email_opens", "email opens", "customer_campaigns", "sum(n_email_opens)", (90,)),
+    *_windowed("email_clicks", "email clicks", "customer_campaigns", "sum(n_email_clicks)", (90,)),
+    *_windowed("sms_clicks", "SMS clicks", "customer_campaigns", "sum(n_sms_clicks)", (90,)),
+    *_windowed("email_touches", "email messages received", "customer_campaigns", "sum(n_email_touches)", (90,),
+               source="touches"),
+    *_windowed("sms_touches", "SMS messages received", "customer_campaigns", "sum(n_sms_touches)", (90,), source="touches"),
+    _ratio("email_open_rate_90d", "email_opens_90d", "email_touches_90d", "email opens per email received, 90 days",
+           "customer_campaigns"),
+    _ratio("email_click_rate_90d", "email_clicks_90d", "email_touches_90d", "email clicks per email received, 90 days",
+           "customer_campaigns"),
+    _ratio("sms_click_rate_90d", "sms_clicks_90d", "sms_touches_90d", "SMS clicks per SMS received, 90 days",
+           "customer_campaigns"),
+    *_windowed("campaign_purchases", "purchases attributed to a campaign (past responses)", "customer_campaigns",
+               "sum(n_campaign_purchases)", (365,)),
+    _ratio("response_rate_365d", "campaign_purchases_365d", "touches_365d", "campaign purchases per message, 365 days",
+           "customer_campaigns"),
+    # --- preferences ------------------------------------------------------------------------------
+    Feature("top_category_365d", "string", "category with the most spend (views if no purchase) in 365 days",
+            "customer_preferences", "arg_max(category, score)", "categories", "'none'"),
+    Feature("top_category_share_365d", "float", "share of spend (or views) on the top category, 365 days",
+            "customer_preferences", "max(score) / nullif(sum(score), 0)", "categories"),
+    Feature("n_categories_365d", "int", "distinct categories interacted with, 365 days", "customer_preferences",
+            "count(*)", "categories"),
+    Feature("category_entropy_365d", "float", "entropy of the category mix (0 = one category), 365 days",
+            "customer_preferences", "-sum(score / total * ln(score / total)) FILTER (WHERE score > 0)", "categories"),
+    Feature("price_level_365d", "float", "average paid price relative to the category's average price (1 = typical)",
+            "customer_preferences", "sum(price_ratio_sum) / nullif(sum(n_bought), 0)", "categories", "1"),
+    Feature("brand_concentration_365d", "float", "Herfindahl index of purchase counts over brands (1 = one brand)",
+            "customer_preferences", "sum(brand_share * brand_share)", "brands"),
+    # --- trend ------------------------------------------------------------------------------------
+    Feature("events_prev_30d", "int", "events 31-60 days before the snapshot", "customer_trend",
+            "sum(n_events) FILTER (WHERE day >= T - 60 AND day < T - 30)"),
+    Feature("activity_trend_30d", "float", "(events last 30 days + 1) / (events the 30 days before + 1)", "customer_trend",
+            "(events_30d + 1.0) / (events_prev_30d + 1.0)", "derived", "1"),
+    Feature("ipt_mean_days_365d", "float", "mean days between purchase days, 365 days (0 if under two)",
+            "customer_trend", "avg(gap)", "gaps"),
+    Feature("ipt_std_days_365d", "float", "standard deviation of days between purchase days, 365 days",
+            "customer_trend", "stddev_samp(gap)", "gaps"),
+    _ratio("overdue_ratio", "days_since_last_purchase", "ipt_mean_days_365d",
+           "days since last purchase over the usual gap (> 1 = overdue)", "customer_trend"),
+)
+
+ITEM_FEATURES: tuple[Feature, ...] = (
+    *_windowed("item_views", "product views", "item_stats", "sum(n_views)", (7, 30), source="item_daily"),
+    *_windowed("item_purchases", "purchases", "item_stats", "sum(n_purchases)", (7, 30), source="item_daily"),
+    _ratio("item_conversion_rate_30d", "item_purchases_30d", "item_views_30d", "purchases per view, 30 days", "item_stats"),
+    Feature("item_price", "float", "list price", "item_stats", "price", "derived"),
+    Feature("item_category", "string", "category", "item_stats", "category", "derived", "'unknown'"),
+)
+
+FEATURE_VIEWS: dict[str, str] = {
+    "customer_rfm": "Recency, frequency, monetary value and tenure",
+    "customer_channels": "Activity per channel, sessions and funnel rates",
+    "customer_campaigns": "Campaign messages received and how the customer engaged",
+    "customer_preferences": "Category, price and brand preferences",
+    "customer_trend": "Activity trend and purchase rhythm",
+    "customer_profile": "CRM attributes passed through from the customers table",
+    "item_stats": "Item popularity, conversion, price and category",
+}
+
+# One feature service per model, versioned: bump the suffix when the feature list of a model changes.
+FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
+    "churn_v1": ("customer_rfm", "customer_channels", "customer_campaigns", "customer_preferences", "customer_trend",
+                 "customer_profile"),
+    "propensity_v1": ("customer_rfm", "customer_channels", "customer_campaigns", "customer_preferences",
+                      "customer_trend", "customer_profile"),
+    "recommender_v1": ("customer_rfm", "customer_preferences", "customer_profile"),
+}
+
+
+def customer_feature_names() -> list[str]:
+    return [f.name for f in CUSTOMER_FEATURES]
