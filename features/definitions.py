@@ -140,7 +140,8 @@ FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
                  "customer_profile"),
     "propensity_v1": ("customer_rfm", "customer_channels", "customer_campaigns", "customer_preferences",
                       "customer_trend", "customer_profile"),
-    "recommender_v1": ("customer_rfm", "customer_preferences", "customer_profile"),
+    # rows are (customer_id, item_id) pairs, as a re-ranker scores them
+    "recommender_v1": ("customer_rfm", "customer_preferences", "customer_profile", "item_stats"),
 }
 
 

@@ -50,9 +50,24 @@ class IdentitySettings:
 
 
 @dataclass
+class FeatureSettings:
+    every_days: int = 7  # snapshot cadence: one feature snapshot every this many days
+    snapshots: int = 26  # how many snapshots to keep, ending at the midnight after the newest event
+
+
+@dataclass
+class FeastSettings:
+    project: str = "propel"  # Feast project name (namespaces keys in a shared Redis)
+    online: str = "sqlite"  # online store: sqlite (embedded, default) or redis (production)
+    redis_url: str = field(default_factory=lambda: os.environ.get("PROPEL_REDIS_URL", "127.0.0.1:6379"))
+
+
+@dataclass
 class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    feast: FeastSettings = field(default_factory=FeastSettings)
 
 
 def _merge(obj, overrides: dict, where: str):

@@ -1,0 +1,110 @@
+"""The feature store: Feast's Python API over the workspace (apply, materialize, read).
+
+Everything goes through `feature_store(ws)`, which reads `feature_repo/feature_store.yaml` and
+points the registry, offline and online stores into the workspace. The online store is SQLite by
+default; `online="redis"` (or `[feast] online = "redis"` in propel.toml) uses Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+
+from features.build import load_catalog
+from propel.config import Workspace
+
+REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
+ONLINE_STORES = ("sqlite", "redis")
+
+
+def repo_config(ws: Workspace, online: str | None = None) -> RepoConfig:
+    settings = ws.settings().feast
+    online = online or settings.online
+    if online not in ONLINE_STORES:
+        raise ValueError(f"unknown online store '{online}'; use one of {', '.join(ONLINE_STORES)}")
+    raw = yaml.safe_load((REPO_DIR / "feature_store.yaml").read_text())
+    ws.feast_data.mkdir(parents=True, exist_ok=True)
+    raw["project"] = settings.project
+    raw["registry"] = {"path": str(ws.feast_data / "registry.db"), "cache_ttl_seconds": 0}
+    raw["online_store"] = ({"type": "sqlite", "path": str(ws.feast_data / "online_store.db")} if online == "sqlite"
+                           else {"type": "redis", "connection_string": settings.redis_url})
+    return RepoConfig(repo_path=ws.root, **raw)
+
+
+def feature_store(ws: Workspace, online: str | None = None) -> FeatureStore:
+    return FeatureStore(config=repo_config(ws, online))
+
+
+def apply(ws: Workspace, online: str | None = None) -> list[str]:
+    """Register every entity, view and service; returns their names."""
+    from feature_repo import definitions
+
+    store = feature_store(ws, online)
+    objects = definitions(ws)
+    store.apply(objects)
+    return [o.name for o in objects]
+
+
+def materialize(ws: Workspace, online: str | None = None) -> dict:
+    """Load the newest snapshot of every view into the online store.
+
+    Incremental: each snapshot view continues from where its last materialization ended (Feast
+    records the intervals). The profile view is small and its rows are stamped with signup dates
+    that may predate the last run, so it is always loaded whole.
+    """
+    started = time.perf_counter()
+    store = feature_store(ws, online)
+    end = datetime.fromisoformat(load_catalog(ws)["cutoffs"][-1]).replace(tzinfo=timezone.utc) + timedelta(seconds=1)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    loaded = {}
+    for view in store.list_feature_views():
+        done = [i[1] for i in view.materialization_intervals] if view.name != "customer_profile" else []
+        start = max(done, default=epoch)
+        if start < end:
+            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+            loaded[view.name] = start.isoformat()
+    return {"up_to": end.isoformat(), "views": loaded, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def service_features(store: FeatureStore, service: str) -> list[str]:
+    fs = store.get_feature_service(service)
+    return [f"{p.name}:{f.name}" for p in fs.feature_view_projections for f in p.features]
+
+
+def online_features(store: FeatureStore, service: str, ids: list[str], key: str = "customer_id",
+                    request_ts: datetime | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Features of `ids` from the online store, and the ids it does not know (never invented)."""
+    rows = [{key: i} for i in ids]
+    fs = store.get_feature_service(service)
+    if any(p.name == "request_context" for p in fs.feature_view_projections):
+        ts = int((request_ts or datetime.now(timezone.utc)).timestamp())
+        rows = [{**r, "request_ts": ts} for r in rows]
+    result = store.get_online_features(features=fs, entity_rows=rows)
+    df = pd.DataFrame(result.to_dict())
+    views = [p.name for p in fs.feature_view_projections if p.name != "request_context"]
+    # A known entity has at least one value in some stored view; an unknown one has none.
+    stored = [c for c in df.columns if c not in (key, "request_ts") and not c.startswith("request_")]
+    missing = df.loc[df[stored].isna().all(axis=1), key].tolist() if views else []
+    return df, missing
+
+
+def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time training features: exactly one row per entity row, in the entity rows' order."""
+    if "event_timestamp" not in entity_df:
+        raise ValueError("entity_df needs an 'event_timestamp' column (the moment each row is about)")
+    df = entity_df.reset_index(drop=True).assign(_entity_row=lambda d: range(len(d)))
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    fs = store.get_feature_service(service)
+    if any(p.name == "request_context" for p in fs.feature_view_projections) and "request_ts" not in df:
+        df["request_ts"] = df["event_timestamp"]
+    out = store.get_historical_features(entity_df=df, features=fs).to_df()
+    out = out.sort_values("_entity_row").reset_index(drop=True)
+    if len(out) != len(df) or not (out["_entity_row"].to_numpy() == df["_entity_row"].to_numpy()).all():
+        raise RuntimeError(f"feature retrieval returned {len(out)} rows for {len(df)} entity rows")
+    return out.drop(columns="_entity_row")
