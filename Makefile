@@ -32,10 +32,18 @@ data: $(STAMP) ## Generate the demo data set into data/raw (CUSTOMERS, DAYS, SEE
 ingest: $(STAMP) ## Ingest data/raw into the lake (validate, clean, resolve identities)
 	$(BIN)/propel ingest $(RAW)
 
+ONLINE ?= sqlite
+.PHONY: features
+features: $(STAMP) ## Build feature snapshots, apply the Feast repo, materialize (ONLINE=sqlite|redis)
+	$(BIN)/propel features build
+	$(BIN)/propel features apply --online $(ONLINE)
+	$(BIN)/propel features materialize --online $(ONLINE)
+
 .PHONY: demo
 demo: $(STAMP) ## Run the whole pipeline on generated demo data
 	@test -d $(RAW) || $(MAKE) --no-print-directory data
 	$(MAKE) --no-print-directory ingest
+	$(MAKE) --no-print-directory features
 
 .PHONY: test
 test: $(STAMP) ## Run the test suite

@@ -556,7 +556,7 @@ def _block(b: int, lo: int, hi: int, g: SimpleNamespace, raw: dict, truth: dict)
     ev["eid"] = np.arange(len(ev["ts"]))
     rows, counts = _inject(ev, g.dirty, rng)
     rows = rng.permutation(rows) if g.dirty.shuffle else rows[np.argsort(ev["ts"][rows], kind="stable")]
-    events = _events_table(p, _take(ev, rows), b, g.camps, rng)
+    events = _events_table(p, ev, b, g.camps, rng).take(rows)  # format first: copies must be exact
     _Writer(g.out_dir / f"events_part-{b:05d}.{g.fmt}").write(events).close()
     for name, table in (("customers", _customers_table(p, rng)), ("identities", ids), ("campaign_touches", touches)):
         raw[name].write(table)

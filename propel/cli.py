@@ -15,7 +15,7 @@ from propel.config import Workspace
 
 app = typer.Typer(help="Propel: unified customer data, features, models and decisions for marketing.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 class UserError(Exception):
@@ -89,6 +89,51 @@ def ingest(
         console.print(f"  {name:17} in {counts.input:>10,}  accepted {counts.accepted:>10,}  quarantined "
                       f"{counts.quarantined:>8,}  duplicates {counts.duplicates:>8,}  {top}")
     console.print(f"[green]ingest[/] {report.summary()}")
+
+
+features_app = typer.Typer(help="Feature store: build snapshots, register them in Feast, load the online store.",
+                            no_args_is_help=True)
+app.add_typer(features_app, name="features")
+OnlineOption = Annotated[Optional[str], typer.Option("--online", help="Online store: sqlite or redis (default: propel.toml, else sqlite).")]
+
+
+@features_app.command("build")
+@friendly
+def features_build(
+    ctx: typer.Context,
+    every_days: Annotated[Optional[int], typer.Option(min=1, help="Days between snapshots (default 7).")] = None,
+    snapshots: Annotated[Optional[int], typer.Option(min=1, help="Number of snapshots (default 26).")] = None,
+) -> None:
+    """Compute point-in-time customer and item feature snapshots from the lake (DuckDB)."""
+    from features.build import build
+
+    ws: Workspace = ctx.obj
+    cfg = ws.settings().features
+    report = build(ws, every_days or cfg.every_days, snapshots or cfg.snapshots, progress=True)
+    console.print(f"[green]features build[/] {report.summary()}")
+
+
+@features_app.command("apply")
+@friendly
+def features_apply(ctx: typer.Context, online: OnlineOption = None) -> None:
+    """Register entities, feature views and feature services in the Feast registry."""
+    import time
+
+    from features.store import apply
+
+    started = time.perf_counter()
+    names = apply(ctx.obj, online)
+    console.print(f"[green]features apply[/] {len(names)} objects registered ({time.perf_counter() - started:.1f}s)")
+
+
+@features_app.command("materialize")
+@friendly
+def features_materialize(ctx: typer.Context, online: OnlineOption = None) -> None:
+    """Load the newest feature snapshot into the online store (incremental)."""
+    from features.store import materialize
+
+    report = materialize(ctx.obj, online)
+    console.print(f"[green]features materialize[/] {len(report['views'])} views up to {report['up_to']} ({report['seconds']}s)")
 
 
 if __name__ == "__main__":

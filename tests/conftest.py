@@ -46,3 +46,42 @@ def lake_frame(ws: Workspace, sql: str) -> pd.DataFrame:
     from features.lake import Lake
 
     return Lake(ws).connect().execute(sql).df()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port, stopped after the session."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(200):  # wait until it answers (bounded), not a blind sleep
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None:
+                pytest.fail(f"redis-server exited with code {proc.returncode}")
+            import time
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not answer within 10 s")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,0 +1,139 @@
+"""Feature store: no leakage, point-in-time training sets, defaults, offline/online consistency."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import CUSTOMER_DIR, build, load_catalog
+from features.definitions import CUSTOMER_FEATURES, NEVER_DAYS
+from features.ingest import ingest
+from features import store as fstore
+from tests.conftest import NOW, write
+
+EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_type,item_id,quantity,revenue,session_id"
+
+
+def _snapshot(ws, day: str) -> pd.DataFrame:
+    return pd.read_parquet(ws.features / CUSTOMER_DIR / f"{day}.parquet").set_index("customer_id")
+
+
+@pytest.fixture
+def small_lake(ws, raw):
+    write(raw, "customers.csv", """
+        customer_id,signup_at,tier,city_tier
+        C1,2025-01-01,gold,1
+        C2,2025-02-01,,2
+        NEW,2025-03-15,silver,
+    """)
+    write(raw, "items.csv", "item_id,category,brand,price\nI1,shoes,nike,10\nI2,books,penguin,5")
+    write(raw, "events.csv", f"""
+        {EVENTS}
+        e1,2025-03-01T10:00:00Z,,,C1,web,product_view,I1,,,s1
+        e2,2025-03-01T10:01:00Z,,,C1,web,purchase,I1,1,10,s1
+        e3,2025-03-10T09:00:00Z,,,C1,store,purchase,I2,2,10,
+        e4,2025-03-20T10:02:00Z,,,C2,app,product_view,I2,,,s2
+    """)
+    ingest(raw, ws, now=NOW)
+    return ws
+
+
+def test_snapshot_uses_only_events_strictly_before_the_cutoff(small_lake, raw):
+    ws = small_lake
+    build(ws, every_days=7, snapshots=4)
+    assert load_catalog(ws)["cutoffs"] == ["2025-02-28", "2025-03-07", "2025-03-14", "2025-03-21"]
+    before = _snapshot(ws, "2025-03-14")
+    assert before.loc["C1", "purchases_30d"] == 2 and before.loc["C1", "days_since_last_purchase"] == 4
+    # Events at the cutoff instant and after it must not change that snapshot.
+    write(raw, "events_late.csv", f"""
+        {EVENTS}
+        e5,2025-03-14T00:00:00Z,,,C1,web,purchase,I1,1,99,s9
+        e6,2025-03-16T00:00:00Z,,,C2,web,purchase,I1,1,99,s9
+        e7,2025-03-27T00:00:00Z,,,C2,web,page_view,,,,s9
+    """)
+    ingest(raw, ws, now=NOW)
+    build(ws, every_days=7, snapshots=4)
+    assert load_catalog(ws)["cutoffs"][-1] == "2025-03-28"
+    after = _snapshot(ws, "2025-03-14")
+    pd.testing.assert_frame_equal(before, after)
+    assert _snapshot(ws, "2025-03-21").loc["C1", "revenue_30d"] == 119, "the later snapshot does see them"
+
+
+def test_new_customer_gets_defaults_not_nan(small_lake):
+    build(small_lake, every_days=7, snapshots=4)
+    snap = _snapshot(small_lake, "2025-03-21")
+    new = snap.loc["NEW"]
+    assert not new.isna().any(), new[new.isna()]
+    assert new["days_since_last_purchase"] == NEVER_DAYS and new["purchases_365d"] == 0
+    assert new["preferred_channel_90d"] == "none" and new["top_category_365d"] == "none"
+    assert new["tenure_days"] == 6
+    assert "NEW" not in _snapshot(small_lake, "2025-03-14").index, "no row before the customer existed"
+    assert list(snap.columns) == ["event_timestamp"] + [f.name for f in CUSTOMER_FEATURES]
+
+
+def test_training_set_one_row_per_entity_row_in_order(small_lake):
+    ws = small_lake
+    build(ws, every_days=7, snapshots=4)
+    fstore.apply(ws)
+    store = fstore.feature_store(ws)
+    entity = pd.DataFrame({
+        "customer_id": ["C2", "C1", "C1", "C1", "ghost", "C1"],
+        "event_timestamp": [datetime(2025, 3, 21), datetime(2025, 3, 14), datetime(2025, 3, 16, 12),
+                            datetime(2025, 3, 14), datetime(2025, 3, 14), datetime(2025, 3, 13, 23, 59)],
+    })
+    got = fstore.historical_features(store, "churn_v1", entity)
+    assert got["customer_id"].tolist() == entity["customer_id"].tolist()
+    assert got["event_timestamp"].dt.tz_localize(None).tolist() == entity["event_timestamp"].tolist()
+    # 03-14 and 03-16 read the 03-14 snapshot; 03-13 23:59 still reads 03-07's.
+    assert got["purchases_30d"].tolist()[1:4] == [2, 2, 2] and got["purchases_30d"].tolist()[5] == 1
+    assert np.isnan(got.loc[4, "purchases_30d"]), "an unknown customer is not invented"
+    assert got.loc[1, "tier"] == "gold" and got.loc[0, "city_tier"] == 2
+
+
+def _check_online_matches_latest_snapshot(ws, online: str):
+    fstore.apply(ws, online)
+    fstore.materialize(ws, online)
+    store = fstore.feature_store(ws, online)
+    latest = load_catalog(ws)["cutoffs"][-1]
+    offline = pd.read_parquet(ws.features / CUSTOMER_DIR / f"{latest}.parquet").set_index("customer_id")
+    sample = sorted(offline.sample(min(60, len(offline)), random_state=1).index) + ["no-such-customer"]
+    online_df, missing = fstore.online_features(store, "churn_v1", sample)
+    assert missing == ["no-such-customer"]
+    online_df = online_df.set_index("customer_id").loc[sample[:-1]]
+    for f in CUSTOMER_FEATURES:
+        a, b = online_df[f.name].to_numpy(), offline.loc[sample[:-1], f.name].to_numpy()
+        if f.dtype == "string":
+            assert (a == b).all(), f.name
+        else:
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-9, err_msg=f.name)
+
+
+@pytest.fixture(scope="module")
+def generated_features(tmp_path_factory, generated):
+    from propel.config import Workspace
+
+    ws = Workspace.resolve(tmp_path_factory.mktemp("feat") / "ws")
+    ingest(generated, ws)
+    build(ws, every_days=7, snapshots=6)
+    return ws
+
+
+def test_online_equals_latest_offline_sqlite(generated_features):
+    _check_online_matches_latest_snapshot(generated_features, "sqlite")
+
+
+@pytest.mark.redis
+def test_online_equals_latest_offline_redis(generated_features, redis_url, monkeypatch):
+    monkeypatch.setenv("PROPEL_REDIS_URL", redis_url)
+    _check_online_matches_latest_snapshot(generated_features, "redis")
+
+
+def test_materialize_is_incremental(generated_features):
+    ws = generated_features
+    fstore.apply(ws)
+    fstore.materialize(ws)
+    again = fstore.materialize(ws)
+    assert list(again["views"]) == ["customer_profile"], "snapshot views already up to date are not reloaded"
