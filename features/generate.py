@@ -30,6 +30,7 @@ DAY = 86_400
 NO_TS = np.iinfo(np.int64).max  # "never", for persons who do not churn
 FORMATS = ("csv", "parquet")
 CSV_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
+DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 REGISTERED_SHARE, PHONE_SHARE = 0.9, 0.8
 CONSENT_SHARE = (0.85, 0.12, 0.03)  # true / false / empty
@@ -41,7 +42,7 @@ SESSION_RATE = 22 / 365  # sessions per day at engagement 1
 FLOOR = 0.25  # engagement never decays below this share of its start
 HAZARD = 1 / 450  # daily churn hazard once engagement has fully decayed
 WEEKDAY = np.array([0.9, 0.88, 0.9, 0.95, 1.05, 1.25, 1.17])  # Monday..Sunday: weekends busier
-HOUR_P = np.array([1, 1, 1, 1, 1, 2, 3, 5, 6, 6, 6, 7, 8, 7, 6, 6, 6, 7, 9, 11, 12, 10, 6, 3]) / 131  # sums to 1
+HOUR_P = np.array([1, 1, 1, 1, 1, 2, 3, 5, 6, 6, 6, 7, 8, 7, 6, 6, 6, 7, 9, 11, 12, 10, 6, 3]) / 131  # evenings
 MIN_GAP, MAX_GAP = 5, 180  # seconds between a human's events in one session
 PAGES, VIEWS, P_CART, P_BUY = 1.5, 2.0, 0.3, 0.5
 
@@ -124,12 +125,14 @@ def _scramble(nums, bits: int) -> np.ndarray:
 
 
 def _code(prefix: str, nums, width: int, base: int = 10) -> np.ndarray:
-    """Fixed-width ids like C0000042 or ck_0a1b2c3d4e as a bytes array, without a Python loop."""
+    """Fixed-width ids like C0000042 or ck_0a1b2c3d4e as a bytes array, one digit column at a time."""
     nums = np.asarray(nums).astype(np.uint64)
-    powers = np.uint64(base) ** np.arange(width - 1, -1, -1).astype(np.uint64)
-    digits = np.frombuffer(b"0123456789abcdef", np.uint8)[(nums[:, None] // powers) % np.uint64(base)]
-    head = np.broadcast_to(np.frombuffer(prefix.encode(), np.uint8), (len(nums), len(prefix)))
-    return np.hstack([head, digits]).view(f"S{len(prefix) + width}").ravel()
+    out = np.empty((len(nums), len(prefix) + width), np.uint8)
+    out[:, : len(prefix)] = np.frombuffer(prefix.encode(), np.uint8)
+    for col in range(out.shape[1] - 1, len(prefix) - 1, -1):
+        out[:, col] = DIGITS[nums % np.uint64(base)]
+        nums = nums // np.uint64(base)
+    return out.view(f"S{out.shape[1]}").ravel()
 
 
 def _strings(values: np.ndarray, mask=None) -> pa.Array:
@@ -142,11 +145,15 @@ def _decode(labels, codes) -> pa.Array:
     return pa.array(labels, pa.string()).take(pa.array(codes, mask=codes < 0))
 
 
-def _iso(secs: np.ndarray, rng) -> pa.Array:
-    """ISO-8601 strings with a mix of UTC offsets (same instants), as exported by different systems."""
-    k = rng.choice(len(OFFSETS), len(secs), p=OFFSET_P)
+def _offsets(n: int, rng) -> np.ndarray:
+    return rng.choice(len(OFFSETS), n, p=OFFSET_P)
+
+
+def _iso(secs: np.ndarray, rng, k: np.ndarray | None = None) -> pa.Array:
+    """ISO-8601 strings with a mix of UTC offsets `k` (same instants), as exported by different systems."""
+    k = _offsets(len(secs), rng) if k is None else k
     local = pa.array(secs + np.array([o for _, o in OFFSETS])[k], pa.timestamp("s"))
-    text = pc.strftime(local, format="%Y-%m-%dT%H:%M:%S")
+    text = pc.replace_substring(local.cast(pa.string()), " ", "T", max_replacements=1)  # much faster than strftime
     return pc.binary_join_element_wise(text, _decode([s for s, _ in OFFSETS], k), "")
 
 
@@ -254,8 +261,8 @@ def _persons(lo: int, hi: int, t0: int, t_end: int, rng) -> SimpleNamespace:
     p.n_cookies, p.n_devices = rng.integers(1, MAX_COOKIES + 1, n), rng.integers(1, MAX_DEVICES + 1, n)
     p.hidden_cookie = rng.random((n, MAX_COOKIES)) < HIDDEN_SHARE
     p.hidden_device = rng.random((n, MAX_DEVICES)) < HIDDEN_SHARE
-    logits = np.stack([2.5 * p.price_sensitivity + (p.channel == 1) - 1.45, 1.5 * p.engagement + 3 * p.loyalty - 2.9,
-                       1.6 - p.engagement, 2 * (1 - p.loyalty) - 1.9], 1)
+    logits = np.stack([2.5 * p.price_sensitivity + (p.channel == 1) - 1.45,  # persuadable: deal seekers, sms fans
+                       1.5 * p.engagement + 3 * p.loyalty - 2.9, 1.6 - p.engagement, 2 * (1 - p.loyalty) - 1.9], 1)
     p.uplift = np.argmax(logits + rng.gumbel(size=logits.shape), 1)
     p.consent = rng.choice(3, n, p=CONSENT_SHARE)
     p.has_phone = rng.random(n) < PHONE_SHARE
@@ -270,8 +277,8 @@ def _persons(lo: int, hi: int, t0: int, t_end: int, rng) -> SimpleNamespace:
         out[:, [i for i, ch in enumerate(fmt) if ch == "#"]] = digits
         phones.append(_strings(out.view(f"S{len(fmt)}").ravel()))
     phone = pa.concat_arrays(phones).take(rng.integers(0, len(PHONE_FORMATS), n) * n + np.arange(n))
-    p.ids = {"customer_id": _strings(_code("C", p.pid + 1, 7)), "member_id": _strings(_code("M", _scramble(p.pid + 1, 26), 8)),
-             "email": _strings(email), "phone": phone}
+    p.ids = {"customer_id": _strings(_code("C", p.pid + 1, 7)), "email": _strings(email), "phone": phone,
+             "member_id": _strings(_code("M", _scramble(p.pid + 1, 26), 8))}
     return p
 
 
@@ -305,7 +312,8 @@ def _simulate(p, t0: int, days: int, rng) -> tuple[np.ndarray, np.ndarray]:
 
 def _draw_items(p, persons: np.ndarray, catalog, rng) -> np.ndarray:
     """Category from the person's preferences, then an item by popularity within it."""
-    cat = np.searchsorted(p.category_cum, persons + rng.random(len(persons)), side="right") - persons * len(CATEGORIES)
+    cat = np.searchsorted(p.category_cum, persons + rng.random(len(persons)), side="right")
+    cat -= persons * len(CATEGORIES)
     return catalog.order[np.searchsorted(catalog.cum, cat + rng.random(len(cat)), side="right")]
 
 
@@ -354,8 +362,8 @@ def _session_events(p, sp: np.ndarray, start: np.ndarray, catalog, rng) -> dict:
     gaps = np.where(first, 0, rng.integers(MIN_GAP, MAX_GAP + 1, len(sess)))
     elapsed = np.cumsum(gaps)
     is_login = etype == EV["login"]
-    return _rows(len(sess), person=sp[sess], ts=start[sess] + elapsed - np.maximum.accumulate(np.where(first, elapsed, 0)),
-                 session=sess, channel=np.array([CH["web"], CH["app"], CH["store"]])[plat[sess]], etype=etype,
+    in_session = elapsed - np.maximum.accumulate(np.where(first, elapsed, 0))
+    return _rows(len(sess), person=sp[sess], ts=start[sess] + in_session, session=sess, channel=np.array([CH["web"], CH["app"], CH["store"]])[plat[sess]], etype=etype,
                  idtype=np.where(is_login, ID["member_id"], idtype[sess]), idnum=np.where(is_login, 0, idnum[sess]),
                  item=item_col, qty=qty, revenue=revenue)
 
@@ -363,8 +371,8 @@ def _session_events(p, sp: np.ndarray, start: np.ndarray, catalog, rng) -> dict:
 def _campaign_events(p, camps, catalog, rng, t_end: int) -> tuple[dict, pa.Table, pa.Table]:
     """Targeting with a random hold-out, and responses whose size depends on uplift type, traits and channel."""
     eligible = p.registered & (p.consent == 0)
-    target = (rng.random((p.n, len(camps.start))) < TARGET_SHARE) & eligible[:, None] & (p.signup[:, None] < camps.start)
-    pi, ci = np.nonzero(target)
+    target = rng.random((p.n, len(camps.start))) < TARGET_SHARE
+    pi, ci = np.nonzero(target & eligible[:, None] & (p.signup[:, None] < camps.start))
     m = len(pi)
     sent = camps.start[ci] + rng.integers(0, 6 * 3600, m)
     control = rng.random(m) < CONTROL_SHARE
@@ -384,9 +392,10 @@ def _campaign_events(p, camps, catalog, rng, t_end: int) -> tuple[dict, pa.Table
     open_ts = sent + (rng.random(m) * (np.where(click, click_ts, horizon) - sent)).astype(np.int64)
     b, c, o = np.flatnonzero(converted), np.flatnonzero(click), np.flatnonzero(opened)
     app = rng.random(len(b)) > p.platform_cum[pi[b], 0] / p.platform_cum[pi[b], 1]
+    bought = _purchases(catalog, _draw_items(p, pi[b], catalog, rng), rng)
     rows = _concat(_concat(
         _rows(len(b), person=pi[b], ts=buy_ts[b], channel=np.where(app, CH["app"], CH["web"]),
-              campaign=np.where(control[b], -1, ci[b]), **_purchases(catalog, _draw_items(p, pi[b], catalog, rng), rng)),
+              campaign=np.where(control[b], -1, ci[b]), **bought),
         _rows(len(c), person=pi[c], ts=click_ts[c], channel=np.array([CH[x] for x in CAMPAIGN_CHANNELS])[ch[c]],
               etype=np.array([EV[x] for x in RESPONSE_EVENT])[ch[c]], campaign=ci[c],
               idtype=np.where(ch[c] == 0, ID["email"], CUSTOMER_COLUMN))),
@@ -396,7 +405,8 @@ def _campaign_events(p, camps, catalog, rng, t_end: int) -> tuple[dict, pa.Table
               "group": _decode(TOUCH_GROUPS, control.astype(np.int64))}
     touches = _table("campaign_touches", {**common, "identity_type": pa.nulls(m, pa.string()),
                                           "identity_value": pa.nulls(m, pa.string()), "sent_at": _iso(sent, rng)})
-    effects = pa.table({**common, "p_control": p_control, "p_treated": p_treated, "converted": converted.astype(np.int8)})
+    effects = pa.table({**common, "p_control": p_control, "p_treated": p_treated,
+                        "converted": converted.astype(np.int8)})
     return rows, touches, effects
 
 
@@ -429,7 +439,8 @@ def _identity_column(p, types: np.ndarray, persons: np.ndarray, nums: np.ndarray
     return pa.concat_arrays(pieces).take(pa.array(pos, mask=pos < 0))
 
 
-def _identities(p, ev: dict, hubs: np.ndarray, rng, t0: int, t_end: int, blocked: float) -> tuple[pa.Table, pa.Table, int]:
+def _identities(p, ev: dict, hubs: np.ndarray, rng, t0: int, t_end: int, blocked: float
+                ) -> tuple[pa.Table, pa.Table, int]:
     """Raw link rows, and the truth of whom each identifier belongs to and whether the raw data can tell."""
     with_login = np.zeros(ev["session"].max(initial=-1) + 2, bool)  # index -1 (no session) stays False
     with_login[ev["session"][ev["etype"] == EV["login"]]] = True
@@ -466,12 +477,14 @@ def _identities(p, ev: dict, hubs: np.ndarray, rng, t0: int, t_end: int, blocked
                               return_inverse=True)
     seen = r[first]
     kinds = [(ID["customer_id"], reg), (M, reg), (ID["email"], reg), (ID["phone"], phone)]
-    types = np.concatenate([np.full(len(w), t) for t, w in kinds] + [ev["idtype"][seen], np.full(len(hubs), ID["device_id"])])
+    types = np.concatenate([np.full(len(w), t) for t, w in kinds]
+                           + [ev["idtype"][seen], np.full(len(hubs), ID["device_id"])])
     persons = np.concatenate([w for _, w in kinds] + [ev["person"][seen], np.full(len(hubs), -1)])
     nums = np.concatenate([w for _, w in kinds] + [ev["idnum"][seen], HUB_BASE + hubs])
     linkable = np.r_[np.ones(len(types) - len(seen) - len(hubs), bool),
                      np.bincount(inv.ravel(), in_login[r].astype(float), len(seen)) > 0, np.zeros(len(hubs), bool)]
-    truth = pa.table({"identity_type": _decode(IDENTITY_TYPES, types), "identity_value": _identity_column(p, types, persons, nums),
+    truth = pa.table({"identity_type": _decode(IDENTITY_TYPES, types),
+                      "identity_value": _identity_column(p, types, persons, nums),
                       "person_id": pa.array(p.pid[0] + persons, mask=persons < 0), "linkable": linkable})
     return raw, truth, len(placeholder)
 
@@ -484,8 +497,8 @@ def _inject(ev: dict, rates: DirtyRates, rng) -> tuple[np.ndarray, dict[str, int
     negative = pool[ev["etype"][pool] == EV["purchase"]][: bad // 4]
     pool = pool[~np.isin(pool, negative)]
     want = {"bad_timestamps": bad // 4, "empty_event_id": bad // 4, "unknown_channel": bad - 3 * (bad // 4),
-            "future_timestamps": round(rates.future * n), "duplicate_event_ids": 2 * round(rates.duplicate_event_ids * n),
-            "exact_duplicate_rows": round(rates.exact_duplicates * n)}
+            "future_timestamps": round(rates.future * n), "exact_duplicate_rows": round(rates.exact_duplicates * n),
+            "duplicate_event_ids": 2 * round(rates.duplicate_event_ids * n)}  # an id's first and second use
     parts = dict(zip(want, np.split(pool, np.cumsum(list(want.values())))))
     ev["revenue"][negative] *= -1
     ev["bad_ts"], ev["empty_id"] = np.zeros(n, bool), np.zeros(n, bool)
@@ -502,9 +515,10 @@ def _events_table(p, ev: dict, block: int, camps, rng) -> pa.Table:
     """Format the numeric rows as the contract's events table."""
     by_customer = ev["idtype"] == CUSTOMER_COLUMN
     session = np.maximum(ev["session"], 0)
+    event_id = _strings(_code("ev_", _scramble((block << 32) | ev["eid"], 48), 12, 16))
     return _table("events", {
-        "event_id": pc.if_else(pa.array(ev["empty_id"]), "", _strings(_code("ev_", _scramble((block << 32) | ev["eid"], 48), 12, 16))),
-        "ts": pc.if_else(pa.array(ev["bad_ts"]), BAD_TS, _iso(ev["ts"], rng)),
+        "event_id": pc.if_else(pa.array(ev["empty_id"]), "", event_id),
+        "ts": pc.if_else(pa.array(ev["bad_ts"]), BAD_TS, _iso(ev["ts"], rng, ev["offset"])),
         "identity_type": _decode(IDENTITY_TYPES, ev["idtype"]),
         "identity_value": _identity_column(p, ev["idtype"], ev["person"], ev["idnum"]),
         "customer_id": p.ids["customer_id"].take(pa.array(np.maximum(ev["person"], 0), mask=~by_customer)),
@@ -526,9 +540,11 @@ def _customers_table(p, rng) -> pa.Table:
     return _table("customers", {
         "customer_id": p.ids["customer_id"].take(r), "signup_at": _iso(p.signup[r], rng),
         "marketing_consent": pa.array(p.consent[r] == 0, mask=p.consent[r] == 2),
-        "age_band": _decode(AGE_BANDS, gap(0.05, age)), "city_tier": pa.array(rng.integers(1, 4, m), mask=rng.random(m) < 0.04),
+        "age_band": _decode(AGE_BANDS, gap(0.05, age)),
+        "city_tier": pa.array(rng.integers(1, 4, m), mask=rng.random(m) < 0.04),
         "gender": _decode(GENDERS, gap(0.08, rng.choice(3, m, p=(0.51, 0.47, 0.02)))),
-        "membership_tier": _decode(TIERS, tier), "acquisition_channel": _decode(ACQUISITION, gap(0.06, rng.integers(0, len(ACQUISITION), m))),
+        "membership_tier": _decode(TIERS, tier),
+        "acquisition_channel": _decode(ACQUISITION, gap(0.06, rng.integers(0, len(ACQUISITION), m))),
         "email": p.ids["email"].take(r), "phone": p.ids["phone"].take(pa.array(r, mask=~p.has_phone[r]))})
 
 
@@ -552,11 +568,13 @@ def _block(b: int, lo: int, hi: int, g: SimpleNamespace, raw: dict, truth: dict)
     ev = _take(ev, (ev["ts"] >= p.signup[who]) & (ev["ts"] < p.churn_at[who]) & (ev["ts"] < g.t_end))
     bots = _bots(len(ev["ts"]), g.dirty.bots, b, len(sp), g.t0, g.t_end, rng)
     ev = _concat(ev, bots)
-    ids, id_truth, blocked = _identities(p, ev, g.hubs[g.hubs % g.n_blocks == b], rng, g.t0, g.t_end, g.dirty.blocked_identities)
-    ev["eid"] = np.arange(len(ev["ts"]))
+    hubs = g.hubs[g.hubs % g.n_blocks == b]
+    ids, id_truth, blocked = _identities(p, ev, hubs, rng, g.t0, g.t_end, g.dirty.blocked_identities)
+    ev["eid"], ev["offset"] = np.arange(len(ev["ts"])), _offsets(len(ev["ts"]), rng)
     rows, counts = _inject(ev, g.dirty, rng)
     rows = rng.permutation(rows) if g.dirty.shuffle else rows[np.argsort(ev["ts"][rows], kind="stable")]
-    events = _events_table(p, ev, b, g.camps, rng).take(rows)  # format first: copies must be exact
+    ev = _take(ev, rows)  # exact copies are made here, before the strings, so they stay exact
+    events = _events_table(p, ev, b, g.camps, rng)
     _Writer(g.out_dir / f"events_part-{b:05d}.{g.fmt}").write(events).close()
     for name, table in (("customers", _customers_table(p, rng)), ("identities", ids), ("campaign_touches", touches)):
         raw[name].write(table)
@@ -566,8 +584,12 @@ def _block(b: int, lo: int, hi: int, g: SimpleNamespace, raw: dict, truth: dict)
 
 
 def generate(out_dir: Path, customers: int = 20_000, days: int = 180, seed: int = 7, fmt: str = "csv",
-             end: date = date(2026, 10, 31), dirty: DirtyRates = DirtyRates(), progress: bool = False) -> GenerateReport:
-    """Write a synthetic retailer's raw tables to out_dir and its ground truth to out_dir/_truth."""
+             end: date = date(2026, 10, 31), dirty: DirtyRates = DirtyRates(), progress: bool = False
+             ) -> GenerateReport:
+    """Write a synthetic retailer's raw tables to out_dir and its ground truth to out_dir/_truth.
+
+    `end` is the last day with events; `days` days end there. Same arguments, same bytes.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
     if not 0 < customers < 10**7 or days < 1:
@@ -578,10 +600,12 @@ def generate(out_dir: Path, customers: int = 20_000, days: int = 180, seed: int 
     t_end = int(datetime(end.year, end.month, end.day, tzinfo=timezone.utc).timestamp()) + DAY
     n_blocks = -(-customers // BLOCK)
     n_hubs = max(1, round(customers * dirty.hubs_per_person)) if dirty.hubs_per_person else 0
-    g = SimpleNamespace(seed=seed, days=days, t_end=t_end, t0=t_end - days * DAY, fmt=fmt, out_dir=out_dir, dirty=dirty,
-                        n_blocks=n_blocks, hubs=np.arange(n_hubs), catalog=_catalog(customers, np.random.default_rng([seed, 0, 0])))
+    g = SimpleNamespace(seed=seed, days=days, t_end=t_end, t0=t_end - days * DAY, fmt=fmt, out_dir=out_dir,
+                        dirty=dirty, n_blocks=n_blocks, hubs=np.arange(n_hubs))
+    g.catalog = _catalog(customers, np.random.default_rng([seed, 0, 0]))
     g.camps = _campaigns(g.t0, t_end, np.random.default_rng([seed, 0, 1]))
-    raw = {t: _Writer(out_dir / f"{t}.{fmt}") for t in ("items", "campaigns", "customers", "identities", "campaign_touches")}
+    raw = {t: _Writer(out_dir / f"{t}.{fmt}")
+           for t in ("items", "campaigns", "customers", "identities", "campaign_touches")}
     truth = {t: _Writer(out_dir / "_truth" / f"{t}.parquet") for t in ("persons", "identities", "treatment_effects")}
     raw["items"].write(g.catalog.table)
     raw["campaigns"].write(g.camps.table)

@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 
 from features import identity
+from features.forget import TOMBSTONES, tombstone_sql
 from features.lake import LAKE_TYPES, Lake
 from features.schema import (
     BLOCKED_VALUE_PATTERN, CLICK_EVENT_TYPES, PII_COLUMNS, PII_TYPES, TABLES, Column, Table,
@@ -45,10 +46,11 @@ class TableCounts:
     accepted: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    forgotten: int = 0  # rows about people who asked to be forgotten (`propel forget`)
     reasons: dict[str, int] = field(default_factory=dict)
 
     def reconciles(self) -> bool:
-        return self.input == self.accepted + self.quarantined + self.duplicates
+        return self.input == self.accepted + self.quarantined + self.duplicates + self.forgotten
 
 
 @dataclass
@@ -292,6 +294,21 @@ class _Loader:
             )
         if table.name == "events":
             self._flag_bots()
+        self._drop_forgotten(table, present)
+
+    def _drop_forgotten(self, table: Table, present: set[str]) -> None:
+        """Rows naming a tombstoned identifier are dropped before they reach the lake or quarantine."""
+        nodes = []
+        if {"identity_type", "identity_value"} <= present:
+            nodes.append(("identity_type", "identity_value"))
+        if {"linked_type", "linked_value"} <= present:
+            nodes.append(("linked_type", "linked_value"))
+        if "customer_id" in present:
+            nodes.append(("'customer_id'", "customer_id"))
+        if not nodes or not (self.lake.root / TOMBSTONES).exists():
+            return
+        hit = " OR ".join(f"sha256({t} || ':' || {v}) IN (SELECT key FROM {tombstone_sql(self.lake)})" for t, v in nodes)
+        self.con.execute(f"UPDATE stage SET _dup = 'forgotten' WHERE {hit}")
 
     def _flag_bots(self) -> None:
         s = self.settings.ingest
@@ -314,7 +331,8 @@ class _Loader:
     def _write(self, table: Table, present: set[str], load_id: str) -> TableCounts:
         counts = TableCounts(*self.con.execute(
             "SELECT count(*), count(*) FILTER (_reason IS NULL AND _dup IS NULL), "
-            "count(*) FILTER (_reason IS NOT NULL AND _dup IS NULL), count(*) FILTER (_dup IS NOT NULL) FROM stage"
+            "count(*) FILTER (_reason IS NOT NULL AND _dup IS NULL), count(*) FILTER (_dup <> 'forgotten'), "
+            "count(*) FILTER (_dup = 'forgotten') FROM stage"
         ).fetchone())
         counts.reasons = dict(self.con.execute(
             "SELECT coalesce(_dup, _reason), count(*) FROM stage WHERE _reason IS NOT NULL OR _dup IS NOT NULL "

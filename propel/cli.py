@@ -91,10 +91,28 @@ def ingest(
     console.print(f"[green]ingest[/] {report.summary()}")
 
 
+OnlineOption = Annotated[Optional[str], typer.Option("--online", help="Online store: sqlite or redis (default: propel.toml, else sqlite).")]
+
+
+@app.command()
+@friendly
+def forget(
+    ctx: typer.Context,
+    customer_ids: Annotated[list[str], typer.Argument(help="Customer ids to forget (merged-away ids resolve to the person).")],
+    online: OnlineOption = None,
+) -> None:
+    """Remove people from the lake, feature tables and online store, and keep them out of future loads."""
+    from features.forget import forget as run
+
+    report = run(ctx.obj, customer_ids, online)
+    console.print(f"[green]forget[/] {report.summary()}")
+    if report.not_found:
+        raise typer.Exit(1)
+
+
 features_app = typer.Typer(help="Feature store: build snapshots, register them in Feast, load the online store.",
                             no_args_is_help=True)
 app.add_typer(features_app, name="features")
-OnlineOption = Annotated[Optional[str], typer.Option("--online", help="Online store: sqlite or redis (default: propel.toml, else sqlite).")]
 
 
 @features_app.command("build")
