@@ -363,7 +363,8 @@ def _session_events(p, sp: np.ndarray, start: np.ndarray, catalog, rng) -> dict:
     elapsed = np.cumsum(gaps)
     is_login = etype == EV["login"]
     in_session = elapsed - np.maximum.accumulate(np.where(first, elapsed, 0))
-    return _rows(len(sess), person=sp[sess], ts=start[sess] + in_session, session=sess, channel=np.array([CH["web"], CH["app"], CH["store"]])[plat[sess]], etype=etype,
+    return _rows(len(sess), person=sp[sess], ts=start[sess] + in_session, session=sess, etype=etype,
+                 channel=np.array([CH["web"], CH["app"], CH["store"]])[plat[sess]],
                  idtype=np.where(is_login, ID["member_id"], idtype[sess]), idnum=np.where(is_login, 0, idnum[sess]),
                  item=item_col, qty=qty, revenue=revenue)
 

@@ -36,7 +36,26 @@ def contract_tables() -> str:
     return "\n".join(out)
 
 
-SECTIONS = {"data-contract.md": {"tables": contract_tables}}
+def feature_tables() -> str:
+    from features.definitions import CUSTOMER_FEATURES, FEATURE_SERVICES, FEATURE_VIEWS, ITEM_FEATURES
+
+    out = []
+    for view, description in FEATURE_VIEWS.items():
+        feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES) if f.view == view]
+        out += [f"### `{view}`", "", description + ".", ""]
+        if not feats:
+            out += ["Every extra column of the `customers` table (minus PII columns), with its type, discovered "
+                    "when features are built; timestamp = signup (or first event).", ""]
+            continue
+        out += ["| feature | type | default | description |", "|---|---|---|---|"]
+        out += [f"| `{f.name}` | {f.dtype} | {f.default.strip(chr(39))} | {f.description} |" for f in feats]
+        out.append("")
+    out += ["### Feature services", "", "| service | views |", "|---|---|"]
+    out += [f"| `{name}` | {', '.join(f'`{v}`' for v in views)} |" for name, views in FEATURE_SERVICES.items()]
+    return "\n".join(out)
+
+
+SECTIONS = {"data-contract.md": {"tables": contract_tables}, "features.md": {"features": feature_tables}}
 
 
 def render(text: str, sections: dict) -> str:
