@@ -1,0 +1,99 @@
+"""`make bench`: throughput and peak memory of each pipeline stage at scale; writes docs/benchmarks.md.
+
+Each stage runs as its own child process so its wall time and peak RSS are its own. Scales:
+  ingest-1m / ingest-10m   ingestion of ~1M and ~10M generated events (target: 10M in <= 60 s, <= 4 GiB)
+  features-1m              1M customers / ~50M events: feature build, materialize, reads, training set
+Pick with `BENCH=ingest-1m,ingest-10m make bench` (default: all). Results: bench/results/<stamp>.json.
+The machine this ran on is recorded with the figures; compare ratios within one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORK = Path(os.environ.get("BENCH_DIR", ROOT / "bench" / "work"))
+RESULTS = ROOT / "bench" / "results"
+# name -> (customers, days): ~50 events per person-year in the generator
+SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m": (1_000_000, 365)}
+
+
+def run(label: str, cmd: list[str], env: dict | None = None) -> dict:
+    """Run one stage; return wall seconds and the child's peak RSS."""
+    print(f"[bench] {label}: {' '.join(map(str, cmd))}", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(c) for c in cmd], env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise SystemExit(f"[bench] {label} failed with exit code {code}")
+    return {"stage": label, "seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3)}
+
+
+def machine() -> dict:
+    mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), 0)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "cpu": cpu, "python": platform.python_version()}
+
+
+def lake_events(ws: Path) -> int:
+    manifests = sorted((ws / "data" / "lake" / "manifests").glob("*.json"))
+    return sum(json.loads(m.read_text())["tables"].get("events", {}).get("input", 0) for m in manifests)
+
+
+def bench_scale(name: str) -> list[dict]:
+    customers, days = SCALES[name]
+    base = WORK / name
+    raw, ws = base / "raw", base / "ws"
+    propel = [BIN / "propel", "--workspace", ws]
+    rows = []
+    if not (raw / "_truth").exists():
+        shutil.rmtree(raw, ignore_errors=True)
+        rows.append(run(f"{name} generate", [BIN / "propel", "generate", "--customers", customers, "--days", days,
+                                            "--format", "parquet", raw]))
+    shutil.rmtree(ws, ignore_errors=True)
+    rows.append(run(f"{name} ingest", [*propel, "ingest", raw]))
+    events = lake_events(ws)
+    rows[-1]["events"] = events
+    rows[-1]["events_per_s"] = round(events / rows[-1]["seconds"])
+    if name.startswith("features"):
+        rows.append(run(f"{name} features build", [*propel, "features", "build"]))
+        rows.append(run(f"{name} features apply", [*propel, "features", "apply"]))
+        for online in ("sqlite", "redis"):
+            rows.append(run(f"{name} materialize {online}", [*propel, "features", "materialize", "--online", online]))
+        rows.append(run(f"{name} online reads + training set", [sys.executable, ROOT / "bench" / "feature_reads.py", ws]))
+        extra = ws / "bench_feature_reads.json"
+        if extra.exists():
+            rows[-1].update(json.loads(extra.read_text()))
+    return rows
+
+
+def main() -> None:
+    chosen = [s for s in os.environ.get("BENCH", ",".join(SCALES)).split(",") if s]
+    unknown = set(chosen) - set(SCALES)
+    if unknown:
+        raise SystemExit(f"unknown BENCH scale(s) {sorted(unknown)}; choose from {list(SCALES)}")
+    result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "rows": []}
+    for name in chosen:
+        result["rows"] += bench_scale(name)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{result['when'].replace(':', '')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"[bench] wrote {out}; update docs/benchmarks.md from it")
+
+
+if __name__ == "__main__":
+    main()
