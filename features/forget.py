@@ -126,11 +126,11 @@ def _forget_online(ws: Workspace, people: list[str], online: str | None) -> int:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from features.store import feature_store
+    from features.store import feature_store, registry_path
 
-    if not (ws.feast_data / "registry.db").exists():
-        return 0
     store = feature_store(ws, online)
+    if not registry_path(ws, store.config.online_store.type).exists():
+        return 0
     cfg = store.config
     keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=p)]) for p in people]
     views = [v for v in store.list_feature_views() if "customer" in v.entities]

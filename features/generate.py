@@ -4,6 +4,11 @@ Persons are simulated in independent blocks, each with its own RNG and its own e
 customers fit in bounded memory and the same arguments always give byte-identical files. Raw tables follow
 features/schema.py; what the pipeline should recover (who is who, churn, uplift, injected defects) goes to
 `_truth/`, which ingestion skips.
+
+How identifiers link, as ingestion must discover it: `identities` rows tie customer_id, member_id, email, phone and
+(at app login) device_id together; a web/app session's cookie_id/device_id is tied to a member only by a `login`
+event (identity member_id) with the same session_id. Kiosk devices linked to >50 members and placeholder values
+('unknown', '0000000', '') must link nobody.
 """
 
 from __future__ import annotations
@@ -194,8 +199,8 @@ def _rows(n: int, **cols) -> dict[str, np.ndarray]:
             for k, d in _ROW.items()}
 
 
-def _concat(a: dict, b: dict) -> dict:
-    return {k: np.concatenate([a[k], b[k]]) for k in a}
+def _concat(*parts: dict) -> dict:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _take(rows: dict, idx) -> dict:
@@ -266,20 +271,26 @@ def _persons(lo: int, hi: int, t0: int, t_end: int, rng) -> SimpleNamespace:
     p.uplift = np.argmax(logits + rng.gumbel(size=logits.shape), 1)
     p.consent = rng.choice(3, n, p=CONSENT_SHARE)
     p.has_phone = rng.random(n) < PHONE_SHARE
+    p.ids = _person_ids(p.pid, rng)
+    return p
+
+
+def _person_ids(pid: np.ndarray, rng) -> dict[str, pa.Array]:
+    """Each person's customer/member id, email and phone, unique by construction and formatted as people type them."""
+    n = len(pid)
     first, last = np.array(FIRST)[rng.integers(0, len(FIRST), n)], np.array(LAST)[rng.integers(0, len(LAST), n)]
-    email = np.char.add(np.char.add(np.char.add(first, b"."), last), (p.pid + 1).astype("S"))
+    email = np.char.add(np.char.add(np.char.add(first, b"."), last), (pid + 1).astype("S"))
     email = np.char.add(email, np.array(DOMAINS)[rng.integers(0, len(DOMAINS), n)])
     email = np.where(rng.random(n) < 0.1, np.char.capitalize(email), email)
-    digits = _code("7", (p.pid * 387_420_489 + 123_456_789) % 10**9, 9).view(np.uint8).reshape(n, 10)
+    digits = _code("7", (pid * 387_420_489 + 123_456_789) % 10**9, 9).view(np.uint8).reshape(n, 10)  # a bijection
     phones = []
     for fmt in PHONE_FORMATS:
         out = np.tile(np.frombuffer(fmt.encode(), np.uint8), (n, 1))
         out[:, [i for i, ch in enumerate(fmt) if ch == "#"]] = digits
         phones.append(_strings(out.view(f"S{len(fmt)}").ravel()))
     phone = pa.concat_arrays(phones).take(rng.integers(0, len(PHONE_FORMATS), n) * n + np.arange(n))
-    p.ids = {"customer_id": _strings(_code("C", p.pid + 1, 7)), "email": _strings(email), "phone": phone,
-             "member_id": _strings(_code("M", _scramble(p.pid + 1, 26), 8))}
-    return p
+    return {"customer_id": _strings(_code("C", pid + 1, 7)), "email": _strings(email), "phone": phone,
+            "member_id": _strings(_code("M", _scramble(pid + 1, 26), 8))}
 
 
 def _decay(p, idx, t) -> np.ndarray:
@@ -394,12 +405,12 @@ def _campaign_events(p, camps, catalog, rng, t_end: int) -> tuple[dict, pa.Table
     b, c, o = np.flatnonzero(converted), np.flatnonzero(click), np.flatnonzero(opened)
     app = rng.random(len(b)) > p.platform_cum[pi[b], 0] / p.platform_cum[pi[b], 1]
     bought = _purchases(catalog, _draw_items(p, pi[b], catalog, rng), rng)
-    rows = _concat(_concat(
+    rows = _concat(
         _rows(len(b), person=pi[b], ts=buy_ts[b], channel=np.where(app, CH["app"], CH["web"]),
               campaign=np.where(control[b], -1, ci[b]), **bought),
         _rows(len(c), person=pi[c], ts=click_ts[c], channel=np.array([CH[x] for x in CAMPAIGN_CHANNELS])[ch[c]],
               etype=np.array([EV[x] for x in RESPONSE_EVENT])[ch[c]], campaign=ci[c],
-              idtype=np.where(ch[c] == 0, ID["email"], CUSTOMER_COLUMN))),
+              idtype=np.where(ch[c] == 0, ID["email"], CUSTOMER_COLUMN)),
         _rows(len(o), person=pi[o], ts=open_ts[o], channel=CH["email"], etype=EV["email_open"], campaign=ci[o],
               idtype=ID["email"]))
     common = {"campaign_id": camps.ids.take(ci), "customer_id": p.ids["customer_id"].take(pi),
@@ -442,7 +453,7 @@ def _identity_column(p, types: np.ndarray, persons: np.ndarray, nums: np.ndarray
 
 def _identities(p, ev: dict, hubs: np.ndarray, rng, t0: int, t_end: int, blocked: float
                 ) -> tuple[pa.Table, pa.Table, int]:
-    """Raw link rows, and the truth of whom each identifier belongs to and whether the raw data can tell."""
+    """Raw link rows (signup, contact details, app logins, kiosks, placeholders), plus their truth."""
     with_login = np.zeros(ev["session"].max(initial=-1) + 2, bool)  # index -1 (no session) stays False
     with_login[ev["session"][ev["etype"] == EV["login"]]] = True
     in_login = with_login[ev["session"]]
@@ -454,8 +465,11 @@ def _identities(p, ev: dict, hubs: np.ndarray, rng, t0: int, t_end: int, blocked
     members = [rng.choice(reg, min(len(reg), rng.integers(*HUB_MEMBERS)), replace=False) for _ in hubs]
     hub_members = np.concatenate([np.empty(0, np.int64), *members])
     hub_num = np.repeat(HUB_BASE + hubs, [len(m) for m in members])
-    soon = lambda who: np.minimum(p.signup[who] + rng.integers(0, DAY, len(who)), t_end - 1)  # noqa: E731
     M = ID["member_id"]
+
+    def soon(who: np.ndarray) -> np.ndarray:  # contact details are confirmed within a day of signup
+        return np.minimum(p.signup[who] + rng.integers(0, DAY, len(who)), t_end - 1)
+
     segments = [  # (type, person, linked type, linked person, linked number, observed_at)
         (ID["customer_id"], reg, M, reg, reg, p.signup[reg]),
         (M, reg, ID["email"], reg, reg, soon(reg)),
@@ -473,6 +487,12 @@ def _identities(p, ev: dict, hubs: np.ndarray, rng, t0: int, t_end: int, blocked
         "linked_value": pa.concat_arrays([_identity_column(p, rt[:real], rp[:real], rn[:real]),
                                           _decode(PLACEHOLDERS, rng.integers(0, len(PLACEHOLDERS), len(placeholder)))]),
         "observed_at": _iso(ts, rng)})
+    return raw, _identity_truth(p, ev, in_login, phone, hubs), len(placeholder)
+
+
+def _identity_truth(p, ev: dict, in_login: np.ndarray, phone: np.ndarray, hubs: np.ndarray) -> pa.Table:
+    """Whose each raw identifier is; a cookie/device is linkable iff a login shares one of its sessions."""
+    reg, M = np.flatnonzero(p.registered), ID["member_id"]
     r = np.flatnonzero(np.isin(ev["idtype"], (ID["cookie_id"], ID["device_id"])))
     _, first, inv = np.unique(ev["idnum"][r] * 2 + (ev["idtype"][r] == ID["cookie_id"]), return_index=True,
                               return_inverse=True)
@@ -484,10 +504,9 @@ def _identities(p, ev: dict, hubs: np.ndarray, rng, t0: int, t_end: int, blocked
     nums = np.concatenate([w for _, w in kinds] + [ev["idnum"][seen], HUB_BASE + hubs])
     linkable = np.r_[np.ones(len(types) - len(seen) - len(hubs), bool),
                      np.bincount(inv.ravel(), in_login[r].astype(float), len(seen)) > 0, np.zeros(len(hubs), bool)]
-    truth = pa.table({"identity_type": _decode(IDENTITY_TYPES, types),
-                      "identity_value": _identity_column(p, types, persons, nums),
-                      "person_id": pa.array(p.pid[0] + persons, mask=persons < 0), "linkable": linkable})
-    return raw, truth, len(placeholder)
+    return pa.table({"identity_type": _decode(IDENTITY_TYPES, types),
+                     "identity_value": _identity_column(p, types, persons, nums),
+                     "person_id": pa.array(p.pid[0] + persons, mask=persons < 0), "linkable": linkable})
 
 
 def _inject(ev: dict, rates: DirtyRates, rng) -> tuple[np.ndarray, dict[str, int]]:
@@ -512,14 +531,14 @@ def _inject(ev: dict, rates: DirtyRates, rng) -> tuple[np.ndarray, dict[str, int
     return np.r_[np.arange(n), parts["exact_duplicate_rows"]], counts
 
 
-def _events_table(p, ev: dict, block: int, camps, rng) -> pa.Table:
+def _events_table(p, ev: dict, block: int, camps) -> pa.Table:
     """Format the numeric rows as the contract's events table."""
     by_customer = ev["idtype"] == CUSTOMER_COLUMN
     session = np.maximum(ev["session"], 0)
     event_id = _strings(_code("ev_", _scramble((block << 32) | ev["eid"], 48), 12, 16))
     return _table("events", {
         "event_id": pc.if_else(pa.array(ev["empty_id"]), "", event_id),
-        "ts": pc.if_else(pa.array(ev["bad_ts"]), BAD_TS, _iso(ev["ts"], rng, ev["offset"])),
+        "ts": pc.if_else(pa.array(ev["bad_ts"]), BAD_TS, _iso(ev["ts"], None, ev["offset"])),
         "identity_type": _decode(IDENTITY_TYPES, ev["idtype"]),
         "identity_value": _identity_column(p, ev["idtype"], ev["person"], ev["idnum"]),
         "customer_id": p.ids["customer_id"].take(pa.array(np.maximum(ev["person"], 0), mask=~by_customer)),
@@ -534,7 +553,10 @@ def _customers_table(p, rng) -> pa.Table:
     """CRM rows for registered persons; attributes loosely follow the traits, with gaps like a real CRM."""
     r = np.flatnonzero(p.registered)
     m = len(r)
-    gap = lambda share, codes: np.where(rng.random(m) < share, -1, codes)  # noqa: E731
+
+    def gap(share: float, codes: np.ndarray) -> np.ndarray:  # CRM fields left empty
+        return np.where(rng.random(m) < share, -1, codes)
+
     young = np.isin(p.channel[r], (2, 3))  # push/social lovers skew young
     age = np.clip(np.round(rng.normal(2.6 - 1.2 * young, 1.1)), 0, len(AGE_BANDS) - 1).astype(np.int64)
     tier = np.digitize(2 * p.loyalty[r] + 0.4 * p.engagement[r] + rng.normal(0, 0.3, m), (0.8, 1.3))
@@ -575,7 +597,7 @@ def _block(b: int, lo: int, hi: int, g: SimpleNamespace, raw: dict, truth: dict)
     rows, counts = _inject(ev, g.dirty, rng)
     rows = rng.permutation(rows) if g.dirty.shuffle else rows[np.argsort(ev["ts"][rows], kind="stable")]
     ev = _take(ev, rows)  # exact copies are made here, before the strings, so they stay exact
-    events = _events_table(p, ev, b, g.camps, rng)
+    events = _events_table(p, ev, b, g.camps)
     _Writer(g.out_dir / f"events_part-{b:05d}.{g.fmt}").write(events).close()
     for name, table in (("customers", _customers_table(p, rng)), ("identities", ids), ("campaign_touches", touches)):
         raw[name].write(table)

@@ -31,10 +31,16 @@ def repo_config(ws: Workspace, online: str | None = None) -> RepoConfig:
     raw = yaml.safe_load((REPO_DIR / "feature_store.yaml").read_text())
     ws.feast_data.mkdir(parents=True, exist_ok=True)
     raw["project"] = settings.project
-    raw["registry"] = {"path": str(ws.feast_data / "registry.db"), "cache_ttl_seconds": 0}
+    # One registry per online store: Feast records materialization progress in the registry, so a
+    # shared one would make a fresh Redis look already loaded after SQLite was.
+    raw["registry"] = {"path": str(registry_path(ws, online)), "cache_ttl_seconds": 0}
     raw["online_store"] = ({"type": "sqlite", "path": str(ws.feast_data / "online_store.db")} if online == "sqlite"
                            else {"type": "redis", "connection_string": settings.redis_url})
     return RepoConfig(repo_path=ws.root, **raw)
+
+
+def registry_path(ws: Workspace, online: str) -> Path:
+    return ws.feast_data / ("registry.db" if online == "sqlite" else f"registry_{online}.db")
 
 
 def feature_store(ws: Workspace, online: str | None = None) -> FeatureStore:

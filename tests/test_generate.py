@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -171,6 +171,7 @@ def test_rejects_unknown_format(tmp_path):
 
 
 def test_end_is_the_last_day(clean):
-    ts = _with_person(clean, _raw(clean, "events")).ts
-    last = datetime(END.year, END.month, END.day, tzinfo=timezone.utc)
-    assert ts.max() < pd.Timestamp(last + timedelta(days=1)) and ts.max() > pd.Timestamp(last)
+    ts = pd.to_datetime(_raw(clean, "events").ts, format="ISO8601", utc=True)
+    last = pd.Timestamp(END, tz="UTC")
+    assert last < ts.max() < last + pd.Timedelta(days=1)
+    assert ts.is_monotonic_increasing  # clean files are in time order

@@ -1,0 +1,79 @@
+"""Labels: who churned after a cutoff, who responded to a campaign touch. SQL over the lake.
+
+Each function returns an *entity frame*: `customer_id`, `event_timestamp` (the moment the features
+must describe), `label` (0/1), plus context columns. Explicit labels from the workspace's `labels`
+table win over derived ones for the same task.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import pandas as pd
+
+CONTEXT_COLUMNS = ("campaign_channel", "offer_type")  # response rows: what was sent, used as features
+
+
+def explicit(con: duckdb.DuckDBPyConnection, task: str) -> pd.DataFrame | None:
+    """The `labels` table rows for a task (ids resolved to the person), or None when there are none."""
+    df = con.execute(
+        "SELECT m.customer_id, CAST(l.as_of AS TIMESTAMP) AS event_timestamp, CAST(l.label AS INTEGER) AS label "
+        "FROM labels l JOIN identity_map m ON m.identity_type = 'customer_id' AND m.identity_value = l.customer_id "
+        "WHERE l.task = ? ORDER BY event_timestamp, m.customer_id", [task]).df()
+    return df if len(df) else None
+
+
+def churn(con: duckdb.DuckDBPyConnection, cutoffs: list[date], lookback_days: int, horizon_days: int) -> pd.DataFrame:
+    """Non-contractual churn: at cutoff T, customers who bought in [T - lookback, T) and do not buy in
+    [T, T + horizon) are churners (label 1). Only cutoffs whose whole horizon is observed are used."""
+    end = con.execute("SELECT CAST(max(ts) AS DATE) + 1 FROM events").fetchone()[0]
+    usable = [c for c in cutoffs if pd.Timestamp(c) + pd.Timedelta(days=horizon_days) <= pd.Timestamp(end)]
+    if not usable:
+        return pd.DataFrame(columns=["customer_id", "event_timestamp", "label"])
+    con.execute("CREATE OR REPLACE TEMP TABLE label_cutoffs AS SELECT unnest(?::DATE[]) AS T", [usable])
+    return con.execute(f"""
+        WITH buys AS (SELECT DISTINCT customer_id, CAST(ts AS DATE) AS d FROM events WHERE event_type = 'purchase')
+        SELECT customer_id, CAST(T AS TIMESTAMP) AS event_timestamp,
+               CASE WHEN bool_or(d >= T) THEN 0 ELSE 1 END AS label
+        FROM buys JOIN label_cutoffs ON d >= T - {int(lookback_days)} AND d < T + {int(horizon_days)}
+        GROUP BY customer_id, T HAVING bool_or(d < T)
+        ORDER BY event_timestamp, customer_id""").df()
+
+
+def response(con: duckdb.DuckDBPyConnection, window_days: int) -> pd.DataFrame:
+    """Campaign response: for every touch (treatment and control), did the customer buy within
+    `window_days` after the send? Control rows make uplift estimable; touches whose window is not
+    yet over are left out."""
+    return con.execute(f"""
+        WITH end_ AS (SELECT max(ts) AS end_ts FROM events)
+        SELECT t.customer_id, t.sent_at AS event_timestamp, t.campaign_id, t."group",
+               coalesce(c.channel, 'unknown') AS campaign_channel, coalesce(c.offer_type, 'unknown') AS offer_type,
+               CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.customer_id = t.customer_id AND e.event_type = 'purchase'
+                                 AND e.ts >= t.sent_at AND e.ts < t.sent_at + INTERVAL {int(window_days)} DAY)
+                    THEN 1 ELSE 0 END AS label
+        FROM campaign_touches t LEFT JOIN campaigns c USING (campaign_id), end_
+        WHERE t.sent_at + INTERVAL {int(window_days)} DAY <= end_.end_ts
+        ORDER BY event_timestamp, t.customer_id, t.campaign_id""").df()
+
+
+def time_split(times: pd.Series, test_periods: int, valid_periods: int, gap_days: float) -> pd.Series:
+    """Out-of-time split by distinct days: the latest `test_periods` are 'test'. Rows used for fitting
+    must have had their label window (`gap_days`) close before the test starts, as in production;
+    the latest `valid_periods` of those are 'valid' (early stopping, calibration), older ones
+    'train', and the rest 'gap' (dropped)."""
+    day = pd.to_datetime(times).dt.tz_localize(None).dt.normalize()
+    periods = sorted(day.unique())
+    if len(periods) <= test_periods:
+        raise ValueError(f"need more than {test_periods} distinct periods for an out-of-time split, found {len(periods)}")
+    test_start = periods[-test_periods]
+    fit = [p for p in periods if p + pd.Timedelta(days=gap_days) <= test_start]
+    if len(fit) <= valid_periods:
+        raise ValueError(f"only {len(fit)} period(s) end their {gap_days:g}-day label window before the test period "
+                         f"({test_start:%Y-%m-%d}); need more than {valid_periods}. Add history or shorten the horizon.")
+    valid_start = fit[-valid_periods]
+    split = pd.Series("gap", index=times.index)
+    split[day.isin(fit)] = "train"
+    split[day.isin(fit) & (day >= valid_start)] = "valid"
+    split[day >= test_start] = "test"
+    return split
