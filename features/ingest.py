@@ -140,8 +140,9 @@ class _Loader:
         self.warnings: list[str] = []
 
     # ---- reading -------------------------------------------------------------------------------
-    def _file_select(self, path: Path, table: Table) -> str:
-        """SELECT of one file with contract column names, all VARCHAR, PII hashed, `_file`/`_row`."""
+    def _file_select(self, path: Path, table: Table) -> tuple[str, set[str]]:
+        """SELECT of one file with contract column names, all VARCHAR, PII hashed, `_file`/`_row`;
+        and the (normalised) columns it has."""
         rel = str(path.relative_to(self.raw_dir))
         src = (f"read_parquet({_sql_str(str(path))})" if path.name.lower().endswith(".parquet")
                else f"read_csv({_sql_str(str(path))}, all_varchar=true, header=true, auto_detect=true)")
@@ -185,7 +186,8 @@ class _Loader:
                 cols.append(f"CASE WHEN {kind} IN ({', '.join(map(_sql_str, sorted(PII_TYPES)))}) "
                             f"THEN {_hash_sql(raw, kind, self.salt)} ELSE {raw} END AS {_quote(pair[1])}")
         cols += [f"{_sql_str(rel)} AS _file", "row_number() OVER () AS _row"]
-        return f"SELECT {', '.join(cols)} FROM {src}"
+        kept = {n for n in by_norm if n in known or table.passthrough or table.name == "events"}
+        return f"SELECT {', '.join(cols)} FROM {src}", kept
 
     # ---- validation ----------------------------------------------------------------------------
     @staticmethod
@@ -207,13 +209,14 @@ class _Loader:
         future = self.now + timedelta(hours=self.settings.ingest.future_tolerance_hours)
         checks: list[tuple[str, str]] = []
         if table.identified:
-            has_node = ("(p.identity_type IS NOT NULL AND p.identity_value IS NOT NULL) "
-                        "OR p.customer_id IS NOT NULL")
+            has_node = " OR ".join(
+                [f"({_quote(a)} IS NOT NULL AND {_quote(b)} IS NOT NULL)" for a, b in [("identity_type", "identity_value")]
+                 if {a, b} <= present] + (['"customer_id" IS NOT NULL'] if "customer_id" in present else [])) or "false"
             checks.append((f"NOT ({has_node})", "missing_identity"))
         for col in table.columns:
             if col.name not in present:
                 continue
-            raw, val = f"nullif(trim(r.{_quote(col.name)}), '')", f"p.{_quote(col.name)}"
+            raw, val = f"nullif(trim({_quote('r_' + col.name)}), '')", _quote(col.name)
             if col.required:
                 checks.append((f"{raw} IS NULL", f"missing_value:{col.name}"))
             checks.append((f"{raw} IS NOT NULL AND {val} IS NULL", f"bad_{col.kind}:{col.name}"))
@@ -231,25 +234,26 @@ class _Loader:
         return checks
 
     def _stage(self, table: Table, files: list[Path]) -> set[str]:
-        """Read, parse and validate all files of a table into `stage` (typed, with `_reason`)."""
-        union = " UNION ALL BY NAME ".join(f"({self._file_select(p, table)})" for p in files)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE raw_stage AS {union}")
-        present = {r[0] for r in self.con.execute("DESCRIBE raw_stage").fetchall()} - {"_file", "_row"}
+        """Read, parse and validate all files of a table into `stage` (typed, with `_reason` and, for
+        rejected rows, the raw row as JSON), in one pass."""
+        selects = [self._file_select(p, table) for p in files]
+        present = set().union(*(cols for _, cols in selects))
+        union = " UNION ALL BY NAME ".join(f"({sql})" for sql, _ in selects)
         known = [c for c in table.columns if c.name in present]
-        parsed = [f"{self._parse(c, 'r.' + _quote(c.name))} AS {_quote(c.name)}" for c in known]
         extras = sorted(present - {c.name for c in known})
-        checks = self._checks(table, present)
-        reason = "CASE " + " ".join(f"WHEN {cond} THEN {_sql_str(code)}" for cond, code in checks) + " END"
-        raw_json = "to_json(struct_pack(" + ", ".join(f"{_quote(c)} := r.{_quote(c)}" for c in sorted(present)) + "))"
-        extra_cols = [f"r.{_quote(c)}" for c in extras] if table.passthrough else []
-        extra_json = (["to_json(struct_pack(" + ", ".join(f"{_quote(c)} := r.{_quote(c)}" for c in extras) + ")) AS extra"]
-                      if extras and table.name == "events" else [])
+        reason = "CASE " + " ".join(f"WHEN {cond} THEN {_sql_str(code)}" for cond, code in self._checks(table, present)) + " END"
+        raw_json = "to_json(struct_pack(" + ", ".join(f"{_quote(c)} := {_quote('r_' + c)}" for c in sorted(present)) + "))"
+        parsed = [f"{self._parse(c, _quote(c.name))} AS {_quote(c.name)}" for c in known]
+        keep = [_quote(c) for c in extras] if table.passthrough else []
+        if extras and table.name == "events":
+            keep.append("to_json(struct_pack(" + ", ".join(f"{_quote(c)} := {_quote(c)}" for c in extras) + ")) AS extra")
+        raw_cols = [f"{_quote(c)} AS {_quote('r_' + c)}" for c in sorted(present)]
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT p.*, {', '.join(extra_cols + extra_json) + ', ' if extra_cols or extra_json else ''}"
-            f"r._file, r._row, {reason} AS _reason, CASE WHEN {reason} IS NOT NULL THEN {raw_json} END AS _raw "
-            f"FROM raw_stage r, LATERAL (SELECT {', '.join(parsed)}) p"
+            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(_quote('r_' + c) for c in sorted(present))}), "
+            f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw FROM ("
+            f"SELECT *, {reason} AS _reason FROM ("
+            f"SELECT {', '.join(parsed + keep + raw_cols)}, _file, _row FROM ({union})))"
         )
-        self.con.execute("DROP TABLE raw_stage")
         return present
 
     def _infer_passthrough(self, table: Table, present: set[str]) -> list[str]:
@@ -270,31 +274,44 @@ class _Loader:
 
     # ---- cleaning ------------------------------------------------------------------------------
     def _dedupe(self, table: Table, present: set[str]) -> None:
-        """Mark exact duplicates, and for events duplicate event_ids (also against the lake) and bots."""
-        cols = [c for c in self.con.execute("DESCRIBE stage").fetchall() if c[0] not in ("_file", "_row", "_reason", "_raw")]
-        all_cols = ", ".join(_quote(c[0]) for c in cols)
-        order = "ORDER BY _file, _row"
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT *, CASE WHEN _reason IS NULL AND "
-            f"row_number() OVER (PARTITION BY _reason IS NULL, {all_cols} {order}) > 1 THEN 'exact_duplicate' END AS _dup FROM stage"
-        )
+        """One pass over the valid rows: `_dup` = exact_duplicate | duplicate_key | already_in_lake, and
+        for events, click bursts faster than a human become `_reason = 'bot_burst'`."""
+        data = [_quote(c[0]) for c in self.con.execute("DESCRIBE stage").fetchall()
+                if c[0] not in ("_file", "_row", "_reason", "_raw")]
+        valid = "_reason IS NULL"
         key = ("event_id",) if table.name == "events" else table.key
-        if key:
-            keep = "ASC" if table.name == "events" else "DESC"  # events: first wins; records: last row wins
-            k = ", ".join(key)
-            self.con.execute(
-                "CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE (_dup), CASE WHEN _dup IS NULL AND _reason IS NULL "
-                f"AND row_number() OVER (PARTITION BY _dup IS NULL AND _reason IS NULL, {k} ORDER BY _file {keep}, _row {keep}) > 1 "
-                f"THEN 'duplicate_key' ELSE _dup END AS _dup FROM stage"
-            )
+        if key:  # first row of a key wins for events, the last row for records (the newest version)
+            order = "ASC" if table.name == "events" else "DESC"
+            window = f"PARTITION BY {valid}, {', '.join(key)} ORDER BY _file {order}, _row {order}"
+            dup = (f"CASE WHEN {valid} AND row_number() OVER w > 1 THEN CASE WHEN _h = first_value(_h) OVER w "
+                   "THEN 'exact_duplicate' ELSE 'duplicate_key' END END")
+        else:
+            window = f"PARTITION BY {valid}, _h ORDER BY _file, _row"
+            dup = f"CASE WHEN {valid} AND row_number() OVER w > 1 THEN 'exact_duplicate' END"
+        in_lake = ""
         if table.name == "events" and self.lake.files("events"):
-            self.con.execute(
-                f"UPDATE stage SET _dup = 'already_in_lake' WHERE _dup IS NULL AND _reason IS NULL AND event_id IN "
-                f"(SELECT event_id FROM {self.lake.scan('events')})"
-            )
-        if table.name == "events":
-            self._flag_bots()
-        self._drop_forgotten(table, present)
+            in_lake = (f"CASE WHEN {valid} AND event_id IN (SELECT event_id FROM {self.lake.scan('events')}) "
+                       "THEN 'already_in_lake' END, ")
+        inner = (f"SELECT * EXCLUDE (_h), coalesce({in_lake}{dup}) AS _dup FROM (SELECT *, hash({', '.join(data)}) AS _h "
+                 f"FROM stage) WINDOW w AS ({window})")
+        if table.name != "events":
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE stage AS {inner}")
+            return
+        s = self.settings.ingest
+        win = f"INTERVAL {float(s.bot_burst_seconds)} SECOND"
+        node = "_cand, coalesce(identity_type, 'customer_id'), coalesce(identity_value, customer_id)"
+        burst = f"greatest(count(*) OVER before_, count(*) OVER after_) >= {int(s.bot_burst_events)}"
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE stage AS
+            SELECT * EXCLUDE (_cand, _reason, _raw),
+              CASE WHEN _bot THEN 'bot_burst' ELSE _reason END AS _reason,
+              CASE WHEN _bot THEN to_json(struct_pack(event_id, ts, identity_type, identity_value, channel, event_type))
+                   ELSE _raw END AS _raw
+            FROM (SELECT *, _cand AND {burst} AS _bot FROM (
+                    SELECT *, {valid} AND _dup IS NULL AND event_type IN ({", ".join(map(_sql_str, sorted(CLICK_EVENT_TYPES)))}) AS _cand
+                    FROM ({inner}))
+                  WINDOW before_ AS (PARTITION BY {node} ORDER BY ts RANGE BETWEEN {win} PRECEDING AND CURRENT ROW),
+                         after_ AS (PARTITION BY {node} ORDER BY ts RANGE BETWEEN CURRENT ROW AND {win} FOLLOWING))""")
 
     def _drop_forgotten(self, table: Table, present: set[str]) -> None:
         """Rows naming a tombstoned identifier are dropped before they reach the lake or quarantine."""
@@ -309,23 +326,6 @@ class _Loader:
             return
         hit = " OR ".join(f"sha256({t} || ':' || {v}) IN (SELECT key FROM {tombstone_sql(self.lake)})" for t, v in nodes)
         self.con.execute(f"UPDATE stage SET _dup = 'forgotten' WHERE {hit}")
-
-    def _flag_bots(self) -> None:
-        s = self.settings.ingest
-        clicks = ", ".join(map(_sql_str, sorted(CLICK_EVENT_TYPES)))
-        win = f"INTERVAL {float(s.bot_burst_seconds)} SECOND"
-        node = "coalesce(identity_type, 'customer_id'), coalesce(identity_value, customer_id)"
-        self.con.execute(
-            f"""UPDATE stage SET _reason = 'bot_burst', _raw = to_json(struct_pack(event_id, ts, identity_type, channel, event_type))
-            FROM (
-              SELECT _file AS f, _row AS r FROM (
-                SELECT _file, _row,
-                  count(*) OVER (PARTITION BY {node} ORDER BY ts RANGE BETWEEN {win} PRECEDING AND CURRENT ROW) AS before,
-                  count(*) OVER (PARTITION BY {node} ORDER BY ts RANGE BETWEEN CURRENT ROW AND {win} FOLLOWING) AS after
-                FROM stage WHERE _reason IS NULL AND _dup IS NULL AND event_type IN ({clicks})
-              ) WHERE greatest(before, after) >= {int(s.bot_burst_events)}
-            ) bots WHERE stage._file = bots.f AND stage._row = bots.r"""
-        )
 
     # ---- writing -------------------------------------------------------------------------------
     def _write(self, table: Table, present: set[str], load_id: str) -> TableCounts:
@@ -376,6 +376,7 @@ class _Loader:
     def load_table(self, table: Table, files: list[Path], load_id: str) -> TableCounts:
         present = self._stage(table, files)
         self._dedupe(table, present)
+        self._drop_forgotten(table, present)
         counts = self._write(table, present, load_id)
         if not counts.reconciles():  # an invariant of the SQL above; a failure here is our bug
             raise AssertionError(f"{table.name}: counts do not reconcile: {counts}")

@@ -154,5 +154,77 @@ def features_materialize(ctx: typer.Context, online: OnlineOption = None) -> Non
     console.print(f"[green]features materialize[/] {len(report['views'])} views up to {report['up_to']} ({report['seconds']}s)")
 
 
+TASKS = ("churn", "propensity", "uplift")
+
+
+@app.command()
+@friendly
+def train(
+    ctx: typer.Context,
+    task: Annotated[str, typer.Argument(help="churn, propensity, uplift, or all.")],
+    tune_seconds: Annotated[float, typer.Option("--tune-seconds", min=0, help="Optuna search budget in seconds (0 = off).")] = 0,
+    truth: Annotated[Optional[Path], typer.Option(help="Generator ground truth (_truth/) to report oracle metrics.")] = None,
+) -> None:
+    """Train a task on Feast features, log it to MLflow, promote it if it beats the champion."""
+    import importlib
+
+    from training.pipeline import NotEligible
+
+    tasks = TASKS if task == "all" else (task,)
+    if not set(tasks) <= set(TASKS):
+        raise UserError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}, or all")
+    failed = False
+    for name in tasks:
+        try:
+            result = importlib.import_module(f"training.{name}").train(ctx.obj, tune_seconds, truth)
+        except NotEligible as exc:
+            console.print(f"[bold red]not trained:[/] {exc}")
+            failed = True
+            continue
+        console.print(f"[green]train[/] {result.summary()}")
+    if failed:
+        raise typer.Exit(3)
+
+
+models_app = typer.Typer(help="Registered models: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+@friendly
+def models_list(ctx: typer.Context) -> None:
+    """Every registered version, its selection metric and which one is champion."""
+    from rich.table import Table
+
+    from training.registry import list_models
+
+    table = Table("task", "version", "champion", "created", "metric", "value")
+    for r in list_models(ctx.obj):
+        value = f"{r['value']:.4f}" if r["value"] is not None else ""
+        table.add_row(r["task"], str(r["version"]), "yes" if r["champion"] else "", r["created"], r["metric"] or "", value)
+    Console().print(table)
+
+
+@models_app.command("promote")
+@friendly
+def models_promote(ctx: typer.Context, task: Annotated[str, typer.Argument(help="Model name (task).")],
+                   version: Annotated[int, typer.Argument(help="Version to make champion.")]) -> None:
+    """Make a version the champion by hand (recorded in the alias history)."""
+    from training.registry import set_champion
+
+    entry = set_champion(ctx.obj, task, version, "manual promotion")
+    console.print(f"[green]models promote[/] {task}: champion v{entry['from_version']} -> v{entry['to_version']}")
+
+
+@models_app.command("rollback")
+@friendly
+def models_rollback(ctx: typer.Context, task: Annotated[str, typer.Argument(help="Model name (task).")]) -> None:
+    """Give the champion alias back to the previous champion."""
+    from training.registry import rollback
+
+    entry = rollback(ctx.obj, task)
+    console.print(f"[green]models rollback[/] {task}: champion v{entry['from_version']} -> v{entry['to_version']}")
+
+
 if __name__ == "__main__":
     app()

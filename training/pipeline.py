@@ -1,0 +1,249 @@
+"""What every prediction task shares: the training frame from Feast, the out-of-time split, the
+LightGBM fit (early stopping, categoricals, imbalance, calibration), baselines, MLflow logging and the
+champion/challenger decision. Task modules (`churn`, `propensity`, `uplift`) only say what the rows
+and labels are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from features import store as fstore
+from features.build import load_catalog
+from propel.config import TrainSettings, Workspace
+from training import registry
+from training.evaluate import classification_metrics, gains_table, plot_curves, plot_importance
+from training.labels import time_split
+from training.model import PropelClassifier, prepare
+
+log = logging.getLogger(__name__)
+NOT_FEATURES = {"customer_id", "event_timestamp", "label", "group", "campaign_id", "split", "request_ts"}
+
+
+class NotEligible(Exception):
+    """Too few positives or negatives to train (or promote) responsibly."""
+
+
+@dataclass
+class Frame:
+    """A labelled training frame with its split and the features the model may use."""
+
+    data: pd.DataFrame
+    features: list[str]
+    categorical: list[str]
+    feature_service: str
+    label_source: str
+
+    def part(self, name: str) -> pd.DataFrame:
+        return self.data[self.data["split"] == name]
+
+
+@dataclass
+class Fitted:
+    model: PropelClassifier
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+
+def build_frame(ws: Workspace, entity: pd.DataFrame, service: str, label_source: str, cfg: TrainSettings,
+                gap_days: float, test_periods: int) -> Frame:
+    """Point-in-time features for every labelled row (Feast), plus the out-of-time split."""
+    store = fstore.feature_store(ws)
+    data = fstore.historical_features(store, service, entity)
+    data["split"] = time_split(data["event_timestamp"], test_periods, cfg.valid_periods, gap_days)
+    features = [c for c in data.columns if c not in NOT_FEATURES and not c.startswith("_")]
+    categorical = [c for c in features if not pd.api.types.is_numeric_dtype(data[c]) or pd.api.types.is_bool_dtype(data[c])]
+    data[categorical] = data[categorical].astype("string")
+    return Frame(data, features, categorical, service, label_source)
+
+
+def check_eligible(train: pd.DataFrame, cfg: TrainSettings, what: str) -> None:
+    pos, neg = int(train["label"].sum()), int((1 - train["label"]).sum())
+    if pos < cfg.min_positives or neg < cfg.min_negatives:
+        raise NotEligible(f"{what}: the training window has {pos:,} positives and {neg:,} negatives; at least "
+                          f"{cfg.min_positives:,} and {cfg.min_negatives:,} are needed (train.min_positives / "
+                          "train.min_negatives in propel.toml). Add history, or lower the thresholds knowingly.")
+
+
+def lgb_params(cfg: TrainSettings, pos_rate: float) -> dict:
+    return {"objective": "binary", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
+            "min_data_in_leaf": cfg.min_data_in_leaf, "feature_fraction": 0.8, "bagging_fraction": 0.8,
+            "bagging_freq": 1, "lambda_l2": 1.0, "cat_smooth": 10, "seed": cfg.seed, "deterministic": True,
+            "force_row_wise": True, "num_threads": cfg.threads, "verbose": -1,
+            # Rare positives get more weight; calibration afterwards restores honest probabilities.
+            "scale_pos_weight": float(np.sqrt((1 - pos_rate) / pos_rate)) if 0 < pos_rate < 0.25 else 1.0}
+
+
+def fit_classifier(frame: Frame, train: pd.DataFrame, valid: pd.DataFrame, cfg: TrainSettings, task: str,
+                   params: dict | None = None) -> Fitted:
+    """LightGBM with early stopping on the validation split, then isotonic calibration on it."""
+    categories = {c: sorted(train[c].dropna().unique().tolist()) for c in frame.categorical}
+    xt, xv = prepare(train, frame.features, categories), prepare(valid, frame.features, categories)
+    params = params or lgb_params(cfg, float(train["label"].mean()))
+    booster = lgb.train(params, lgb.Dataset(xt, train["label"], categorical_feature=frame.categorical or "auto"),
+                        num_boost_round=cfg.max_rounds,
+                        valid_sets=[lgb.Dataset(xv, valid["label"], categorical_feature=frame.categorical or "auto")],
+                        callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
+    calibrator = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(booster.predict(xv), valid["label"])
+    model = PropelClassifier(booster, calibrator, frame.features, categories, task, frame.feature_service)
+    return Fitted(model, params={**params, "best_iteration": booster.best_iteration})
+
+
+def tune(frame: Frame, train: pd.DataFrame, valid: pd.DataFrame, cfg: TrainSettings, task: str, seconds: float) -> dict:
+    """Optuna search of LightGBM parameters within a time budget; returns the best parameters."""
+    import optuna
+    from sklearn.metrics import roc_auc_score
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = lgb_params(cfg, float(train["label"].mean()))
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {**base, "num_leaves": trial.suggest_int("num_leaves", 8, 128, log=True),
+                  "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+                  "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 10, 300, log=True),
+                  "feature_fraction": trial.suggest_float("feature_fraction", 0.5, 1.0),
+                  "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10, log=True)}
+        fitted = fit_classifier(frame, train, valid, cfg, task, params)
+        return roc_auc_score(valid["label"], fitted.model.raw_score(valid))
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    study.optimize(objective, timeout=seconds)
+    return {**base, **study.best_params}
+
+
+def logistic_baseline(frame: Frame, train: pd.DataFrame, test: pd.DataFrame, seed: int) -> np.ndarray:
+    """Logistic regression on the same features: imputed, scaled numerics and one-hot categoricals."""
+    numeric = [f for f in frame.features if f not in frame.categorical]
+    pre = ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler()), numeric),
+        ("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
+                              OneHotEncoder(handle_unknown="ignore", min_frequency=20)), frame.categorical),
+    ])
+    pipe = make_pipeline(pre, LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
+    cast = lambda d: d[frame.features].astype({c: object for c in frame.categorical})  # noqa: E731
+    pipe.fit(cast(train), train["label"])
+    return pipe.predict_proba(cast(test))[:, 1]
+
+
+def data_hash(df: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()[:16]
+
+
+@contextmanager
+def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: TrainSettings, metric: str):
+    """An MLflow run with what every task logs: tags, parameters, row counts, data hash, training data."""
+    with mlflow.start_run(experiment_id=registry.experiment(ws, task), run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        mlflow.set_tags({"propel.task": task, "propel.feature_service": frame.feature_service,
+                         "propel.label_source": frame.label_source, "propel.lake_load": load_catalog(ws)["lake_load"],
+                         "propel.selection_metric": metric})
+        mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, (dict, list))})
+        mlflow.log_params({"features": len(frame.features), "categorical": len(frame.categorical),
+                           **{f"rows_{s}": int((frame.data["split"] == s).sum()) for s in ("train", "valid", "test", "gap")},
+                           "data_hash": data_hash(frame.data[[*frame.features, "label", "split"]])})
+        mlflow.log_input(mlflow.data.from_pandas(frame.part("train")[[*frame.features, "label"]].head(50_000),
+                                                 name=f"{task}-train-{frame.feature_service}"), context="training")
+        yield run
+
+
+def log_model(task: str, model, frame: Frame, test: pd.DataFrame) -> str:
+    """Log the pyfunc with signature and input example, register it; returns the new version."""
+    example = test[frame.features].head(5)
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=model, registered_model_name=task, input_example=example,
+        signature=infer_signature(test[frame.features].head(200), model.predict(None, example)),
+        pip_requirements=[f"lightgbm=={lgb.__version__}", "scikit-learn", "pandas", "numpy"])
+    return str(info.registered_model_version)
+
+
+def log_classifier_run(ws: Workspace, task: str, frame: Frame, fitted: Fitted, scores: dict[str, np.ndarray],
+                       extra_metrics: dict[str, float], cfg: TrainSettings) -> tuple[str, str]:
+    """Metrics of the model and its baselines, plots, tables and the model. Returns (run_id, version)."""
+    test = frame.part("test")
+    y = test["label"].to_numpy()
+    with tracked_run(ws, task, frame, fitted.params, cfg, cfg.selection_metric) as run:
+        metrics = {}
+        for name, s in scores.items():
+            metrics.update({(k if name == "lightgbm" else f"{name}_{k}"): v for k, v in classification_metrics(y, s).items()})
+        metrics.update(extra_metrics)
+        mlflow.log_metrics(metrics)
+        fitted.metrics = metrics
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            for p in plot_curves(y, scores, out):
+                mlflow.log_artifact(str(p), "plots")
+            contrib = fitted.model.booster.predict(prepare(test, frame.features, fitted.model.categories), pred_contrib=True)
+            importance = pd.Series(np.abs(contrib[:, :-1]).mean(axis=0), index=frame.features).sort_values(ascending=False)
+            mlflow.log_artifact(str(plot_importance(importance, out)), "plots")
+            importance.rename("mean_abs_shap").to_csv(out / "feature_importance.csv")
+            gains_table(y, scores["lightgbm"]).to_csv(out / "gains_table.csv", index=False)
+            (out / "features.json").write_text(json.dumps({"features": frame.features, "categorical": frame.categorical}))
+            for name in ("feature_importance.csv", "gains_table.csv", "features.json"):
+                mlflow.log_artifact(str(out / name), "tables")
+        return run.info.run_id, log_model(task, fitted.model, frame, test)
+
+
+LOWER_IS_BETTER = {"log_loss", "brier"}
+
+
+@dataclass
+class TrainResult:
+    task: str
+    version: str
+    run_id: str
+    metrics: dict
+    decision: str
+    promoted: bool
+    notes: list[str]
+
+    def summary(self) -> str:
+        m = self.metrics
+        head = ", ".join(f"{k} {m[k]:.3f}" for k in ("roc_auc", "pr_auc", "brier", "qini") if k in m)
+        notes = "".join(f"\n  note: {n}" for n in self.notes)
+        return f"{self.task} v{self.version}: {head}; {'champion' if self.promoted else 'challenger'} ({self.decision}){notes}"
+
+
+def decide_and_promote(ws: Workspace, task: str, version: str, run_id: str, metrics: dict, test: pd.DataFrame,
+                       cfg: TrainSettings, notes: list[str], metric: str | None = None, metric_fn=None) -> TrainResult:
+    """Score the current champion on this run's test set and promote the new version only if it is better."""
+    metric = metric or cfg.selection_metric
+    metric_fn = metric_fn or (lambda model, t: classification_metrics(t["label"].to_numpy(), model.score(t))[metric])
+    if "logistic_roc_auc" in metrics and metrics["roc_auc"] < metrics["logistic_roc_auc"]:
+        notes.append(f"LightGBM ROC AUC {metrics['roc_auc']:.4f} is below the logistic baseline "
+                     f"{metrics['logistic_roc_auc']:.4f} on the test split")
+    client = registry.tracking(ws)
+    champ = registry.champion_version(client, task)
+    champion_value = None
+    if champ is not None and champ.version != version:
+        model = mlflow.pyfunc.load_model(f"models:/{task}@{registry.CHAMPION}").unwrap_python_model()
+        try:
+            champion_value = float(metric_fn(model, test))
+        except KeyError as exc:  # the champion needs features this test set does not have
+            notes.append(f"champion v{champ.version} cannot score this test set ({exc}); not promoting automatically")
+            champion_value = float("inf") if metric not in LOWER_IS_BETTER else float("-inf")
+    decision = registry.decide(metric, metrics[metric], champion_value, cfg.promotion_margin,
+                               higher_is_better=metric not in LOWER_IS_BETTER)
+    client.set_tag(run_id, "propel.decision", decision.reason)
+    client.set_model_version_tag(task, version, "decision", decision.reason)
+    if decision.promote:
+        registry.set_champion(ws, task, version, decision.reason, {metric: metrics[metric]})
+    return TrainResult(task, version, run_id, metrics, decision.reason, decision.promote, notes)
