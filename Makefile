@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CUSTOMERS ?= 20000
-DAYS ?= 180
+DAYS ?= 365
 SEED ?= 7
 RAW ?= data/raw
 

@@ -67,7 +67,7 @@ def time_split(times: pd.Series, test_periods: int, valid_periods: int, gap_days
     if len(periods) <= test_periods:
         raise ValueError(f"need more than {test_periods} distinct periods for an out-of-time split, found {len(periods)}")
     test_start = periods[-test_periods]
-    fit = [p for p in periods if p + pd.Timedelta(days=gap_days) <= test_start]
+    fit = [p for p in periods if p < test_start and p + pd.Timedelta(days=gap_days) <= test_start]
     if len(fit) <= valid_periods:
         raise ValueError(f"only {len(fit)} period(s) end their {gap_days:g}-day label window before the test period "
                          f"({test_start:%Y-%m-%d}); need more than {valid_periods}. Add history or shorten the horizon.")

@@ -140,7 +140,12 @@ def logistic_baseline(frame: Frame, train: pd.DataFrame, test: pd.DataFrame, see
                               OneHotEncoder(handle_unknown="ignore", min_frequency=20)), frame.categorical),
     ])
     pipe = make_pipeline(pre, LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
-    cast = lambda d: d[frame.features].astype({c: object for c in frame.categorical})  # noqa: E731
+    def cast(d: pd.DataFrame) -> pd.DataFrame:  # scikit-learn wants np.nan, not pd.NA, for missing strings
+        out = d[frame.features].copy()
+        for c in frame.categorical:
+            out[c] = out[c].astype(object).where(out[c].notna(), np.nan)
+        return out
+
     pipe.fit(cast(train), train["label"])
     return pipe.predict_proba(cast(test))[:, 1]
 
@@ -167,10 +172,13 @@ def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: Train
 
 def log_model(task: str, model, frame: Frame, test: pd.DataFrame) -> str:
     """Log the pyfunc with signature and input example, register it; returns the new version."""
-    example = test[frame.features].head(5)
+    # Numeric features are declared double: online reads turn an int with a gap into a float.
+    sample = test[frame.features].head(200).astype({f: "float64" for f in frame.features if f not in frame.categorical})
+    sample = sample.astype({c: object for c in frame.categorical})
+    example = sample.head(5)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=model, registered_model_name=task, input_example=example,
-        signature=infer_signature(test[frame.features].head(200), model.predict(None, example)),
+        signature=infer_signature(sample, model.predict(None, example)),
         pip_requirements=[f"lightgbm=={lgb.__version__}", "scikit-learn", "pandas", "numpy"])
     return str(info.registered_model_version)
 
