@@ -63,11 +63,33 @@ class FeastSettings:
 
 
 @dataclass
+class TrainSettings:
+    seed: int = 7  # every random choice in training (LightGBM, baselines, Optuna)
+    churn_lookback_days: int = 90  # "active" = bought within this many days before the cutoff
+    churn_horizon_days: int = 60  # churner = no purchase within this many days after the cutoff
+    response_window_days: int = 7  # a touch converts if the customer buys within this many days
+    churn_test_periods: int = 1  # latest labelled cutoffs held out as the out-of-time test
+    response_test_periods: int = 2  # latest campaign send days held out as the test
+    valid_periods: int = 2  # periods before the test used for early stopping and calibration
+    min_positives: int = 500  # eligibility gate: fewer positives in training -> refuse to train
+    min_negatives: int = 500  # eligibility gate for negatives
+    selection_metric: str = "roc_auc"  # champion/challenger metric for churn and propensity (uplift: qini)
+    promotion_margin: float = 0.0  # the challenger must beat the champion by more than this
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 50
+    max_rounds: int = 2000  # upper bound; early stopping picks the real number
+    early_stopping: int = 50  # rounds without validation improvement before stopping
+    threads: int = 2
+
+
+@dataclass
 class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     features: FeatureSettings = field(default_factory=FeatureSettings)
     feast: FeastSettings = field(default_factory=FeastSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
 
 
 def _merge(obj, overrides: dict, where: str):
