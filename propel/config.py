@@ -70,14 +70,14 @@ class TrainSettings:
     response_window_days: int = 7  # a touch converts if the customer buys within this many days
     churn_test_periods: int = 1  # latest labelled cutoffs held out as the out-of-time test
     response_test_periods: int = 2  # latest campaign send days held out as the test
-    valid_periods: int = 2  # periods before the test used for early stopping and calibration
+    valid_share: float = 0.2  # share of customers held out of fitting for early stopping and calibration
     min_positives: int = 500  # eligibility gate: fewer positives in training -> refuse to train
     min_negatives: int = 500  # eligibility gate for negatives
     selection_metric: str = "roc_auc"  # champion/challenger metric for churn and propensity (uplift: qini)
     promotion_margin: float = 0.0  # the challenger must beat the champion by more than this
     learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_data_in_leaf: int = 50
+    num_leaves: int = 15
+    min_data_in_leaf: int = 100
     max_rounds: int = 2000  # upper bound; early stopping picks the real number
     early_stopping: int = 50  # rounds without validation improvement before stopping
     threads: int = 2

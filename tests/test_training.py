@@ -14,7 +14,7 @@ from features.build import build
 from features.ingest import ingest
 from features.lake import Lake
 from propel.config import Workspace
-from training import churn, labels, propensity, registry, uplift
+from training import churn, labels, pipeline, propensity, registry, uplift
 from training.evaluate import gains_table, qini_coefficient, top_share
 from training.pipeline import NotEligible
 from tests.conftest import NOW, write
@@ -76,13 +76,17 @@ def test_response_labels_on_hand_made_history(ws, raw):
 
 
 def test_time_split_keeps_label_windows_out_of_the_test():
-    days = pd.Series(pd.to_datetime([f"2025-01-{d:02d}" for d in (1, 8, 15, 22, 29)]).repeat(2))
-    split = labels.time_split(days, test_periods=1, valid_periods=1, gap_days=14)
-    by_day = dict(zip(days.dt.day, split))
+    days = pd.Series(pd.to_datetime([f"2025-01-{d:02d}" for d in (1, 8, 15, 22, 29)]).repeat(200))
+    ids = pd.Series([f"C{i}" for i in range(200)] * 5)
+    split = labels.time_split(days, ids, test_periods=1, valid_share=0.25, gap_days=14)
     # Fitting rows must have their 14-day label window closed by the 29th: days 1, 8, 15.
-    assert by_day == {1: "train", 8: "train", 15: "valid", 22: "gap", 29: "test"}
+    assert set(split[days.dt.day == 22]) == {"gap"} and set(split[days.dt.day == 29]) == {"test"}
+    fit = split[days.dt.day <= 15]
+    assert set(fit) == {"train", "valid"} and 0.15 < (fit == "valid").mean() < 0.35
+    valid_ids, train_ids = set(ids[split == "valid"]), set(ids[split == "train"])
+    assert valid_ids and not valid_ids & train_ids, "validation customers never appear in training"
     with pytest.raises(ValueError, match="label window"):
-        labels.time_split(days, test_periods=1, valid_periods=3, gap_days=14)
+        labels.time_split(days, ids, test_periods=1, valid_share=0.2, gap_days=40)
 
 
 def test_metric_functions_against_hand_computed_values():
@@ -115,7 +119,7 @@ def test_churn_run_logs_everything_and_becomes_champion(trained):
     run = client.get_run(first.run_id)
     m = run.data.metrics
     for key in ("roc_auc", "pr_auc", "log_loss", "brier", "lift_top10", "captured_top20", "logistic_roc_auc",
-                "heuristic_recency_roc_auc", "lightgbm_uncalibrated_brier", "oracle_roc_auc"):
+                "heuristic_days_since_last_purchase_roc_auc", "lightgbm_uncalibrated_brier", "oracle_roc_auc"):
         assert key in m, key
     assert 0.5 < m["roc_auc"] <= 1 and run.data.params["data_hash"]
     assert run.data.tags["propel.feature_service"] == "churn_v1"
@@ -132,31 +136,31 @@ def test_same_seed_same_metrics(trained):
     again = churn.train(ws)
     assert again.metrics["roc_auc"] == pytest.approx(first.metrics["roc_auc"], abs=1e-12)
     assert not again.promoted and "not better" in again.decision, "an equal model does not replace the champion"
-    assert registry.champion_version(registry.tracking(ws), "churn").version == "1"
+    assert str(registry.champion_version(registry.tracking(ws), "churn").version) == "1"
 
 
 def test_worse_challenger_stays_challenger_and_failure_changes_nothing(trained, monkeypatch):
     ws, first = trained
-    original = churn.fit_classifier
+    original = pipeline.fit_classifier
 
     def worse(frame, train, valid, cfg, task, params=None):  # a deliberately weak model: two trees on shuffled labels
         shuffled = train.assign(label=np.random.default_rng(0).permutation(train["label"].to_numpy()))
         cfg.max_rounds = 2
         return original(frame, shuffled, valid, cfg, task, params)
 
-    monkeypatch.setattr(churn, "fit_classifier", worse)
+    monkeypatch.setattr(pipeline, "fit_classifier", worse)
     result = churn.train(ws)
     assert not result.promoted and result.decision.startswith("not better")
-    assert registry.champion_version(registry.tracking(ws), "churn").version == "1"
+    assert str(registry.champion_version(registry.tracking(ws), "churn").version) == "1"
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(churn, "log_classifier_run", broken)
+    monkeypatch.setattr(pipeline, "log_classifier_run", broken)
     before = len(registry.history(ws, "churn"))
     with pytest.raises(RuntimeError):
         churn.train(ws)
-    assert registry.champion_version(registry.tracking(ws), "churn").version == "1"
+    assert str(registry.champion_version(registry.tracking(ws), "churn").version) == "1"
     assert len(registry.history(ws, "churn")) == before
 
 
@@ -164,7 +168,7 @@ def test_promote_and_rollback_are_recorded(trained):
     ws, _ = trained
     versions = sorted(int(r["version"]) for r in registry.list_models(ws) if r["task"] == "churn")
     registry.set_champion(ws, "churn", versions[-1], "manual")
-    assert registry.champion_version(registry.tracking(ws), "churn").version == str(versions[-1])
+    assert str(registry.champion_version(registry.tracking(ws), "churn").version) == str(versions[-1])
     entry = registry.rollback(ws, "churn")
     assert entry["to_version"] == 1 and entry["action"] == "rollback"
     assert registry.champion_on(ws, "churn", datetime.now(timezone.utc)) == 1
@@ -211,7 +215,7 @@ def test_explicit_labels_with_a_wide_messy_crm_table(ws, raw):
     rows = [(c, d, int((p == "basic") ^ (rng.random() < 0.1))) for c, p in zip(crm["customer_id"], crm["plan"]) for d in as_of]
     pd.DataFrame(rows, columns=["customer_id", "as_of", "label"]).assign(task="churn").to_csv(raw / "labels.csv", index=False)
     ingest(raw, ws, now=NOW)
-    ws.config_file.write_text(FAST + "valid_periods = 1\n")
+    ws.config_file.write_text(FAST)
     build(ws, every_days=7, snapshots=12)
     fstore.apply(ws)
     result = churn.train(ws)

@@ -57,23 +57,24 @@ def response(con: duckdb.DuckDBPyConnection, window_days: int) -> pd.DataFrame:
         ORDER BY event_timestamp, t.customer_id, t.campaign_id""").df()
 
 
-def time_split(times: pd.Series, test_periods: int, valid_periods: int, gap_days: float) -> pd.Series:
+def time_split(times: pd.Series, ids: pd.Series, test_periods: int, valid_share: float, gap_days: float) -> pd.Series:
     """Out-of-time split by distinct days: the latest `test_periods` are 'test'. Rows used for fitting
     must have had their label window (`gap_days`) close before the test starts, as in production;
-    the latest `valid_periods` of those are 'valid' (early stopping, calibration), older ones
-    'train', and the rest 'gap' (dropped)."""
+    the rest is 'gap' (dropped). Among fitting rows, a fixed `valid_share` of *customers* is 'valid'
+    (early stopping, calibration): the same person at adjacent cutoffs has nearly the same label, so a
+    validation set sharing customers with training would reward memorising them."""
     day = pd.to_datetime(times).dt.tz_localize(None).dt.normalize()
     periods = sorted(day.unique())
     if len(periods) <= test_periods:
         raise ValueError(f"need more than {test_periods} distinct periods for an out-of-time split, found {len(periods)}")
     test_start = periods[-test_periods]
     fit = [p for p in periods if p < test_start and p + pd.Timedelta(days=gap_days) <= test_start]
-    if len(fit) <= valid_periods:
-        raise ValueError(f"only {len(fit)} period(s) end their {gap_days:g}-day label window before the test period "
-                         f"({test_start:%Y-%m-%d}); need more than {valid_periods}. Add history or shorten the horizon.")
-    valid_start = fit[-valid_periods]
+    if not fit:
+        raise ValueError(f"no period ends its {gap_days:g}-day label window before the test period "
+                         f"({test_start:%Y-%m-%d}). Add history or shorten the horizon.")
+    held_out = pd.util.hash_pandas_object(ids.astype(str), index=False) % 1000 < valid_share * 1000
     split = pd.Series("gap", index=times.index)
     split[day.isin(fit)] = "train"
-    split[day.isin(fit) & (day >= valid_start)] = "valid"
+    split[day.isin(fit) & held_out.to_numpy()] = "valid"
     split[day >= test_start] = "test"
     return split

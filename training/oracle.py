@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from features.generate import FLOOR, SESSION_RATE
+from features.generate import FLOOR, HAZARD, SESSION_RATE
 
 DAY_NS = 86_400 * 10**9
 
@@ -22,23 +22,32 @@ def _persons(truth_dir: Path) -> pd.DataFrame:
 
 
 def churn_scores(truth_dir: Path, rows: pd.DataFrame, horizon_days: int) -> pd.Series:
-    """P(no purchase in the horizon) under the true process: exp(-expected live sessions), using each
-    person's true engagement curve and true churn time. NaN for rows without ground truth."""
+    """P(no purchase in the horizon) ranked by the true process, knowing only the state at the cutoff:
+    someone already churned scores 1; otherwise the expected purchases over the horizon, from the true
+    engagement curve, the true churn hazard integrated forward and the true purchase propensity
+    (loyalty). Not clairvoyant: the realised future churn time is not used. NaN without ground truth."""
     p = _persons(truth_dir).reindex(rows["customer_id"].to_numpy())
-    start = pd.to_datetime(rows["event_timestamp"]).dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
-    signup = pd.to_datetime(p["first_seen_at"]).dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
-    churn = pd.to_datetime(p["churn_at"]).dt.tz_localize(None).to_numpy().astype("datetime64[ns]")
-    churn = np.where(np.isnat(churn), np.iinfo(np.int64).max, churn.astype(np.int64))
-    expected = np.zeros(len(rows))
+    start = _ns(rows["event_timestamp"])
+    signup, churn = _ns(p["first_seen_at"]), _ns(p["churn_at"])
+    half_life, loyalty = p["engagement_half_life_days"].to_numpy(), p["brand_loyalty"].to_numpy()
+    expected, cumulative_hazard = np.zeros(len(rows)), np.zeros(len(rows))
     for d in range(horizon_days):
         t = start + d * DAY_NS
-        age_days = np.maximum(t - signup, 0) / DAY_NS
-        engagement = p["engagement"].to_numpy() * (FLOOR + (1 - FLOOR) * 0.5 ** (age_days / p["engagement_half_life_days"].to_numpy()))
-        expected += SESSION_RATE * engagement * (t < churn)
-    return pd.Series(np.exp(-expected), index=rows.index)
+        decay = 0.5 ** (np.maximum(t - signup, 0) / DAY_NS / half_life)
+        engagement = p["engagement"].to_numpy() * (FLOOR + (1 - FLOOR) * decay)
+        expected += SESSION_RATE * engagement * np.exp(-cumulative_hazard) * (0.7 + 0.6 * loyalty)
+        cumulative_hazard += HAZARD * (1 - decay) * (1.5 - loyalty)
+    score = np.where(churn <= start, 1.0, np.exp(-expected))
+    return pd.Series(np.where(np.isnan(p["engagement"].to_numpy()), np.nan, score), index=rows.index)
 
 
-def churn_metrics(truth_dir: Path, test: pd.DataFrame, model_scores: np.ndarray, horizon_days: int) -> dict[str, float]:
+def _ns(values: pd.Series) -> np.ndarray:
+    """Timestamps as int64 nanoseconds (UTC); missing -> far future."""
+    ts = pd.to_datetime(pd.Series(values), utc=True).dt.tz_localize(None).to_numpy().astype("datetime64[ns]")
+    return np.where(np.isnat(ts), np.iinfo(np.int64).max, ts.astype(np.int64))
+
+
+def churn_metrics(truth_dir: Path, test: pd.DataFrame, model_scores: np.ndarray, *, horizon_days: int) -> dict[str, float]:
     oracle = churn_scores(truth_dir, test, horizon_days)
     known = oracle.notna().to_numpy()
     y = test["label"].to_numpy()[known]

@@ -70,7 +70,7 @@ def build_frame(ws: Workspace, entity: pd.DataFrame, service: str, label_source:
     """Point-in-time features for every labelled row (Feast), plus the out-of-time split."""
     store = fstore.feature_store(ws)
     data = fstore.historical_features(store, service, entity)
-    data["split"] = time_split(data["event_timestamp"], test_periods, cfg.valid_periods, gap_days)
+    data["split"] = time_split(data["event_timestamp"], data["customer_id"], test_periods, cfg.valid_share, gap_days)
     features = [c for c in data.columns if c not in NOT_FEATURES and not c.startswith("_")]
     categorical = [c for c in features if not pd.api.types.is_numeric_dtype(data[c]) or pd.api.types.is_bool_dtype(data[c])]
     data[categorical] = data[categorical].astype("string")
@@ -86,11 +86,12 @@ def check_eligible(train: pd.DataFrame, cfg: TrainSettings, what: str) -> None:
 
 
 def lgb_params(cfg: TrainSettings, pos_rate: float) -> dict:
-    return {"objective": "binary", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
-            "min_data_in_leaf": cfg.min_data_in_leaf, "feature_fraction": 0.8, "bagging_fraction": 0.8,
-            "bagging_freq": 1, "lambda_l2": 1.0, "cat_smooth": 10, "seed": cfg.seed, "deterministic": True,
+    return {"objective": "binary", "metric": "auc", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
+            "min_data_in_leaf": cfg.min_data_in_leaf, "feature_fraction": 0.7, "bagging_fraction": 0.8,
+            "bagging_freq": 1, "lambda_l2": 5.0, "cat_smooth": 10, "seed": cfg.seed, "deterministic": True,
             "force_row_wise": True, "num_threads": cfg.threads, "verbose": -1,
-            # Rare positives get more weight; calibration afterwards restores honest probabilities.
+            # Rare positives get more weight; early stopping watches AUC, which the weight does not bias,
+            # and calibration afterwards restores honest probabilities.
             "scale_pos_weight": float(np.sqrt((1 - pos_rate) / pos_rate)) if 0 < pos_rate < 0.25 else 1.0}
 
 
@@ -165,16 +166,22 @@ def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: Train
         mlflow.log_params({"features": len(frame.features), "categorical": len(frame.categorical),
                            **{f"rows_{s}": int((frame.data["split"] == s).sum()) for s in ("train", "valid", "test", "gap")},
                            "data_hash": data_hash(frame.data[[*frame.features, "label", "split"]])})
-        mlflow.log_input(mlflow.data.from_pandas(frame.part("train")[[*frame.features, "label"]].head(50_000),
+        train = frame.part("train").head(50_000)
+        mlflow.log_input(mlflow.data.from_pandas(model_input(frame, train).assign(label=train["label"].astype("float64")),
                                                  name=f"{task}-train-{frame.feature_service}"), context="training")
         yield run
 
 
+def model_input(frame: Frame, df: pd.DataFrame) -> pd.DataFrame:
+    """Features as serving sends them: numerics as doubles (an online int with a gap arrives as a
+    float), categoricals as plain strings."""
+    numeric = [f for f in frame.features if f not in frame.categorical]
+    return df[frame.features].astype({**{f: "float64" for f in numeric}, **{c: object for c in frame.categorical}})
+
+
 def log_model(task: str, model, frame: Frame, test: pd.DataFrame) -> str:
     """Log the pyfunc with signature and input example, register it; returns the new version."""
-    # Numeric features are declared double: online reads turn an int with a gap into a float.
-    sample = test[frame.features].head(200).astype({f: "float64" for f in frame.features if f not in frame.categorical})
-    sample = sample.astype({c: object for c in frame.categorical})
+    sample = model_input(frame, test.head(200))
     example = sample.head(5)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=model, registered_model_name=task, input_example=example,
@@ -241,7 +248,7 @@ def decide_and_promote(ws: Workspace, task: str, version: str, run_id: str, metr
     client = registry.tracking(ws)
     champ = registry.champion_version(client, task)
     champion_value = None
-    if champ is not None and champ.version != version:
+    if champ is not None and str(champ.version) != str(version):
         model = mlflow.pyfunc.load_model(f"models:/{task}@{registry.CHAMPION}").unwrap_python_model()
         try:
             champion_value = float(metric_fn(model, test))
@@ -255,3 +262,21 @@ def decide_and_promote(ws: Workspace, task: str, version: str, run_id: str, metr
     if decision.promote:
         registry.set_champion(ws, task, version, decision.reason, {metric: metrics[metric]})
     return TrainResult(task, version, run_id, metrics, decision.reason, decision.promote, notes)
+
+
+def train_classifier(ws: Workspace, task: str, frame: Frame, cfg: TrainSettings, tune_seconds: float,
+                     heuristic: str, oracle_fn=None) -> TrainResult:
+    """The churn/propensity flow: gate, (tune,) fit, score the model and its baselines on the test,
+    log everything, then the champion decision. `heuristic` is the feature ranked as the simple baseline;
+    `oracle_fn(test, scores)` adds ground-truth metrics on generated data."""
+    train, valid, test = frame.part("train"), frame.part("valid"), frame.part("test")
+    check_eligible(train, cfg, task)
+    params = tune(frame, train, valid, cfg, task, tune_seconds) if tune_seconds else None
+    fitted = fit_classifier(frame, train, valid, cfg, task, params)
+    scores = {"lightgbm": fitted.model.score(test), "lightgbm_uncalibrated": fitted.model.raw_score(test),
+              "logistic": logistic_baseline(frame, train, test, cfg.seed)}
+    if heuristic in test:
+        scores[f"heuristic_{heuristic}"] = test[heuristic].rank(pct=True).fillna(0.5).to_numpy()
+    extra = oracle_fn(test, scores["lightgbm"]) if oracle_fn else {}
+    run_id, version = log_classifier_run(ws, task, frame, fitted, scores, extra, cfg)
+    return decide_and_promote(ws, task, version, run_id, fitted.metrics, test, cfg, [])

@@ -3,11 +3,12 @@ a purchase within the response window; features as of the send time, plus what w
 
 from __future__ import annotations
 
+from functools import partial
+
 from features.lake import Lake
 from propel.config import Workspace
 from training import labels, oracle
-from training.pipeline import (TrainResult, build_frame, check_eligible, decide_and_promote, fit_classifier,
-                               log_classifier_run, logistic_baseline, tune)
+from training.pipeline import TrainResult, build_frame, train_classifier
 
 SERVICE = "propensity_v1"
 
@@ -26,14 +27,6 @@ def train(ws: Workspace, tune_seconds: float = 0, truth_dir=None) -> TrainResult
     cfg = ws.settings().train
     entity, source = entity_rows(ws)
     frame = build_frame(ws, entity, SERVICE, source, cfg, cfg.response_window_days, cfg.response_test_periods)
-    train_df, valid, test = frame.part("train"), frame.part("valid"), frame.part("test")
-    check_eligible(train_df, cfg, "propensity")
-    params = tune(frame, train_df, valid, cfg, "propensity", tune_seconds) if tune_seconds else None
-    fitted = fit_classifier(frame, train_df, valid, cfg, "propensity", params)
-    scores = {"lightgbm": fitted.model.score(test), "lightgbm_uncalibrated": fitted.model.raw_score(test),
-              "logistic": logistic_baseline(frame, train_df, test, cfg.seed)}
-    if "response_rate_365d" in test:
-        scores["heuristic_past_response"] = test["response_rate_365d"].rank(pct=True).fillna(0.5).to_numpy()
-    extra = oracle.response_metrics(truth_dir, test, scores["lightgbm"]) if truth_dir and "campaign_id" in test else {}
-    run_id, version = log_classifier_run(ws, "propensity", frame, fitted, scores, extra, cfg)
-    return decide_and_promote(ws, "propensity", version, run_id, fitted.metrics, test, cfg, [])
+    oracle_fn = partial(oracle.response_metrics, truth_dir) if truth_dir else None
+    # Baseline heuristic: past response rate.
+    return train_classifier(ws, "propensity", frame, cfg, tune_seconds, "response_rate_365d", oracle_fn)

@@ -122,7 +122,7 @@ def list_models(ws: Workspace) -> list[dict]:
         for v in client.search_model_versions(f"name = '{model.name}'"):
             run = client.get_run(v.run_id) if v.run_id else None
             rows.append({"task": model.name, "version": int(v.version),
-                         "champion": bool(champ and champ.version == v.version),
+                         "champion": bool(champ and str(champ.version) == str(v.version)),
                          "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
                          "metric": run.data.tags.get("propel.selection_metric") if run else None,
                          "value": run.data.metrics.get(run.data.tags.get("propel.selection_metric", ""), None) if run else None,
