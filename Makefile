@@ -39,11 +39,22 @@ features: $(STAMP) ## Build feature snapshots, apply the Feast repo, materialize
 	$(BIN)/propel features apply --online $(ONLINE)
 	$(BIN)/propel features materialize --online $(ONLINE)
 
+TUNE ?= 0
+.PHONY: train
+train: $(STAMP) ## Train churn, propensity and uplift; promote winners (TUNE=seconds of Optuna search)
+	$(BIN)/propel train all --tune-seconds $(TUNE) $(if $(wildcard $(RAW)/_truth),--truth $(RAW)/_truth)
+
+.PHONY: models
+models: $(STAMP) ## List registered models and champions
+	$(BIN)/propel models list
+
 .PHONY: demo
 demo: $(STAMP) ## Run the whole pipeline on generated demo data
 	@test -d $(RAW) || $(MAKE) --no-print-directory data
 	$(MAKE) --no-print-directory ingest
 	$(MAKE) --no-print-directory features
+	$(MAKE) --no-print-directory train
+	$(MAKE) --no-print-directory models
 
 .PHONY: test
 test: $(STAMP) ## Run the test suite
