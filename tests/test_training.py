@@ -15,6 +15,7 @@ from features.ingest import ingest
 from features.lake import Lake
 from propel.config import Workspace
 from training import churn, labels, pipeline, propensity, registry, uplift
+from training.model import model_input
 from training.evaluate import gains_table, qini_coefficient, top_share
 from training.pipeline import NotEligible
 from tests.conftest import NOW, write
@@ -22,8 +23,8 @@ from tests.conftest import NOW, write
 EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_type,item_id,quantity,revenue,session_id"
 FAST = """
 [train]
-min_positives = 20
-min_negatives = 20
+min_positives = 8
+min_negatives = 8
 churn_horizon_days = 21
 churn_lookback_days = 60
 max_rounds = 150
@@ -176,7 +177,7 @@ def test_promote_and_rollback_are_recorded(trained):
 
 def test_eligibility_gate_names_counts(trained):
     ws, _ = trained
-    ws.config_file.write_text(FAST.replace("min_positives = 20", "min_positives = 1000000"))
+    ws.config_file.write_text(FAST.replace("min_positives = 8", "min_positives = 1000000"))
     try:
         with pytest.raises(NotEligible, match=r"churn: the training window has [\d,]+ positives .* at least 1,000,000"):
             churn.train(ws)
@@ -190,10 +191,12 @@ def test_propensity_and_uplift_train(trained, generated):
     assert p.promoted and 0.5 < p.metrics["roc_auc"] <= 1 and "oracle_roc_auc" in p.metrics
     u = uplift.train(ws, truth_dir=generated / "_truth")
     assert u.promoted and {"qini", "random_qini", "response_model_qini", "uplift_at_10", "oracle_qini"} <= set(u.metrics)
-    scored = mlflow.pyfunc.load_model("models:/uplift@champion").predict(
-        fstore.historical_features(fstore.feature_store(ws), "propensity_v1", pd.DataFrame({
-            "customer_id": ["C0000001"], "event_timestamp": [pd.Timestamp("2026-10-20")],
-            "campaign_channel": ["email"], "offer_type": ["discount_10"]})))
+    loaded = mlflow.pyfunc.load_model("models:/uplift@champion")
+    rows = fstore.historical_features(fstore.feature_store(ws), "propensity_v1", pd.DataFrame({
+        "customer_id": ["C0000001"], "event_timestamp": [pd.Timestamp("2026-10-20")],
+        "campaign_channel": ["email"], "offer_type": ["discount_10"]}))
+    m = loaded.unwrap_python_model()
+    scored = loaded.predict(model_input(rows, m.features, m.treated.categories))
     assert {"score", "p_treated", "p_control"} <= set(scored.columns)
 
 

@@ -29,6 +29,13 @@ def prepare(df: pd.DataFrame, features: list[str], categories: dict[str, list[st
     return out
 
 
+def model_input(df: pd.DataFrame, features: list[str], categorical) -> pd.DataFrame:
+    """The logged models' input contract (their MLflow signature): numeric features as doubles (an
+    online int with a gap arrives as a float), categoricals as plain strings. Callers of the pyfunc
+    convert with this; `m = loaded.unwrap_python_model(); model_input(df, m.features, m.categories)`."""
+    return df[features].astype({f: (object if f in categorical else "float64") for f in features})
+
+
 class PropelClassifier(mlflow.pyfunc.PythonModel):
     """LightGBM + isotonic calibration. predict() -> DataFrame with `score` (a calibrated probability)."""
 

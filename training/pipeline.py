@@ -34,7 +34,7 @@ from propel.config import TrainSettings, Workspace
 from training import registry
 from training.evaluate import classification_metrics, gains_table, plot_curves, plot_importance
 from training.labels import time_split
-from training.model import PropelClassifier, prepare
+from training.model import PropelClassifier, model_input, prepare
 
 log = logging.getLogger(__name__)
 NOT_FEATURES = {"customer_id", "event_timestamp", "label", "group", "campaign_id", "split", "request_ts"}
@@ -167,21 +167,15 @@ def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: Train
                            **{f"rows_{s}": int((frame.data["split"] == s).sum()) for s in ("train", "valid", "test", "gap")},
                            "data_hash": data_hash(frame.data[[*frame.features, "label", "split"]])})
         train = frame.part("train").head(50_000)
-        mlflow.log_input(mlflow.data.from_pandas(model_input(frame, train).assign(label=train["label"].astype("float64")),
+        mlflow.log_input(mlflow.data.from_pandas(model_input(train, frame.features, frame.categorical)
+                                                 .assign(label=train["label"].astype("float64")),
                                                  name=f"{task}-train-{frame.feature_service}"), context="training")
         yield run
 
 
-def model_input(frame: Frame, df: pd.DataFrame) -> pd.DataFrame:
-    """Features as serving sends them: numerics as doubles (an online int with a gap arrives as a
-    float), categoricals as plain strings."""
-    numeric = [f for f in frame.features if f not in frame.categorical]
-    return df[frame.features].astype({**{f: "float64" for f in numeric}, **{c: object for c in frame.categorical}})
-
-
 def log_model(task: str, model, frame: Frame, test: pd.DataFrame) -> str:
     """Log the pyfunc with signature and input example, register it; returns the new version."""
-    sample = model_input(frame, test.head(200))
+    sample = model_input(test.head(200), frame.features, frame.categorical)
     example = sample.head(5)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=model, registered_model_name=task, input_example=example,
