@@ -16,6 +16,7 @@ import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
+from features import online_write
 from features.build import load_catalog
 from propel.config import Workspace
 
@@ -62,7 +63,8 @@ def materialize(ws: Workspace, online: str | None = None) -> dict:
 
     Incremental: each snapshot view continues from where its last materialization ended (Feast
     records the intervals). The profile view is small and its rows are stamped with signup dates
-    that may predate the last run, so it is always loaded whole.
+    that may predate the last run, so it is always loaded whole. Rows are written in bulk by
+    `features.online_write` (stock Feast for anything it does not handle).
     """
     started = time.perf_counter()
     store = feature_store(ws, online)
@@ -73,7 +75,7 @@ def materialize(ws: Workspace, online: str | None = None) -> dict:
         done = [i[1] for i in view.materialization_intervals] if view.name != "customer_profile" else []
         start = max(done, default=epoch)
         if start < end:
-            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+            online_write.materialize_view(store, view, start, end)
             loaded[view.name] = start.isoformat()
     return {"up_to": end.isoformat(), "views": loaded, "seconds": round(time.perf_counter() - started, 2)}
 
