@@ -37,9 +37,12 @@ def _priority(col: str) -> str:
 
 
 def _edges_sql(max_ids_per_session: int) -> str:
-    """All links as (a_type, a_value, b_type, b_value, proof)."""
+    """All links as (a_t, a_v, b_t, b_v, proof); sessions come from `id_seen`."""
     strongest = f"arg_min(struct_pack(t := identity_type, v := identity_value), ({_priority('identity_type')}, identity_value))"
     return f"""
+      WITH sessions AS (
+        SELECT * FROM id_seen
+        WHERE session_id IS NOT NULL AND NOT regexp_matches(session_id, '{BLOCKED_VALUE_PATTERN}', 'i'))
       SELECT identity_type AS a_t, identity_value AS a_v, linked_type AS b_t, linked_value AS b_v,
              identity_type = 'customer_id' AND linked_type = 'customer_id' AS proof
       FROM identities_all
@@ -49,14 +52,10 @@ def _edges_sql(max_ids_per_session: int) -> str:
             UNION ALL SELECT identity_type, identity_value, source_customer_id FROM campaign_touches_all)
       WHERE source_customer_id IS NOT NULL AND NOT (identity_type = 'customer_id' AND identity_value = source_customer_id)
       UNION ALL
-      SELECT s.identity_type, s.identity_value, s.top.t, s.top.v, false FROM (
-        SELECT e.session_id, e.identity_type, e.identity_value, g.top FROM (
-          SELECT DISTINCT session_id, identity_type, identity_value FROM events_all
-          WHERE session_id IS NOT NULL AND NOT regexp_matches(session_id, '{BLOCKED_VALUE_PATTERN}', 'i')) e
-        JOIN (SELECT session_id, {strongest} AS top FROM (
-                SELECT DISTINCT session_id, identity_type, identity_value FROM events_all WHERE session_id IS NOT NULL)
-              GROUP BY session_id HAVING count(*) BETWEEN 2 AND {int(max_ids_per_session)}) g USING (session_id)
-      ) s WHERE NOT (s.identity_type = s.top.t AND s.identity_value = s.top.v)
+      SELECT s.identity_type, s.identity_value, g.top.t, g.top.v, false
+      FROM sessions s JOIN (SELECT session_id, {strongest} AS top FROM sessions GROUP BY session_id
+                            HAVING count(*) BETWEEN 2 AND {int(max_ids_per_session)}) g USING (session_id)
+      WHERE NOT (s.identity_type = g.top.t AND s.identity_value = g.top.v)
     """
 
 
@@ -101,32 +100,35 @@ def resolve(lake: Lake, settings: IdentitySettings, load_id: str,
     con = con or lake.connect()
     for name in ("identities", "events", "campaign_touches", "customers"):  # see the files just written
         con.execute(f"CREATE OR REPLACE VIEW {name}_all AS SELECT * FROM {lake.scan(name)}")
+    # One pass over the events gives both their identifiers and who shared a session.
+    con.execute("CREATE OR REPLACE TEMP TABLE id_seen AS "
+                "SELECT DISTINCT session_id, identity_type, identity_value FROM events_all")
     con.execute(f"CREATE OR REPLACE TEMP TABLE id_edges AS {_edges_sql(settings.max_ids_per_session)}")
     con.execute("""
       CREATE OR REPLACE TEMP TABLE id_nodes AS
       SELECT row_number() OVER (ORDER BY t, v) - 1 AS id, t, v FROM (
         SELECT a_t AS t, a_v AS v FROM id_edges UNION SELECT b_t, b_v FROM id_edges
         UNION SELECT 'customer_id', customer_id FROM customers_all
-        UNION SELECT identity_type, identity_value FROM events_all
+        UNION SELECT identity_type, identity_value FROM id_seen
         UNION SELECT identity_type, identity_value FROM campaign_touches_all)""")
+    # From here on a node is its integer id: joins and counts on ids are much cheaper than on strings.
+    con.execute("""
+      CREATE OR REPLACE TEMP TABLE id_links AS
+      SELECT na.id AS a, nb.id AS b, e.proof
+      FROM id_edges e JOIN id_nodes na ON na.t = e.a_t AND na.v = e.a_v JOIN id_nodes nb ON nb.t = e.b_t AND nb.v = e.b_v""")
     # Shared identifiers: linked to more distinct identifiers than their type allows.
     limits = ", ".join(f"('{t}', {int(n)})" for t, n in settings.max_links.items())
     con.execute(f"""
       CREATE OR REPLACE TEMP TABLE id_shared AS
-      SELECT t, v FROM (
-        SELECT a_t AS t, a_v AS v, b_t AS ot, b_v AS ov FROM id_edges UNION SELECT b_t, b_v, a_t, a_v FROM id_edges)
-      JOIN (VALUES {limits}) lim(lt, n) ON lim.lt = t
-      GROUP BY t, v, lim.n HAVING count(DISTINCT (ot, ov)) > lim.n""")
-    edges = con.execute(f"""
-      SELECT na.id AS a, nb.id AS b, e.proof, least({_priority('e.a_t')}, 99) AS pa, {_priority('e.b_t')} AS pb
-      FROM id_edges e JOIN id_nodes na ON na.t = e.a_t AND na.v = e.a_v JOIN id_nodes nb ON nb.t = e.b_t AND nb.v = e.b_v
-      WHERE (e.a_t, e.a_v) NOT IN (SELECT (t, v) FROM id_shared) AND (e.b_t, e.b_v) NOT IN (SELECT (t, v) FROM id_shared)
-        AND na.id <> nb.id""").df()
-    nodes = con.execute("SELECT id, t, v FROM id_nodes ORDER BY id").df()
-    n_shared = con.execute("SELECT count(*) FROM id_shared").fetchone()[0]
-    n_links = con.execute("SELECT count(*) FROM id_edges").fetchone()[0]
-    n = len(nodes)
-    types = nodes["t"].map(PRIORITY).to_numpy(dtype=np.int64)
+      SELECT id FROM (SELECT a AS id, b AS other FROM id_links UNION SELECT b, a FROM id_links)
+      JOIN id_nodes USING (id) JOIN (VALUES {limits}) lim(t, n) USING (t)
+      GROUP BY id, lim.n HAVING count(*) > lim.n""")
+    edges = con.execute("""
+      SELECT a, b, proof FROM id_links
+      WHERE a <> b AND a NOT IN (SELECT id FROM id_shared) AND b NOT IN (SELECT id FROM id_shared)""").df()
+    types = con.execute(f"SELECT {_priority('t')} AS p FROM id_nodes ORDER BY id").fetchnumpy()["p"].astype(np.int64)
+    [(n_shared, n_links)] = con.execute("SELECT (SELECT count(*) FROM id_shared), (SELECT count(*) FROM id_edges)").fetchall()
+    n = len(types)
     limit_arr = np.array([settings.per_person[t] for t in IDENTITY_TYPES], dtype=np.int64)
 
     a, b = edges["a"].to_numpy(np.int64), edges["b"].to_numpy(np.int64)
@@ -142,7 +144,7 @@ def resolve(lake: Lake, settings: IdentitySettings, load_id: str,
         in_bad = np.isin(comp, bad_comp)
         sub_nodes = np.flatnonzero(in_bad)
         local = {g: i for i, g in enumerate(sub_nodes)}
-        sub = edges[in_bad[a]].assign(strength=lambda d: np.maximum(d.pa, d.pb))
+        sub = edges[in_bad[a]].assign(strength=lambda d: np.maximum(types[d.a], types[d.b]))
         sub = sub.sort_values(["proof", "strength", "a", "b"], ascending=[False, True, True, True])
         uf = _UnionFind(types[sub_nodes], limit_arr)
         for ea, eb, proof in zip(sub["a"].to_numpy(), sub["b"].to_numpy(), sub["proof"].to_numpy()):
@@ -150,35 +152,39 @@ def resolve(lake: Lake, settings: IdentitySettings, load_id: str,
         roots = np.array([uf.find(i) for i in range(len(sub_nodes))])
         group[sub_nodes] = comp.max() + 1 + roots
 
-    nodes["group"] = group
-    return _assign_ids(lake, nodes, load_id, n_links=int(n_links), n_shared=int(n_shared), refused=refused)
+    return _assign_ids(con, lake, group, load_id, n_links=int(n_links), n_shared=int(n_shared), refused=refused)
 
 
-def _assign_ids(lake: Lake, nodes: pd.DataFrame, load_id: str, **counts) -> dict:
-    """Give each group a customer_id: its known id, else its previous id, else a minted one."""
-    previous = (pd.read_parquet(lake.identity_map_path)[["identity_type", "identity_value", "customer_id"]]
-                .rename(columns={"identity_type": "t", "identity_value": "v", "customer_id": "prev"})
-                if lake.identity_map_path.exists() else pd.DataFrame(columns=["t", "v", "prev"]))
-    nodes = nodes.merge(previous, on=["t", "v"], how="left")
-    nodes["key"] = nodes["t"] + ":" + nodes["v"]
-    known = nodes[nodes["t"] == "customer_id"].groupby("group")["v"].min()
-    prev = nodes.dropna(subset=["prev"]).groupby("group")["prev"].min()
-    first_key = nodes.groupby("group")["key"].min()
-    ids = known.reindex(first_key.index)
-    taken = set(ids.dropna())
-    for g in ids.index[ids.isna()]:  # previous id if still free (a split keeps it for one side only)
-        p = prev.get(g)
-        ids[g] = p if isinstance(p, str) and p not in taken else _mint(first_key[g])
-        taken.add(ids[g])
-    nodes["customer_id"] = nodes["group"].map(ids)
+def _assign_ids(con: duckdb.DuckDBPyConnection, lake: Lake, group: np.ndarray, load_id: str, **counts) -> dict:
+    """Give each group (of the node with id i: `group[i]`) a customer_id: its known id, else its
+    previous id, else a minted one. The per-node work stays in DuckDB; Python sees one row per group."""
+    previous = (f"SELECT identity_type AS t, identity_value AS v, customer_id AS prev FROM read_parquet('{lake.identity_map_path}')"
+                if lake.identity_map_path.exists() else "SELECT NULL::VARCHAR AS t, NULL::VARCHAR AS v, NULL::VARCHAR AS prev WHERE false")
+    con.register("id_group_frame", pd.DataFrame({"id": np.arange(len(group)), "grp": group}))
+    con.execute(f"""
+      CREATE OR REPLACE TEMP TABLE id_people AS
+      SELECT n.id, n.t, n.v, g.grp, p.prev FROM id_nodes n JOIN id_group_frame g USING (id) LEFT JOIN ({previous}) p USING (t, v)""")
+    groups = con.execute("""
+      SELECT grp, min(v) FILTER (t = 'customer_id'), min(prev), min(t || ':' || v)
+      FROM id_people GROUP BY grp ORDER BY grp""").fetchall()
+    taken = {known for _, known, _, _ in groups if known is not None}
+    ids = []
+    for _, known, prev, first_key in groups:
+        if known is None:  # previous id if still free (a split keeps it for one side only)
+            known = prev if prev is not None and prev not in taken else _mint(first_key)
+            taken.add(known)
+        ids.append(known)
+    con.register("id_group_frame", pd.DataFrame({"grp": [g for g, *_ in groups], "customer_id": ids}))
+    con.execute("CREATE OR REPLACE TEMP TABLE id_people AS SELECT p.*, g.customer_id FROM id_people p JOIN id_group_frame g USING (grp)")
+    con.unregister("id_group_frame")
 
-    moved = nodes.dropna(subset=["prev"])
-    moved = moved[moved["prev"] != moved["customer_id"]][["prev", "customer_id"]].drop_duplicates("prev")
-    moved = moved[~moved["prev"].isin(set(ids))]  # an id still in use was split from, not merged away
+    moved = con.execute("SELECT prev, customer_id FROM id_people WHERE prev <> customer_id ORDER BY id").df()
+    moved = moved.drop_duplicates("prev")
+    moved = moved[~moved["prev"].isin(taken)]  # an id still in use was split from, not merged away
     merges = pd.DataFrame({"merged_id": moved["prev"], "into_id": moved["customer_id"],
                            "load_id": load_id, "merged_at": datetime.now(timezone.utc).replace(tzinfo=None)})
     # Two known customers joined by a proven link: the smaller id survives, the other is a merge.
-    proven = nodes[(nodes["t"] == "customer_id") & (nodes["v"] != nodes["customer_id"])]
+    proven = con.execute("SELECT v, customer_id FROM id_people WHERE t = 'customer_id' AND v <> customer_id ORDER BY id").df()
     proven = proven[~proven["v"].isin(set(merges["merged_id"]))]
     if lake.merges_path.exists():
         already = set(pd.read_parquet(lake.merges_path)["merged_id"])
@@ -188,16 +194,17 @@ def _assign_ids(lake: Lake, nodes: pd.DataFrame, load_id: str, **counts) -> dict
                                               "merged_at": datetime.now(timezone.utc).replace(tzinfo=None)})])
     if len(merges):
         old = pd.read_parquet(lake.merges_path) if lake.merges_path.exists() else None
-        _atomic_parquet(pd.concat([old, merges], ignore_index=True) if old is not None else merges, lake.merges_path)
-    out = nodes[["t", "v", "customer_id"]].rename(columns={"t": "identity_type", "v": "identity_value"})
-    _atomic_parquet(out, lake.identity_map_path)
-    people = out["customer_id"].nunique()
-    anon = out.loc[out["customer_id"].str.startswith("anon-"), "customer_id"].nunique()
-    return {"identifiers": len(out), "customers": int(people), "anonymous_profiles": int(anon),
-            "known_customers": int(people - anon), "merges": len(merges), **counts}
+        _atomic(lake.merges_path, (pd.concat([old, merges], ignore_index=True) if old is not None else merges).to_parquet)
+    _atomic(lake.identity_map_path, lambda tmp: con.execute(
+        "COPY (SELECT t AS identity_type, v AS identity_value, customer_id FROM id_people ORDER BY id) "
+        f"TO '{tmp}' (FORMAT parquet)"))
+    anon = sum(i.startswith("anon-") for i in taken)
+    return {"identifiers": len(group), "customers": len(taken), "anonymous_profiles": anon,
+            "known_customers": len(taken) - anon, "merges": len(merges), **counts}
 
 
-def _atomic_parquet(df: pd.DataFrame, path) -> None:
+def _atomic(path, write) -> None:
+    """`write(tmp)` then rename over `path`, so readers never see a half-written file."""
     tmp = path.with_suffix(".tmp")
-    df.to_parquet(tmp, index=False)
+    write(tmp)
     os.replace(tmp, path)

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 TABLE_ORDER = ("customers", "items", "campaigns", "identities", "events", "campaign_touches", "labels")
 # Timestamp columns that may legitimately lie in the future (a scheduled campaign).
 FUTURE_OK = {("campaigns", "start_at"), ("campaigns", "end_at")}
+# Events per partitioned COPY: bounds the memory of writing a large load (about 250 MB per million).
+EVENT_BATCH_ROWS = 2_500_000
 
 
 class IngestError(Exception):
@@ -133,8 +135,6 @@ class _Loader:
         self.ws, self.settings, self.raw_dir = ws, settings, raw_dir
         self.lake = Lake(ws)
         self.con = self.lake.connect()
-        # Row numbers must follow file order, so staging keeps DuckDB's insertion order.
-        self.con.execute("SET preserve_insertion_order = true")
         self.salt = ws.salt()
         self.now = now.astimezone(timezone.utc).replace(tzinfo=None)
         self.warnings: list[str] = []
@@ -185,6 +185,8 @@ class _Loader:
                 cols = [c for c in cols if not c.endswith(f" AS {_quote(pair[1])}")]
                 cols.append(f"CASE WHEN {kind} IN ({', '.join(map(_sql_str, sorted(PII_TYPES)))}) "
                             f"THEN {_hash_sql(raw, kind, self.salt)} ELSE {raw} END AS {_quote(pair[1])}")
+        # row_number() OVER () is a streaming window, which DuckDB always runs in the file's order, so
+        # row numbers stay right without `preserve_insertion_order` (which would stage files one by one).
         cols += [f"{_sql_str(rel)} AS _file", "row_number() OVER () AS _row"]
         kept = {n for n in by_norm if n in known or table.passthrough or table.name == "events"}
         return f"SELECT {', '.join(cols)} FROM {src}", kept
@@ -244,13 +246,15 @@ class _Loader:
         reason = "CASE " + " ".join(f"WHEN {cond} THEN {_sql_str(code)}" for cond, code in self._checks(table, present)) + " END"
         raw_json = "to_json(struct_pack(" + ", ".join(f"{_quote(c)} := {_quote('r_' + c)}" for c in sorted(present)) + "))"
         parsed = [f"{self._parse(c, _quote(c.name))} AS {_quote(c.name)}" for c in known]
+        if table.identified:  # downstream SQL can rely on all identifier columns existing
+            parsed += [f"NULL::VARCHAR AS {c}" for c in ("identity_type", "identity_value", "customer_id") if c not in present]
         keep = [_quote(c) for c in extras] if table.passthrough else []
         if extras and table.name == "events":
             keep.append("to_json(struct_pack(" + ", ".join(f"{_quote(c)} := {_quote(c)}" for c in extras) + ")) AS extra")
         raw_cols = [f"{_quote(c)} AS {_quote('r_' + c)}" for c in sorted(present)]
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(_quote('r_' + c) for c in sorted(present))}), "
-            f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw FROM ("
+            f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
             f"SELECT *, {reason} AS _reason FROM ("
             f"SELECT {', '.join(parsed + keep + raw_cols)}, _file, _row FROM ({union})))"
         )
@@ -274,44 +278,45 @@ class _Loader:
 
     # ---- cleaning ------------------------------------------------------------------------------
     def _dedupe(self, table: Table, present: set[str]) -> None:
-        """One pass over the valid rows: `_dup` = exact_duplicate | duplicate_key | already_in_lake, and
-        for events, click bursts faster than a human become `_reason = 'bot_burst'`."""
+        """Flag valid rows: `_dup` = exact_duplicate | duplicate_key | already_in_lake, and for events,
+        click bursts faster than a human become `_reason = 'bot_burst'`. Each window sees only a row id
+        and the columns it needs, of only the rows it can flag, and its result updates `stage` by row
+        id: windows over all columns of all rows were most of the load time and memory."""
         data = [_quote(c[0]) for c in self.con.execute("DESCRIBE stage").fetchall()
-                if c[0] not in ("_file", "_row", "_reason", "_raw")]
+                if c[0] not in ("_file", "_row", "_reason", "_raw", "_dup")]
         valid = "_reason IS NULL"
-        key = ("event_id",) if table.name == "events" else table.key
-        if key:  # first row of a key wins for events, the last row for records (the newest version)
-            order = "ASC" if table.name == "events" else "DESC"
-            window = f"PARTITION BY {valid}, {', '.join(key)} ORDER BY _file {order}, _row {order}"
-            dup = (f"CASE WHEN {valid} AND row_number() OVER w > 1 THEN CASE WHEN _h = first_value(_h) OVER w "
-                   "THEN 'exact_duplicate' ELSE 'duplicate_key' END END")
-        else:
-            window = f"PARTITION BY {valid}, _h ORDER BY _file, _row"
-            dup = f"CASE WHEN {valid} AND row_number() OVER w > 1 THEN 'exact_duplicate' END"
-        in_lake = ""
-        if table.name == "events" and self.lake.files("events"):
-            in_lake = (f"CASE WHEN {valid} AND event_id IN (SELECT event_id FROM {self.lake.scan('events')}) "
-                       "THEN 'already_in_lake' END, ")
-        inner = (f"SELECT * EXCLUDE (_h), coalesce({in_lake}{dup}) AS _dup FROM (SELECT *, hash({', '.join(data)}) AS _h "
-                 f"FROM stage) WINDOW w AS ({window})")
+        # The first row of a key wins for events, the last row for records (the newest version).
+        key = ", ".join(("event_id",) if table.name == "events" else table.key) or "_h"
+        order = "DESC" if table.key else "ASC"
+        rows = f"SELECT rowid AS _rid, *, hash({', '.join(data)}) AS _h FROM stage WHERE {valid}"
+        flag = ("CASE WHEN _h = first_value(_h) OVER w THEN 'exact_duplicate' ELSE 'duplicate_key' END"
+                if key != "_h" else "'exact_duplicate'")
+        self.con.execute(f"""
+            UPDATE stage SET _dup = d._dup FROM (
+              SELECT _rid, {flag} AS _dup
+              FROM ({rows}) SEMI JOIN (SELECT {key} FROM ({rows}) GROUP BY ALL HAVING count(*) > 1) USING ({key})
+              WINDOW w AS (PARTITION BY {key} ORDER BY _file {order}, _row {order})
+              QUALIFY row_number() OVER w > 1) d
+            WHERE stage.rowid = d._rid""")
         if table.name != "events":
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE stage AS {inner}")
             return
+        if self.lake.files("events"):
+            self.con.execute(f"UPDATE stage SET _dup = 'already_in_lake' WHERE {valid} "
+                             f"AND event_id IN (SELECT event_id FROM {self.lake.scan('events')})")
         s = self.settings.ingest
         win = f"INTERVAL {float(s.bot_burst_seconds)} SECOND"
-        node = "_cand, coalesce(identity_type, 'customer_id'), coalesce(identity_value, customer_id)"
-        burst = f"greatest(count(*) OVER before_, count(*) OVER after_) >= {int(s.bot_burst_events)}"
+        clicks = ", ".join(map(_sql_str, sorted(CLICK_EVENT_TYPES)))
         self.con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE stage AS
-            SELECT * EXCLUDE (_cand, _reason, _raw),
-              CASE WHEN _bot THEN 'bot_burst' ELSE _reason END AS _reason,
-              CASE WHEN _bot THEN to_json(struct_pack(event_id, ts, identity_type, identity_value, channel, event_type))
-                   ELSE _raw END AS _raw
-            FROM (SELECT *, _cand AND {burst} AS _bot FROM (
-                    SELECT *, {valid} AND _dup IS NULL AND event_type IN ({", ".join(map(_sql_str, sorted(CLICK_EVENT_TYPES)))}) AS _cand
-                    FROM ({inner}))
-                  WINDOW before_ AS (PARTITION BY {node} ORDER BY ts RANGE BETWEEN {win} PRECEDING AND CURRENT ROW),
-                         after_ AS (PARTITION BY {node} ORDER BY ts RANGE BETWEEN CURRENT ROW AND {win} FOLLOWING))""")
+            UPDATE stage SET _reason = 'bot_burst',
+              _raw = to_json(struct_pack(event_id, ts, identity_type, identity_value, channel, event_type))
+            WHERE rowid IN (
+              SELECT _rid FROM (
+                SELECT rowid AS _rid, ts, coalesce(identity_type, 'customer_id') AS _t,
+                       coalesce(identity_value, customer_id) AS _v
+                FROM stage WHERE {valid} AND _dup IS NULL AND event_type IN ({clicks}))
+              WINDOW before_ AS (PARTITION BY _t, _v ORDER BY ts RANGE BETWEEN {win} PRECEDING AND CURRENT ROW),
+                     after_ AS (PARTITION BY _t, _v ORDER BY ts RANGE BETWEEN CURRENT ROW AND {win} FOLLOWING)
+              QUALIFY greatest(count(*) OVER before_, count(*) OVER after_) >= {int(s.bot_burst_events)})""")
 
     def _drop_forgotten(self, table: Table, present: set[str]) -> None:
         """Rows naming a tombstoned identifier are dropped before they reach the lake or quarantine."""
@@ -358,8 +363,7 @@ class _Loader:
             out = self.lake.table_dir(table.name)
             out.mkdir(parents=True, exist_ok=True)
             if table.name == "events":
-                self.con.execute(f"COPY (SELECT *, CAST(ts AS DATE) AS event_date FROM ({accepted})) TO {_sql_str(str(out))} "
-                                 f"(FORMAT parquet, PARTITION_BY (event_date), APPEND, FILENAME_PATTERN '{load_id}_{{uuid}}')")
+                self._write_events(accepted, out, load_id)
             else:
                 self.con.execute(f"COPY ({accepted}) TO {_sql_str(str(out / (load_id + '.parquet')))} (FORMAT parquet)")
         if counts.quarantined:
@@ -372,6 +376,23 @@ class _Loader:
             )
         self.con.execute("DROP TABLE stage")
         return counts
+
+    def _write_events(self, accepted: str, out: Path, load_id: str) -> None:
+        """Events go to one folder per UTC event date. A partitioned COPY holds all its rows in memory
+        until it ends, so the days are written in batches of about `EVENT_BATCH_ROWS` rows."""
+        dated = f"SELECT *, CAST(ts AS DATE) AS event_date FROM ({accepted})"
+        batches: list[list] = [[]]
+        rows = 0
+        for day, n in self.con.execute(f"SELECT event_date, count(*) FROM ({dated}) GROUP BY 1 ORDER BY 1").fetchall():
+            if rows >= EVENT_BATCH_ROWS:
+                batches.append([])
+                rows = 0
+            batches[-1].append(day)
+            rows += n
+        for days in batches:
+            self.con.execute(f"COPY (SELECT * FROM ({dated}) WHERE event_date BETWEEN DATE '{days[0]}' AND DATE '{days[-1]}') "
+                             f"TO {_sql_str(str(out))} (FORMAT parquet, PARTITION_BY (event_date), APPEND, "
+                             f"FILENAME_PATTERN '{load_id}_{{uuid}}')")
 
     def load_table(self, table: Table, files: list[Path], load_id: str) -> TableCounts:
         present = self._stage(table, files)
