@@ -112,6 +112,7 @@ def connect_duckdb(ws: Workspace, threads: int | None = None) -> duckdb.DuckDBPy
     spill = ws.data / ".duckdb_tmp"
     spill.mkdir(parents=True, exist_ok=True)
     con.execute(f"SET temp_directory = '{spill}'")
+    con.execute(f"SET memory_limit = '{ws.settings().duckdb_memory_limit}'")
     con.execute("SET preserve_insertion_order = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")

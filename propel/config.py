@@ -90,6 +90,9 @@ class Settings:
     features: FeatureSettings = field(default_factory=FeatureSettings)
     feast: FeastSettings = field(default_factory=FeastSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    # DuckDB's working memory; larger statements spill to data/.duckdb_tmp. Keeps ingestion and feature
+    # builds inside a laptop's budget (peak RSS = this plus Python and Arrow buffers).
+    duckdb_memory_limit: str = "2.5GB"
 
 
 def _merge(obj, overrides: dict, where: str):
