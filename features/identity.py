@@ -175,7 +175,8 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, lake: Lake, group: np.ndarray, l
             taken.add(known)
         ids.append(known)
     con.register("id_group_frame", pd.DataFrame({"grp": [g for g, *_ in groups], "customer_id": ids}))
-    con.execute("CREATE OR REPLACE TEMP TABLE id_people AS SELECT p.*, g.customer_id FROM id_people p JOIN id_group_frame g USING (grp)")
+    con.execute("CREATE OR REPLACE TEMP TABLE id_people AS "
+                "SELECT p.*, CAST(g.customer_id AS VARCHAR) AS customer_id FROM id_people p JOIN id_group_frame g USING (grp)")
     con.unregister("id_group_frame")
 
     moved = con.execute("SELECT prev, customer_id FROM id_people WHERE prev <> customer_id ORDER BY id").df()
@@ -194,7 +195,8 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, lake: Lake, group: np.ndarray, l
                                               "merged_at": datetime.now(timezone.utc).replace(tzinfo=None)})])
     if len(merges):
         old = pd.read_parquet(lake.merges_path) if lake.merges_path.exists() else None
-        _atomic(lake.merges_path, (pd.concat([old, merges], ignore_index=True) if old is not None else merges).to_parquet)
+        out = pd.concat([old, merges], ignore_index=True) if old is not None else merges
+        _atomic(lake.merges_path, lambda tmp: out.to_parquet(tmp, index=False))
     _atomic(lake.identity_map_path, lambda tmp: con.execute(
         "COPY (SELECT t AS identity_type, v AS identity_value, customer_id FROM id_people ORDER BY id) "
         f"TO '{tmp}' (FORMAT parquet)"))

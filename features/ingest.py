@@ -193,8 +193,8 @@ class _Loader:
 
     # ---- validation ----------------------------------------------------------------------------
     @staticmethod
-    def _parse(col: Column, v: str) -> str:
-        text = f"nullif(trim({v}), '')"
+    def _parse(col: Column, text: str) -> str:
+        """The typed value of `text`, a column's trimmed non-empty string (or NULL)."""
         return {
             "id": text,
             "string": text,
@@ -207,7 +207,7 @@ class _Loader:
         }[col.kind]
 
     def _checks(self, table: Table, present: set[str]) -> list[tuple[str, str]]:
-        """(SQL condition on raw `r` and parsed `p` columns, reason code), first match wins."""
+        """(SQL condition on the text `t_<column>` and typed `<column>` columns, reason code), first match wins."""
         future = self.now + timedelta(hours=self.settings.ingest.future_tolerance_hours)
         checks: list[tuple[str, str]] = []
         if table.identified:
@@ -218,10 +218,11 @@ class _Loader:
         for col in table.columns:
             if col.name not in present:
                 continue
-            raw, val = f"nullif(trim({_quote('r_' + col.name)}), '')", _quote(col.name)
+            text, val = _quote("t_" + col.name), _quote(col.name)
             if col.required:
-                checks.append((f"{raw} IS NULL", f"missing_value:{col.name}"))
-            checks.append((f"{raw} IS NOT NULL AND {val} IS NULL", f"bad_{col.kind}:{col.name}"))
+                checks.append((f"{text} IS NULL", f"missing_value:{col.name}"))
+            if col.kind not in ("id", "string", "category"):  # the only kinds whose parsing can fail
+                checks.append((f"{text} IS NOT NULL AND {val} IS NULL", f"bad_{col.kind}:{col.name}"))
             if col.allowed:
                 allowed = ", ".join(map(_sql_str, col.allowed))
                 checks.append((f"{val} IS NOT NULL AND CAST({val} AS VARCHAR) NOT IN ({allowed})",
@@ -237,7 +238,8 @@ class _Loader:
 
     def _stage(self, table: Table, files: list[Path]) -> set[str]:
         """Read, parse and validate all files of a table into `stage` (typed, with `_reason` and, for
-        rejected rows, the raw row as JSON), in one pass."""
+        rejected rows, the raw row as JSON), in one pass. Each value is trimmed once, into `t_<column>`,
+        which both parsing and the checks read."""
         selects = [self._file_select(p, table) for p in files]
         present = set().union(*(cols for _, cols in selects))
         union = " UNION ALL BY NAME ".join(f"({sql})" for sql, _ in selects)
@@ -245,18 +247,22 @@ class _Loader:
         extras = sorted(present - {c.name for c in known})
         reason = "CASE " + " ".join(f"WHEN {cond} THEN {_sql_str(code)}" for cond, code in self._checks(table, present)) + " END"
         raw_json = "to_json(struct_pack(" + ", ".join(f"{_quote(c)} := {_quote('r_' + c)}" for c in sorted(present)) + "))"
-        parsed = [f"{self._parse(c, _quote(c.name))} AS {_quote(c.name)}" for c in known]
+        texts = [_quote("t_" + c.name) for c in known]
+        parsed = [f"{self._parse(c, t)} AS {_quote(c.name)}" for c, t in zip(known, texts)]
         if table.identified:  # downstream SQL can rely on all identifier columns existing
             parsed += [f"NULL::VARCHAR AS {c}" for c in ("identity_type", "identity_value", "customer_id") if c not in present]
         keep = [_quote(c) for c in extras] if table.passthrough else []
         if extras and table.name == "events":
             keep.append("to_json(struct_pack(" + ", ".join(f"{_quote(c)} := {_quote(c)}" for c in extras) + ")) AS extra")
-        raw_cols = [f"{_quote(c)} AS {_quote('r_' + c)}" for c in sorted(present)]
+        raws = [_quote("r_" + c) for c in sorted(present)]
+        raw_cols = [f"{_quote(c)} AS {r}" for c, r in zip(sorted(present), raws)]
+        trimmed = [f"nullif(trim({_quote(c.name)}), '') AS {t}" for c, t in zip(known, texts)]
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(_quote('r_' + c) for c in sorted(present))}), "
+            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(raws + texts)}), "
             f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
             f"SELECT *, {reason} AS _reason FROM ("
-            f"SELECT {', '.join(parsed + keep + raw_cols)}, _file, _row FROM ({union})))"
+            f"SELECT {', '.join(parsed + keep + raw_cols + texts)}, _file, _row FROM ("
+            f"SELECT *, {', '.join(trimmed)} FROM ({union}))))"
         )
         return present
 
@@ -285,15 +291,14 @@ class _Loader:
         data = [_quote(c[0]) for c in self.con.execute("DESCRIBE stage").fetchall()
                 if c[0] not in ("_file", "_row", "_reason", "_raw", "_dup")]
         valid = "_reason IS NULL"
-        # The first row of a key wins for events, the last row for records (the newest version).
+        # The first row of a key wins for events, the last row for records (the newest version); a
+        # table without a key only drops exact copies (same row hash `_h`).
         key = ", ".join(("event_id",) if table.name == "events" else table.key) or "_h"
         order = "DESC" if table.key else "ASC"
         rows = f"SELECT rowid AS _rid, *, hash({', '.join(data)}) AS _h FROM stage WHERE {valid}"
-        flag = ("CASE WHEN _h = first_value(_h) OVER w THEN 'exact_duplicate' ELSE 'duplicate_key' END"
-                if key != "_h" else "'exact_duplicate'")
         self.con.execute(f"""
             UPDATE stage SET _dup = d._dup FROM (
-              SELECT _rid, {flag} AS _dup
+              SELECT _rid, CASE WHEN _h = first_value(_h) OVER w THEN 'exact_duplicate' ELSE 'duplicate_key' END AS _dup
               FROM ({rows}) SEMI JOIN (SELECT {key} FROM ({rows}) GROUP BY ALL HAVING count(*) > 1) USING ({key})
               WINDOW w AS (PARTITION BY {key} ORDER BY _file {order}, _row {order})
               QUALIFY row_number() OVER w > 1) d
@@ -379,7 +384,8 @@ class _Loader:
 
     def _write_events(self, accepted: str, out: Path, load_id: str) -> None:
         """Events go to one folder per UTC event date. A partitioned COPY holds all its rows in memory
-        until it ends, so the days are written in batches of about `EVENT_BATCH_ROWS` rows."""
+        until it ends (or spills them, past DuckDB's memory limit), so the days are written in batches
+        of about `EVENT_BATCH_ROWS` rows."""
         dated = f"SELECT *, CAST(ts AS DATE) AS event_date FROM ({accepted})"
         batches: list[list] = [[]]
         rows = 0

@@ -109,3 +109,10 @@ def test_resolution_precision_and_recall_against_ground_truth(tmp_path, generate
     recall = len(predicted & actual_linkable) / len(actual_linkable)
     assert precision >= 0.99, precision
     assert recall >= 0.99, recall
+
+
+def test_load_without_identifiers_gives_an_empty_map(ws, raw):
+    write(raw, "items.csv", "item_id,category\nI1,shoes")
+    report = ingest(raw, ws, now=NOW)
+    assert report.identity["identifiers"] == 0 and report.identity["customers"] == 0
+    assert lake_frame(ws, "SELECT count(*) FROM identity_map").iloc[0, 0] == 0

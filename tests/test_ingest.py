@@ -213,3 +213,25 @@ def test_missing_consent_defaults_to_true(ws, raw):
     ingest(raw, ws, now=NOW)
     c = lake_frame(ws, "SELECT customer_id, marketing_consent FROM customers ORDER BY 1")
     assert c.values.tolist() == [["C1", True], ["C2", False], ["C3", True]]
+
+
+def test_row_numbers_are_per_file_when_files_are_staged_in_parallel(ws, raw):
+    # Many small row groups and two files read concurrently: each quarantined row must still name
+    # its own file's data row, and a copy in a later file is the duplicate.
+    n = 20_000
+    bad = {4321, 15000}
+    pd.DataFrame({
+        "event_id": [f"e{i}" for i in range(n)],
+        "ts": ["not-a-date" if i in bad else "2025-03-01T10:00:00Z" for i in range(n)],
+        "identity_type": "cookie_id", "identity_value": [f"K{i}" for i in range(n)],
+        "channel": "web", "event_type": "purchase",
+    }).to_parquet(raw / "events_a.parquet", index=False, row_group_size=2048)
+    write(raw, "events_b.csv", """
+        event_id,ts,identity_type,identity_value,channel,event_type
+        e7,2025-03-01T10:00:00Z,cookie_id,K7,web,purchase
+        x1,yesterday,cookie_id,K1,web,purchase
+    """)
+    report = ingest(raw, ws, now=NOW)
+    assert report.tables["events"].reasons == {"bad_timestamp:ts": 3, "exact_duplicate": 1}
+    q = lake_frame(ws, f"SELECT file, row FROM read_parquet('{ws.lake}/quarantine/*.parquet') ORDER BY file, row")
+    assert q.values.tolist() == [["events_a.parquet", 4322], ["events_a.parquet", 15001], ["events_b.csv", 2]]
