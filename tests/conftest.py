@@ -85,3 +85,36 @@ def redis_url(tmp_path_factory):
     yield f"127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+FAST_TRAIN = """
+[train]
+min_positives = 8
+min_negatives = 8
+churn_horizon_days = 21
+churn_lookback_days = 60
+max_rounds = 150
+early_stopping = 20
+"""
+
+
+@pytest.fixture(scope="session")
+def champions(tmp_path_factory, generated) -> Workspace:
+    """A read-only workspace with features built, applied, materialized (SQLite) and a champion per task.
+
+    Shared by the serving, batch-scoring and analytics tests; tests that change the registry make their own.
+    """
+    from features import store
+    from features.build import build
+    from features.ingest import ingest
+    from training import churn, propensity, uplift
+
+    ws = Workspace.resolve(tmp_path_factory.mktemp("champions") / "ws")
+    ingest(generated, ws)
+    ws.config_file.write_text(FAST_TRAIN)
+    build(ws, every_days=7, snapshots=12)
+    store.apply(ws)
+    store.materialize(ws)
+    for task in (churn, propensity, uplift):
+        assert task.train(ws, truth_dir=generated / "_truth").promoted
+    return ws

@@ -18,18 +18,9 @@ from training import churn, labels, pipeline, propensity, registry, uplift
 from training.model import model_input
 from training.evaluate import gains_table, qini_coefficient, top_share
 from training.pipeline import NotEligible
-from tests.conftest import NOW, write
+from tests.conftest import FAST_TRAIN as FAST, NOW, write
 
 EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_type,item_id,quantity,revenue,session_id"
-FAST = """
-[train]
-min_positives = 8
-min_negatives = 8
-churn_horizon_days = 21
-churn_lookback_days = 60
-max_rounds = 150
-early_stopping = 20
-"""
 
 
 def test_churn_labels_on_hand_made_history(ws, raw):
