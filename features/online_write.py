@@ -141,17 +141,20 @@ def _nullable_ints_as_floats(view: FeatureView, table: pa.Table) -> pa.Table:
 
 
 def _entity_keys(view: FeatureView, table: pa.Table) -> list[bytes]:
+    key = view.entity_columns[0]
+    return entity_keys(key.name, key.dtype.to_value_type(), table.column(key.name).to_pylist())
+
+
+def entity_keys(join_key: str, value_type: ValueType, values: list) -> list[bytes]:
     """Feast's `serialize_entity_key` (version 3) for a single join key, without a proto per entity.
 
     Layout: key count, then (type, length, name) of the join key, then (type, length, bytes) of the value.
     """
-    key = view.entity_columns[0]
-    name, value_type = key.name.encode(), key.dtype.to_value_type()
+    name = join_key.encode()
     head = struct.pack("<III", 1, ValueType.STRING.value, len(name)) + name + struct.pack("<I", value_type.value)
-    values = table.column(key.name).to_pylist()
     if value_type == ValueType.STRING:
-        return [head + len(b).to_bytes(4, "little") + b for b in (v.encode() for v in values)]
-    return [head + b"\x08\x00\x00\x00" + v.to_bytes(8, "little", signed=True) for v in values]
+        return [head + len(b).to_bytes(4, "little") + b for b in (str(v).encode() for v in values)]
+    return [head + b"\x08\x00\x00\x00" + int(v).to_bytes(8, "little", signed=True) for v in values]
 
 
 def _event_times(view: FeatureView, table: pa.Table) -> tuple[np.ndarray, list[datetime]]:

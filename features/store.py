@@ -7,16 +7,19 @@ default; `online="redis"` (or `[feast] online = "redis"` in propel.toml) uses Re
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 import yaml
+
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
 from features import online_write
+from features.online_read import OnlineReader
 from features.build import load_catalog
 from propel.config import Workspace
 
@@ -88,18 +91,13 @@ def service_features(store: FeatureStore, service: str) -> list[str]:
 def online_features(store: FeatureStore, service: str, ids: list[str], key: str = "customer_id",
                     request_ts: datetime | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Features of `ids` from the online store, and the ids it does not know (never invented)."""
-    rows = [{key: i} for i in ids]
-    fs = store.get_feature_service(service)
-    if any(p.name == "request_context" for p in fs.feature_view_projections):
-        ts = int((request_ts or datetime.now(timezone.utc)).timestamp())
-        rows = [{**r, "request_ts": ts} for r in rows]
-    result = store.get_online_features(features=fs, entity_rows=rows)
-    df = pd.DataFrame(result.to_dict())
-    views = [p.name for p in fs.feature_view_projections if p.name != "request_context"]
-    # A known entity has at least one value in some stored view; an unknown one has none.
-    stored = [c for c in df.columns if c not in (key, "request_ts") and not c.startswith("request_")]
-    missing = df.loc[df[stored].isna().all(axis=1), key].tolist() if views else []
-    return df, missing
+    return online_reader(store, service, key).read(ids, request_ts)
+
+
+@functools.lru_cache(maxsize=64)
+def online_reader(store: FeatureStore, service: str, key: str = "customer_id") -> OnlineReader:
+    """The service resolved once per store object (a new store object after `features apply`)."""
+    return OnlineReader(store, service, key)
 
 
 def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:

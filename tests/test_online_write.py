@@ -13,11 +13,12 @@ import shutil
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import extract_text_and_num
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -26,6 +27,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.types import Bool, Float32, Float64, Int64, String
 
 from features import online_write
+from features.online_read import OnlineReader
 from features import store as fstore
 from features.build import CUSTOMER_DIR, ITEM_DIR, build, load_catalog
 from features.ingest import ingest
@@ -108,6 +110,20 @@ def _online(ws: Workspace, online: str, refs: list[str], rows: list[dict]) -> di
     return fstore.feature_store(ws, online).get_online_features(features=refs, entity_rows=rows).to_dict()
 
 
+def _check_reader(reader: OnlineReader, ids: list, feast: dict) -> None:
+    """The fast reader answers what Feast answers: numbers as float64 (null = NaN), others as objects."""
+    df, missing = reader.read(ids)
+    assert df[reader.key].tolist() == list(ids)
+    for name in reader.numeric:
+        want = np.array([np.nan if v is None else float(v) for v in feast[name]])
+        assert np.array_equal(df[name].to_numpy(), want, equal_nan=True), name
+    for name in reader.other:
+        assert df[name].tolist() == feast[name], name
+    stored = reader.numeric + reader.other
+    assert set(missing) <= {i for j, i in enumerate(ids) if all(feast[n][j] is None for n in stored)}
+    return missing
+
+
 def _intervals(ws: Workspace, online: str) -> dict:
     return {v.name: v.materialization_intervals for v in fstore.feature_store(ws, online).list_feature_views()}
 
@@ -145,6 +161,13 @@ def _check_built(built: Workspace, tmp_path, online: str, use_stock=lambda: None
         item_refs = [f"item_stats:{f.name}" for f in store.get_feature_view("item_stats").features]
         results.append((_online(ws, online, fstore.service_features(store, "churn_v1"), customers),
                         _online(ws, online, item_refs, items), _intervals(ws, online)))
+    ids = [c["customer_id"] for c in customers]
+    for service in ("churn_v1", "propensity_v1"):  # the second has an on-demand view (request time)
+        reader = fstore.online_reader(store, service)
+        feast = store.get_online_features(features=store.get_feature_service(service),
+                                          entity_rows=[{"customer_id": i, "request_ts": 0} for i in ids]).to_dict()
+        assert _check_reader(reader, ids + ids[:2], {k: v + v[:2] for k, v in feast.items()}) == ["no-such-customer"]
+    assert reader.read(ids[:1], datetime(2025, 6, 7, 13, tzinfo=UTC))[0].loc[0, "request_dow"] == 5
     assert results[1] == results[0]
     got = results[1][0]
     assert got["days_since_last_purchase"][-1] is None and got["customer_id"][-1] == "no-such-customer"
@@ -178,6 +201,7 @@ def test_built_features_redis_identical_to_feast(built, tmp_path, redis_url, mon
 
 T0, T1, T2 = (datetime(2025, 1, d) for d in (1, 8, 20))
 PEOPLE = ["a", "b", "c", "é-中", "d", "z", "nobody"]
+SHOPS = [1, -5, 2**40, 3]
 RUNS = [(T0 - timedelta(days=1), T1 + timedelta(seconds=1)),  # first load; the T2 snapshot is after it
         (T1 + timedelta(seconds=1), T2),  # incremental; the end is inclusive, so T2 rows come in
         (T0, T0)]  # an older interval again: SQLite overwrites, Redis keeps newer stamps (as in Feast)
@@ -214,7 +238,8 @@ def _tiny(ws: Workspace, float32: bool = False) -> list:
         name="shops", entities=[shop], ttl=timedelta(0), online=True,
         source=FileSource(name="shops", path=str(folder / "shops.parquet"), timestamp_field="event_timestamp"),
         schema=[Field(name="sales", dtype=Float64)])
-    return [person, shop, tiny, shops]
+    services = [FeatureService(name="tiny_service", features=[tiny]), FeatureService(name="shop_service", features=[shops])]
+    return [person, shop, tiny, shops, *services]
 
 
 def _run_tiny(ws: Workspace, online: str, fast: bool, float32: bool = False) -> tuple[list, list]:
@@ -230,8 +255,11 @@ def _run_tiny(ws: Workspace, online: str, fast: bool, float32: bool = False) -> 
             else:
                 store.materialize(start_date=start, end_date=end, feature_views=[name])
         reads.append((_online(ws, online, [f"tiny:{f}" for f in "nxsbm"], [{"person_id": p} for p in PEOPLE]),
-                      _online(ws, online, ["shops:sales"], [{"shop_id": s} for s in (1, -5, 2**40, 3)]),
+                      _online(ws, online, ["shops:sales"], [{"shop_id": s} for s in SHOPS]),
                       _intervals(ws, online)))
+        assert "nobody" in _check_reader(OnlineReader(store, "tiny_service", key="person_id"), PEOPLE, reads[-1][0])
+        assert _check_reader(OnlineReader(store, "shop_service", key="shop_id"), SHOPS, reads[-1][1]) == [3], \
+            "a shop stored with a null value is known, an unknown one missing"
     return reads, used
 
 

@@ -1,0 +1,170 @@
+"""Fast online reads: a feature service's values straight from Feast's online tables.
+
+Feast's `get_online_features` rebuilds the feature service and its views from registry protos on
+every call (with runtime type checks on each field): ~40 ms for one customer here, against a 2 ms
+target. `OnlineReader` resolves the service once, then reads the same tables Feast reads (SQLite:
+one indexed SELECT per view; Redis: one pipelined HMGET per entity and view, Feast's keys and
+fields) and decodes the values as Feast's converter does, so answers equal Feast's
+(tests/test_online_read.py compares them value for value). On-demand views run their own
+transformation on the request data, as Feast does. Build a new reader after `features apply`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore, FeatureView
+from feast.infra.online_stores.helpers import _mmh3, compute_table_id
+from feast.infra.online_stores.sqlite import SqliteOnlineStore
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.type_map import feast_value_type_to_python_type
+from feast.value_type import ValueType
+
+from features.online_write import entity_keys
+
+
+class OnlineReader:
+    """Reads one feature service for entities of one join key; safe to share between threads."""
+
+    def __init__(self, store: FeatureStore, service: str, key: str = "customer_id"):
+        cfg = store.config
+        if cfg.online_store.type not in ("sqlite", "redis") or cfg.entity_key_serialization_version != 3 \
+                or cfg.registry.enable_online_feature_view_versioning:
+            raise ValueError(f"fast online reads support SQLite/Redis with Feast's default keys, not {cfg.online_store.type}")
+        self.key, self.kind, self.project = key, cfg.online_store.type, cfg.project
+        fs = store.get_feature_service(service)
+        self.views: list[tuple[FeatureView, list[str]]] = []
+        self.on_demand: list[tuple[OnDemandFeatureView, list[str]]] = []
+        key_type = None
+        for projection in fs.feature_view_projections:
+            names = [f.name for f in projection.features]
+            try:
+                view = store.get_feature_view(projection.name)
+            except Exception:  # noqa: BLE001 - not a stored view: an on-demand one
+                self.on_demand.append((store.get_on_demand_feature_view(projection.name), names))
+                continue
+            join = view.entity_columns[0]
+            if len(view.entity_columns) != 1 or join.name != key:
+                raise ValueError(f"feature service {service}: view {view.name} is keyed by "
+                                 f"{[c.name for c in view.entity_columns]}, not {key}")
+            key_type = join.dtype.to_value_type()
+            self.views.append((view, names))
+        self.key_type = key_type
+        types = {f.name: f.dtype.to_value_type() for view, _ in self.views for f in view.features}
+        self.numeric = [n for _, names in self.views for n in names if types[n] in _NUMERIC_TYPES]
+        self.other = [n for _, names in self.views for n in names if types[n] not in _NUMERIC_TYPES]
+        self._memo: dict[bytes, object] = {}
+        self._slot = {**{n: (j, True) for j, n in enumerate(self.numeric)},
+                      **{n: (j, False) for j, n in enumerate(self.other)}}
+        if self.kind == "sqlite":
+            self._path = SqliteOnlineStore._get_db_path(cfg)
+            self._local = threading.local()
+            self._sql = [f'SELECT entity_key, feature_name, value FROM "{compute_table_id(self.project, view)}" '
+                         "WHERE entity_key IN ({})" for view, _ in self.views]
+        else:
+            self._redis = store._get_provider().online_store._get_client(cfg.online_store)
+            self._fields = [[_mmh3(f"{view.name}:{n}") for n in names] for view, names in self.views]
+
+    def read(self, ids: list[str], request_ts: datetime | None = None) -> tuple[pd.DataFrame, list[str]]:
+        """One row per requested id, in order (duplicates kept), and the ids the store does not know.
+
+        Numeric and boolean features come back as float64 (null = NaN), others as objects (null = None).
+        """
+        ids = list(ids)
+        keys = entity_keys(self.key, self.key_type, ids) if self.views else []
+        position = {k: j for j, k in enumerate(dict.fromkeys(keys))}  # each distinct entity read once
+        numbers = np.full((len(position), len(self.numeric)), np.nan)
+        objects = np.full((len(position), len(self.other)), None, dtype=object)
+        known = np.zeros(len(position), dtype=bool)
+        if position:
+            (self._read_sqlite if self.kind == "sqlite" else self._read_redis)(position, numbers, objects, known)
+        if len(position) != len(ids):
+            rows = [position[k] for k in keys] if self.views else [0] * len(ids)
+            numbers, objects, known = numbers[rows], objects[rows], known[rows]
+        df = pd.concat([pd.DataFrame({self.key: ids}), pd.DataFrame(numbers, columns=self.numeric),
+                        pd.DataFrame(objects, columns=self.other)], axis=1)
+        if self.on_demand:
+            ts = pd.Timestamp(request_ts or datetime.now(timezone.utc)).tz_convert("UTC")
+            request = pd.DataFrame({"request_ts": pd.Series([ts] * len(ids), dtype="datetime64[ns, UTC]")})
+            for odfv, names in self.on_demand:
+                out = odfv.feature_transformation.udf(request)
+                for name in names:
+                    df[name] = out[name].to_numpy()
+        missing = [i for i, k in zip(ids, known.tolist()) if not k] if self.views else []
+        return df, missing
+
+    def _fill(self, rows: list[int], names: list[str], blobs: list[bytes], numbers, objects, known) -> None:
+        """Place stored values into the output arrays: doubles decoded in bulk with numpy, other values
+        through a bounded memo (small ints and category strings repeat)."""
+        if not rows:
+            return
+        known[rows] = True
+        slots = [self._slot.get(n, _NO_SLOT) for n in names]
+        double = [s[1] and len(b) == 9 and b[0] == _DOUBLE_TAG for s, b in zip(slots, blobs)]
+        at = [(r, s[0]) for r, s, d in zip(rows, slots, double) if d]
+        if at:
+            wire = np.frombuffer(b"".join(b for b, d in zip(blobs, double) if d), dtype=_DOUBLE_WIRE)
+            r, c = zip(*at)
+            numbers[list(r), list(c)] = wire["value"]
+        memo = self._memo
+        for row, (col, numeric), blob, d in zip(rows, slots, blobs, double):
+            if d or not blob or col < 0:
+                continue
+            value = memo.get(blob, _MISS)
+            if value is _MISS:
+                value = _python(blob)
+                if len(memo) < 100_000:
+                    memo[blob] = value
+            (numbers if numeric else objects)[row, col] = value
+
+    def _read_sqlite(self, position: dict[bytes, int], numbers, objects, known) -> None:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False)
+            con.execute("PRAGMA mmap_size = 1073741824")  # reads straight from the page cache: ~2x faster
+        keys = list(position)
+        marks = ",".join("?" * len(keys))
+        for sql in self._sql:
+            found = con.execute(sql.format(marks), keys).fetchall()
+            if found:
+                keys_found, names, blobs = zip(*found)
+                self._fill([position[k] for k in keys_found], names, blobs, numbers, objects, known)
+
+    def _read_redis(self, position: dict[bytes, int], numbers, objects, known) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        project = self.project.encode()
+        for k in position:
+            for fields, (view, _) in zip(self._fields, self.views):
+                pipe.hmget(k + project, [*fields, f"_ts:{view.name}"])
+        replies = iter(pipe.execute())
+        rows, names, blobs = [], [], []
+        for row in position.values():
+            for _, view_names in self.views:
+                *values, ts = next(replies)
+                if ts is not None:  # the entity has this view; absent values are nulls, as in Feast
+                    rows += [row] * len(view_names)
+                    names += view_names
+                    blobs += [b or b"" for b in values]
+        self._fill(rows, names, blobs, numbers, objects, known)
+
+
+_MISS = object()
+_NO_SLOT = (-1, False)
+_DOUBLE_WIRE = np.dtype([("tag", "u1"), ("value", "<f8")])
+_DOUBLE_TAG = Value(double_val=1.0).SerializeToString()[0]
+_SCALAR_KINDS = {"int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"}
+_NUMERIC_TYPES = {ValueType.INT64, ValueType.INT32, ValueType.DOUBLE, ValueType.FLOAT, ValueType.BOOL}
+
+
+def _python(blob: bytes):
+    """A stored ValueProto as the Python value Feast's converter gives (scalars without the detour)."""
+    value = Value.FromString(blob)
+    kind = value.WhichOneof("val")
+    if kind is None:
+        return None
+    return getattr(value, kind) if kind in _SCALAR_KINDS else feast_value_type_to_python_type(value)
