@@ -9,10 +9,12 @@ The machine this ran on is recorded with the figures; compare ratios within one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +40,30 @@ def run(label: str, cmd: list[str], env: dict | None = None) -> dict:
     if code:
         raise SystemExit(f"[bench] {label} failed with exit code {code}")
     return {"stage": label, "seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3)}
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path):
+    """A throwaway redis-server on a free loopback port for the Redis online-store stages."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("[bench] redis-server not found: apt-get install redis-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # until it accepts connections (bounded)
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def machine() -> dict:
@@ -69,14 +95,22 @@ def bench_scale(name: str) -> list[dict]:
     rows[-1]["events"] = events
     rows[-1]["events_per_s"] = round(events / rows[-1]["seconds"])
     if name.startswith("features"):
-        rows.append(run(f"{name} features build", [*propel, "features", "build"]))
-        rows.append(run(f"{name} features apply", [*propel, "features", "apply"]))
-        for online in ("sqlite", "redis"):
-            rows.append(run(f"{name} materialize {online}", [*propel, "features", "materialize", "--online", online]))
-        rows.append(run(f"{name} online reads + training set", [sys.executable, ROOT / "bench" / "feature_reads.py", ws]))
-        extra = ws / "bench_feature_reads.json"
-        if extra.exists():
-            rows[-1].update(json.loads(extra.read_text()))
+        with redis_server(base / "redis") as url:
+            rows += feature_stages(name, ws, propel, {"PROPEL_REDIS_URL": url})
+    return rows
+
+
+def feature_stages(name: str, ws: Path, propel: list, env: dict) -> list[dict]:
+    """Build, apply (both stores), materialize into SQLite and Redis, then read latency and a training set."""
+    rows = [run(f"{name} features build", [*propel, "features", "build"])]
+    for online in ("sqlite", "redis"):
+        rows.append(run(f"{name} features apply {online}", [*propel, "features", "apply", "--online", online], env))
+        rows.append(run(f"{name} materialize {online}", [*propel, "features", "materialize", "--online", online], env))
+    rows.append(run(f"{name} online reads + training set", [sys.executable, ROOT / "bench" / "feature_reads.py", ws],
+                    env))
+    extra = ws / "bench_feature_reads.json"
+    if extra.exists():
+        rows[-1].update(json.loads(extra.read_text()))
     return rows
 
 
