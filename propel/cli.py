@@ -24,6 +24,8 @@ class UserError(Exception):
 
 def friendly(fn):
     """Turn known user-facing errors into a message and exit code 2."""
+    import duckdb
+
     from features.ingest import IngestError
 
     @functools.wraps(fn)
@@ -32,6 +34,13 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except (UserError, IngestError, ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        except duckdb.OutOfMemoryException as exc:
+            ctx = kwargs.get("ctx") or next((a for a in args if isinstance(a, typer.Context)), None)
+            limit = (ctx.obj if ctx and ctx.obj else Workspace.resolve()).settings().duckdb_memory_limit
+            console.print(f"[bold red]error:[/] DuckDB ran out of its {limit} working memory ({str(exc).splitlines()[0]}). "
+                          "Raise `duckdb_memory_limit` in the workspace's propel.toml (e.g. \"6GB\") or load fewer "
+                          "files at once.")
             raise typer.Exit(2) from None
     return wrapper
 
