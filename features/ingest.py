@@ -148,6 +148,8 @@ class _Loader:
                else f"read_csv({_sql_str(str(path))}, all_varchar=true, header=true, auto_detect=true)")
         try:
             names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+        except duckdb.OutOfMemoryException:
+            raise  # not the file's fault; the CLI explains the memory setting
         except duckdb.Error as exc:
             first = str(exc).strip().splitlines()[0]
             raise IngestError(f"{rel}: cannot read as {table.name} ({first}). Fix: check the file is a "

@@ -44,3 +44,13 @@ def test_ingest_prints_counts_and_summary(tmp_path, raw):
     result = runner.invoke(app, ["--workspace", str(tmp_path / "ws"), "ingest", str(raw), "--now", "2025-06-01"])
     assert result.exit_code == 0, result.output
     assert "load L000001: accepted customers 1/2" in result.output and "quarantined 1" in result.output
+
+
+def test_out_of_memory_is_a_clear_error(tmp_path, generated):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "propel.toml").write_text('duckdb_memory_limit = "2MB"\n')
+    result = runner.invoke(app, ["--workspace", str(ws), "ingest", str(generated)])
+    assert result.exit_code == 2, result.output
+    assert "ran out of its 2MB working memory" in result.output and "duckdb_memory_limit" in result.output
+    assert "Traceback" not in result.output
