@@ -27,6 +27,8 @@ WORK = Path(os.environ.get("BENCH_DIR", ROOT / "bench" / "work"))
 RESULTS = ROOT / "bench" / "results"
 # name -> (customers, days): ~50 events per person-year in the generator
 SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m": (1_000_000, 365)}
+# DuckDB working memory per scale (propel.toml); 50M events need more than the laptop default to stage
+MEMORY = {"features-1m": "4.5GB"}
 
 
 def run(label: str, cmd: list[str], env: dict | None = None) -> dict:
@@ -90,6 +92,9 @@ def bench_scale(name: str) -> list[dict]:
         rows.append(run(f"{name} generate", [BIN / "propel", "generate", "--customers", customers, "--days", days,
                                             "--format", "parquet", raw]))
     shutil.rmtree(ws, ignore_errors=True)
+    if name in MEMORY:
+        ws.mkdir(parents=True)
+        (ws / "propel.toml").write_text(f'duckdb_memory_limit = "{MEMORY[name]}"\n')
     rows.append(run(f"{name} ingest", [*propel, "ingest", raw]))
     events = lake_events(ws)
     rows[-1]["events"] = events
