@@ -21,3 +21,8 @@ def item_features(ws: Workspace) -> FileSource:
 def customer_profile(ws: Workspace) -> FileSource:
     return FileSource(name="customer_profile", path=str(ws.features / PROFILE),
                       timestamp_field="event_timestamp", description="CRM attributes, valid from signup")
+
+
+def customer_segments(ws: Workspace) -> FileSource:
+    return FileSource(name="customer_segments", path=str(ws.segments / "*.parquet"),
+                      timestamp_field="event_timestamp", description="Segments per snapshot (`propel segments`)")

@@ -12,7 +12,7 @@ from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 from feature_repo import data_sources
 from feature_repo.entities import customer, item
 from features.build import load_catalog
-from features.definitions import CUSTOMER_FEATURES, FEATURE_VIEWS, ITEM_FEATURES
+from features.definitions import CUSTOMER_FEATURES, FEATURE_VIEWS, ITEM_FEATURES, SEGMENT_FEATURES
 from propel.config import Workspace
 
 FEAST_TYPES = {"int": Int64, "float": Float64, "string": String}
@@ -27,7 +27,7 @@ def feature_views(ws: Workspace) -> dict[str, FeatureView]:
     sources = {"customer": data_sources.customer_features(ws), "item": data_sources.item_features(ws)}
     views = {}
     for name, description in FEATURE_VIEWS.items():
-        if name == "customer_profile":
+        if name in ("customer_profile", "customer_segments"):
             continue
         feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES) if f.view == name]
         entity = item if feats[0] in ITEM_FEATURES else customer
@@ -41,6 +41,11 @@ def feature_views(ws: Workspace) -> dict[str, FeatureView]:
         description=FEATURE_VIEWS["customer_profile"], source=data_sources.customer_profile(ws),
         schema=[Field(name=c, dtype=DUCKDB_TO_FEAST.get(t, String), description="CRM attribute")
                 for c, t in crm.items()] or [Field(name="_no_crm_attributes", dtype=Int64)])
+    if any(ws.segments.glob("*.parquet")):  # registered once `propel segments` has written them
+        views["customer_segments"] = FeatureView(
+            name="customer_segments", entities=[customer], ttl=ttl, online=True,
+            description=FEATURE_VIEWS["customer_segments"], source=data_sources.customer_segments(ws),
+            schema=[Field(name=f.name, dtype=FEAST_TYPES[f.dtype], description=f.description) for f in SEGMENT_FEATURES])
     return views
 
 

@@ -12,6 +12,7 @@ expression over other features of the same row.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 FEATURE_CHANNELS = ("web", "app", "store", "email", "sms", "social", "search")
@@ -124,6 +125,82 @@ ITEM_FEATURES: tuple[Feature, ...] = (
     Feature("item_category", "string", "category", "item_stats", "category", "derived", "'unknown'"),
 )
 
+# --- segments -----------------------------------------------------------------------------------------
+# Written by `propel segments` (analytics/segments.py): one row per customer of every customer snapshot,
+# computed from that snapshot alone, so they are as point-in-time correct as the snapshot. Sources:
+# "snapshot" = SQL over one snapshot's rows (window functions rank within it), "model" = computed in Python,
+# "derived" = SQL over the features above it and the snapshot's. `{name}` is the setting analytics.name.
+# Rules are (value, condition, meaning), first match wins; in conditions R, F, M are the RFM scores and
+# FM = (F + M) // 2, `recency` is days since the last purchase (the last visit for someone who never bought).
+RFM_SEGMENTS: tuple[tuple[str, str, str], ...] = (
+    ("prospect", "R = 0", "never bought (RFM needs a purchase)"),
+    ("new", "R >= 4 AND lifetime_purchases = 1", "one purchase so far, a recent one"),
+    ("champions", "R >= 4 AND FM >= 4", "bought recently, often, and spent the most"),
+    ("loyal", "R >= 3 AND FM >= 3", "buy regularly and spend well"),
+    ("potential_loyalists", "R >= 3", "recent buyers of modest frequency and spend"),
+    ("cant_lose", "R = 1 AND FM >= 4", "were among the best, have not bought for the longest"),
+    ("at_risk", "R <= 2 AND FM >= 3", "good customers whose purchases are getting old"),
+    ("hibernating", "R = 2", "low value, not bought for a while"),
+    ("lost", "true", "low value, not bought for the longest"),
+)
+LIFECYCLE_STAGES: tuple[tuple[str, str, str], ...] = (
+    ("new", "tenure_days <= {new_days}", "first seen (signup or first event) within analytics.new_days"),
+    ("reactivated", "purchases_30d > 0 AND purchases_90d = purchases_30d AND lifetime_purchases > purchases_90d",
+     "bought in the last 30 days after at least 60 days without buying"),
+    ("active", "recency <= {active_days}", "bought (never-buyers: visited) within analytics.active_days"),
+    ("lapsing", "recency <= {churned_days}", "last purchase (visit) within analytics.churned_days"),
+    ("churned", "true", "nothing for longer than analytics.churned_days"),
+)
+VALUE_TIERS: tuple[tuple[str, str, str], ...] = (
+    ("none", "revenue_365d <= 0", "no revenue in the last 365 days"),
+    ("high_at_risk", "M = 5 AND churn_score >= {churn_risk}", "high, and the churn champion predicts churn"),
+    ("high", "M = 5", "top fifth of 365-day revenue among customers who ever bought"),
+    ("medium_at_risk", "M >= 3 AND churn_score >= {churn_risk}", "medium, and the churn champion predicts churn"),
+    ("medium", "M >= 3", "third and fourth fifths of 365-day revenue"),
+    ("low", "true", "bottom two fifths of 365-day revenue"),
+)
+_RULE_TERMS = {"FM": "((rfm_frequency_score + rfm_monetary_score) // 2)", "R": "rfm_recency_score",
+               "F": "rfm_frequency_score", "M": "rfm_monetary_score",
+               "recency": "(CASE WHEN lifetime_purchases > 0 THEN days_since_last_purchase ELSE days_since_last_visit END)"}
+
+
+def _first_match(rules: tuple[tuple[str, str, str], ...]) -> str:
+    def sql(condition: str) -> str:
+        return re.sub(r"\b(FM|R|F|M|recency)\b", lambda m: _RULE_TERMS[m.group(1)], condition)
+
+    return "CASE " + " ".join(f"WHEN {sql(c)} THEN '{v}'" for v, c, _ in rules) + " END"
+
+
+def _quintile(column: str, low_is_best: bool = False) -> str:
+    """1-5 quintile among customers who ever bought (5 = best; ties share their average rank); 0 = never bought."""
+    group = "PARTITION BY lifetime_purchases > 0"
+    w = f"({group} ORDER BY {column}{' DESC' if low_is_best else ''})"
+    n = f"count(*) OVER ({group})"
+    avg_rank = f"(rank() OVER {w} + cume_dist() OVER {w} * {n}) / 2"
+    return f"CASE WHEN lifetime_purchases = 0 THEN 0 ELSE ceil(round(5 * {avg_rank} / {n}, 9)) END"
+
+
+SEGMENT_FEATURES: tuple[Feature, ...] = (
+    Feature("rfm_recency_score", "int", "RFM recency quintile among customers who ever bought (5 = most recent; "
+            "0 = never bought)", "customer_segments", _quintile("days_since_last_purchase", low_is_best=True), "snapshot"),
+    Feature("rfm_frequency_score", "int", "RFM frequency quintile (purchases in 365 days; 0 = never bought)",
+            "customer_segments", _quintile("purchases_365d"), "snapshot"),
+    Feature("rfm_monetary_score", "int", "RFM monetary quintile (revenue in 365 days; 0 = never bought)",
+            "customer_segments", _quintile("revenue_365d"), "snapshot"),
+    Feature("churn_score", "float", "churn champion's probability for customers who bought within "
+            "train.churn_lookback_days, on snapshots after its training window (-1 otherwise)", "customer_segments",
+            "", "model", "-1"),
+    Feature("behaviour_cluster", "int", "behavioural cluster (k-means on standardised activity, channel mix and "
+            "value; profiles in the report); -1 = no events in 90 days", "customer_segments", "", "model", "-1"),
+    Feature("rfm_segment", "string", "named RFM segment (rules below)", "customer_segments",
+            _first_match(RFM_SEGMENTS), "derived", "'prospect'"),
+    Feature("lifecycle_stage", "string", "new, reactivated, active, lapsing or churned (rules below)",
+            "customer_segments", _first_match(LIFECYCLE_STAGES), "derived", "'churned'"),
+    Feature("value_tier", "string", "365-day revenue tier, `_at_risk` when the churn champion predicts churn "
+            "(rules below)", "customer_segments", _first_match(VALUE_TIERS), "derived", "'none'"),
+)
+SEGMENT_RULES = {"rfm_segment": RFM_SEGMENTS, "lifecycle_stage": LIFECYCLE_STAGES, "value_tier": VALUE_TIERS}
+
 FEATURE_VIEWS: dict[str, str] = {
     "customer_rfm": "Recency, frequency, monetary value and tenure",
     "customer_channels": "Activity per channel, sessions and funnel rates",
@@ -132,6 +209,7 @@ FEATURE_VIEWS: dict[str, str] = {
     "customer_trend": "Activity trend and purchase rhythm",
     "customer_profile": "CRM attributes passed through from the customers table",
     "item_stats": "Item popularity, conversion, price and category",
+    "customer_segments": "RFM scores and segments, lifecycle stage, value tier and behavioural cluster",
 }
 
 # One feature service per model, versioned: bump the suffix when the feature list of a model changes.
@@ -142,6 +220,8 @@ FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
                       "customer_trend", "customer_profile"),
     # rows are (customer_id, item_id) pairs, as a re-ranker scores them
     "recommender_v1": ("customer_rfm", "customer_preferences", "customer_profile", "item_stats"),
+    # not a model: audiences read a customer's segments by this name (registered once `propel segments` ran)
+    "segments_v1": ("customer_segments",),
 }
 
 

@@ -113,7 +113,8 @@ def forget(ws: Workspace, customer_ids: list[str], online: str | None = None) ->
         ids = "SELECT identity_value FROM gone WHERE identity_type = 'customer_id' UNION SELECT id FROM forgotten"
         report.lake_rows["identity_merges"] = _rewrite(
             con, lake.merges_path, f"merged_id NOT IN ({ids}) AND into_id NOT IN ({ids})")
-    feature_files = sorted((ws.features / CUSTOMER_DIR).glob("*.parquet")) + [ws.features / PROFILE]
+    feature_files = (sorted((ws.features / CUSTOMER_DIR).glob("*.parquet")) + [ws.features / PROFILE]
+                     + sorted(ws.segments.glob("*.parquet")))
     report.feature_rows = sum(_rewrite(con, p, people_sql) for p in feature_files if p.exists())
     report.online_rows = _forget_online(ws, people, online)
     return report

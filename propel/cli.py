@@ -235,5 +235,44 @@ def models_rollback(ctx: typer.Context, task: Annotated[str, typer.Argument(help
     console.print(f"[green]models rollback[/] {task}: champion v{entry['from_version']} -> v{entry['to_version']}")
 
 
+@app.command()
+@friendly
+def segments(ctx: typer.Context, online: OnlineOption = None) -> None:
+    """Segment every feature snapshot (RFM, lifecycle, value tier, behavioural clusters) and load them into Feast."""
+    from analytics import segments as run
+
+    report = run.build(ctx.obj, progress=True)
+    run.publish(ctx.obj, online)
+    console.print(f"[green]segments[/] {report.summary()}")
+
+
+@app.command()
+@friendly
+def attribution(
+    ctx: typer.Context,
+    level: Annotated[str, typer.Option(help="channel or campaign.")] = "channel",
+    lookback_days: Annotated[Optional[int], typer.Option("--lookback-days", min=1, help="Touches this many days before an order can get credit (default 30).")] = None,
+    half_life_days: Annotated[Optional[float], typer.Option("--half-life-days", min=0.01, help="Time-decay half-life in days (default 7).")] = None,
+) -> None:
+    """Credit orders to channels and campaigns under every model, with cost, ROI and CAC (saved as CSV)."""
+    from rich.table import Table
+
+    from analytics.attribution import LEVELS, attribute
+
+    if level not in LEVELS:
+        raise UserError(f"--level must be one of {', '.join(LEVELS)}, not '{level}'")
+    result = attribute(ctx.obj, lookback_days, half_life_days)
+    out = Console(width=max(Console().width, 160))
+    for title, frame in ((f"Attributed conversions by model ({result.lookback_days}-day lookback)", result.side_by_side(level)),
+                         ("Cost, attributed revenue, ROI and CAC", result.money(level))):
+        table = Table(level, *frame.columns, title=title)
+        for key, row in frame.iterrows():
+            table.add_row(str(key), *("" if v != v else f"{v:,.2f}" if abs(v) < 10 else f"{v:,.0f}" for v in row))
+        out.print(table)
+    path = result.save(ctx.obj.reports)
+    console.print(f"[green]attribution[/] {result.converting_paths:,} converting paths of {result.paths:,}, "
+                  f"{result.organic_orders:,} orders without touches -> {path}")
+
+
 if __name__ == "__main__":
     app()

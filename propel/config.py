@@ -84,12 +84,48 @@ class TrainSettings:
 
 
 @dataclass
+class AnalyticsSettings:
+    seed: int = 7  # behavioural clustering (k-means initialisation)
+    new_days: int = 30  # lifecycle: first seen at most this many days before the snapshot -> new
+    active_days: int = 60  # lifecycle: bought (never-buyers: visited) within this many days -> active
+    churned_days: int = 120  # lifecycle: more than this many days -> churned; in between -> lapsing
+    churn_risk: float = 0.5  # value tier: a churn champion score at or above this marks a valuable customer at risk
+    clusters: int = 5  # behavioural clusters (k-means on standardised activity, channel mix, value)
+    lookback_days: int = 30  # attribution: touches at most this many days before an order can get credit
+    half_life_days: float = 7.0  # time-decay attribution: a touch this many days older gets half the credit
+    control_share: float = 0.2  # experiments: planned share of each campaign's audience held out as control
+    srm_alpha: float = 0.001  # sample-ratio mismatch when the chi-square p-value of the split is below this
+    confidence: float = 0.95  # confidence level of the lift intervals
+    cltv_days: int = 365  # CLTV horizon: expected revenue over this many days
+    cltv_holdout_days: int = 90  # CLTV check: predict this many final days from the ones before (at most a third of the data)
+
+
+@dataclass
+class MonitorSettings:
+    psi_warn: float = 0.1  # population stability index above this: moderate shift, reported
+    psi_alert: float = 0.25  # above this: alert (score drift, or one of the champion's top features)
+    psi_top_features: int = 10  # feature drift alerts only for the champion's most important features
+    sample_rows: int = 20_000  # at most this many rows per side for drift (a seeded sample)
+    recent_days: int = 3  # the last this many days are checked for anomalies ...
+    baseline_days: int = 28  # ... against the mean of the this many days before them
+    conversion_drop: float = 0.5  # alert: a channel's daily conversion rate below (1 - this) x its baseline ...
+    volume_drop: float = 0.5  # alert: a channel's (or all) daily events below (1 - this) x baseline ...
+    alpha: float = 0.01  # ... and the fall is significant (one-sided binomial / Poisson test p below this)
+    min_baseline: int = 20  # channels with fewer baseline sessions (events) per day are not checked
+    max_channel_lag_days: float = 2.0  # alert: a channel's newest event this much older than the newest event overall
+    max_data_age_days: float = 2.0  # alert: the newest event this much older than now
+    max_online_lag_days: float = 8.0  # alert: the online store's newest snapshot this much older than the newest event
+
+
+@dataclass
 class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     features: FeatureSettings = field(default_factory=FeatureSettings)
     feast: FeastSettings = field(default_factory=FeastSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
     # DuckDB's working memory; larger statements spill to data/.duckdb_tmp. Keeps ingestion and feature
     # builds inside a laptop's budget (peak RSS = this plus Python and Arrow buffers).
     duckdb_memory_limit: str = "2.5GB"
@@ -147,6 +183,14 @@ class Workspace:
     @property
     def mlruns(self) -> Path:
         return self.root / "mlruns"
+
+    @property
+    def segments(self) -> Path:
+        return self.data / "segments"  # `propel segments`: one Parquet per feature snapshot, read by Feast
+
+    @property
+    def reports(self) -> Path:
+        return self.data / "reports"  # `propel report` / `propel monitor` / `propel attribution` output
 
     @property
     def config_file(self) -> Path:

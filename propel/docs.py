@@ -37,11 +37,12 @@ def contract_tables() -> str:
 
 
 def feature_tables() -> str:
-    from features.definitions import CUSTOMER_FEATURES, FEATURE_SERVICES, FEATURE_VIEWS, ITEM_FEATURES
+    from features.definitions import (CUSTOMER_FEATURES, FEATURE_SERVICES, FEATURE_VIEWS, ITEM_FEATURES,
+                                      SEGMENT_FEATURES)
 
     out = []
     for view, description in FEATURE_VIEWS.items():
-        feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES) if f.view == view]
+        feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES, *SEGMENT_FEATURES) if f.view == view]
         out += [f"### `{view}`", "", description + ".", ""]
         if not feats:
             out += ["Every extra column of the `customers` table (minus PII columns), with its type, discovered "
@@ -50,9 +51,28 @@ def feature_tables() -> str:
         out += ["| feature | type | default | description |", "|---|---|---|---|"]
         out += [f"| `{f.name}` | {f.dtype} | {f.default.strip(chr(39))} | {f.description} |" for f in feats]
         out.append("")
+        if view == "customer_segments":
+            out += segment_rules()
     out += ["### Feature services", "", "| service | views |", "|---|---|"]
     out += [f"| `{name}` | {', '.join(f'`{v}`' for v in views)} |" for name, views in FEATURE_SERVICES.items()]
     return "\n".join(out)
+
+
+def segment_rules() -> list[str]:
+    """The segment rule tables, first match wins, with the settings' default values filled in."""
+    from dataclasses import asdict
+
+    from features.definitions import SEGMENT_RULES
+    from propel.config import AnalyticsSettings
+
+    values = {k: f"{v} (analytics.{k})" for k, v in asdict(AnalyticsSettings()).items()}
+    out = ["In the rules below (first match wins) R, F, M are the RFM scores, FM = (F + M) // 2 and `recency` is "
+           "the days since the last purchase (since the last visit for someone who never bought).", ""]
+    for feature, rules in SEGMENT_RULES.items():
+        out += [f"`{feature}`:", "", "| value | rule | meaning |", "|---|---|---|"]
+        out += [f"| `{v}` | `{c.format(**values)}` | {meaning} |" for v, c, meaning in rules]
+        out.append("")
+    return out
 
 
 SECTIONS = {"data-contract.md": {"tables": contract_tables}, "features.md": {"features": feature_tables}}

@@ -1,0 +1,1 @@
+"""Marketing analytics on the lake and feature store: segments, attribution, KPIs, experiments, monitoring, report."""
