@@ -80,6 +80,9 @@ class TrainSettings:
     min_data_in_leaf: int = 100
     max_rounds: int = 2000  # upper bound; early stopping picks the real number
     early_stopping: int = 50  # rounds without validation improvement before stopping
+    # Bounded training sets at scale: at most this many labelled rows, a seeded sample of whole customers
+    # (all their cutoffs kept together), so a 1M-customer workspace trains in bounded memory; 0 = keep all.
+    max_rows: int = 2_000_000
     threads: int = 2
 
 

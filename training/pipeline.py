@@ -53,6 +53,7 @@ class Frame:
     categorical: list[str]
     feature_service: str
     label_source: str
+    labelled_rows: int  # before `max_rows` sampling
 
     def part(self, name: str) -> pd.DataFrame:
         return self.data[self.data["split"] == name]
@@ -69,12 +70,23 @@ def build_frame(ws: Workspace, entity: pd.DataFrame, service: str, label_source:
                 gap_days: float, test_periods: int) -> Frame:
     """Point-in-time features for every labelled row (Feast), plus the out-of-time split."""
     store = fstore.feature_store(ws)
-    data = fstore.historical_features(store, service, entity)
+    labelled = len(entity)
+    data = fstore.historical_features(store, service, sample_customers(entity, cfg.max_rows, cfg.seed))
     data["split"] = time_split(data["event_timestamp"], data["customer_id"], test_periods, cfg.valid_share, gap_days)
     features = [c for c in data.columns if c not in NOT_FEATURES and not c.startswith("_")]
     categorical = [c for c in features if not pd.api.types.is_numeric_dtype(data[c]) or pd.api.types.is_bool_dtype(data[c])]
     data[categorical] = data[categorical].astype("string")
-    return Frame(data, features, categorical, service, label_source)
+    return Frame(data, features, categorical, service, label_source, labelled)
+
+
+def sample_customers(entity: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """At most ~max_rows rows: whole customers chosen by a seeded hash of their id, so the same
+    customers are kept run after run (comparable champions) and no customer is split across splits."""
+    if not max_rows or len(entity) <= max_rows:
+        return entity
+    keys = pd.util.hash_pandas_object(entity["customer_id"].astype(str), index=False, hash_key=f"propel{seed:010d}")
+    share = max_rows / len(entity)
+    return entity[(keys.to_numpy() % 1_000_000) < share * 1_000_000].reset_index(drop=True)
 
 
 def check_eligible(train: pd.DataFrame, cfg: TrainSettings, what: str) -> None:
@@ -164,6 +176,7 @@ def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: Train
                          "propel.selection_metric": metric})
         mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, (dict, list))})
         mlflow.log_params({"features": len(frame.features), "categorical": len(frame.categorical),
+                           "labelled_rows": frame.labelled_rows,
                            **{f"rows_{s}": int((frame.data["split"] == s).sum()) for s in ("train", "valid", "test", "gap")},
                            "data_hash": data_hash(frame.data[[*frame.features, "label", "split"]])})
         train = frame.part("train").head(50_000)
