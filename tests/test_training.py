@@ -222,3 +222,12 @@ def test_explicit_labels_with_a_wide_messy_crm_table(ws, raw):
     frame = fstore.historical_features(fstore.feature_store(ws), "churn_v1", pd.DataFrame(
         {"customer_id": [crm["customer_id"][basic]], "event_timestamp": [as_of[-1]]}))
     assert model.explain(frame)[0][0][0] == "plan", "the planted driver is the top reason"
+
+
+def test_training_rows_are_sampled_by_whole_customers():
+    ids = np.repeat([f"C{i}" for i in range(2000)], 5)
+    entity = pd.DataFrame({"customer_id": ids, "event_timestamp": pd.Timestamp("2025-01-01"), "label": 0})
+    kept = pipeline.sample_customers(entity, 4000, seed=7)
+    assert 3000 < len(kept) < 5000 and (kept.groupby("customer_id").size() == 5).all(), "whole customers kept"
+    assert kept.equals(pipeline.sample_customers(entity, 4000, seed=7)), "same customers run after run"
+    assert pipeline.sample_customers(entity, 0, seed=7) is entity and pipeline.sample_customers(entity, 10**6, 7) is entity
