@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analytics.kpis import ORDERS
 from features.lake import Lake
 from features.schema import CHANNELS
 from propel.config import Workspace
@@ -48,11 +49,7 @@ def touches(con, lookback_days: int) -> pd.DataFrame:
             UNION ALL
             SELECT customer_id, ts, channel, campaign_id, event_type FROM events
             WHERE channel IN ({channels}) AND event_type <> 'purchase'),
-        orders AS (
-            SELECT customer_id, order_id, ts, revenue, row_number() OVER (PARTITION BY customer_id ORDER BY ts) = 1 AS first_order
-            FROM (SELECT customer_id, coalesce(session_id, event_id) AS order_id, min(ts) AS ts,
-                         coalesce(sum(revenue), 0) AS revenue
-                  FROM events WHERE event_type = 'purchase' GROUP BY ALL)),
+        orders AS ({ORDERS}),
         matched AS (
             SELECT t.*, o.order_id, o.ts AS order_ts, o.revenue, o.first_order,
                    coalesce(o.ts - t.ts <= {lookback}, false) AS converted
@@ -192,8 +189,7 @@ def attribute(ws: Workspace, lookback_days: int | None = None, half_life_days: f
     costs = con.execute("SELECT campaign_id, channel, cost FROM campaigns").df()
     sends = con.execute("""SELECT t.campaign_id, c.channel FROM campaign_touches t JOIN campaigns c USING (campaign_id)
                            WHERE t."group" = 'treatment'""").df()
-    orders = con.execute("SELECT count(DISTINCT customer_id || '/' || coalesce(session_id, event_id)) FROM events "
-                         "WHERE event_type = 'purchase'").fetchone()[0]
+    orders = con.execute(f"SELECT count(*) FROM ({ORDERS})").fetchone()[0]
     real = t[t["kind"] != "holdout"]
     frames = []
     for level, column in LEVELS.items():
