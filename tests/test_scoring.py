@@ -1,0 +1,226 @@
+"""Batch scoring (`propel score`): audiences, exports, consent, reason codes, next best action, the same
+scores as the online path and as Spark. Uses the session `champions` workspace read-only; outputs go to tmp_path."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from features.lake import Lake
+from propel.cli import app
+from serving import batch
+from serving.audience import Top, where_sql
+from serving.batch import Audience, Campaign, load_champion, predict, reasons, snapshot
+from serving.scoring import CustomerScorer
+
+runner = CliRunner()
+
+
+def cli(ws, *args):
+    result = runner.invoke(app, ["--workspace", str(ws.root), "score", *args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def read(path):
+    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+
+@pytest.fixture(scope="module")
+def send_at(champions) -> datetime:
+    """A planned send the morning after the latest snapshot."""
+    day = snapshot(champions).day
+    return datetime(day.year, day.month, day.day, 10, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def base(champions) -> pd.DataFrame:
+    """Every customer of the latest snapshot with features, profile and consent, as the job reads them."""
+    return Audience(champions, snapshot(champions)).con.sql("SELECT * FROM base").df()
+
+
+@pytest.fixture(scope="module")
+def refused(champions) -> set[str]:
+    con = Lake(champions).connect()
+    return {r[0] for r in con.execute("SELECT customer_id FROM customers WHERE NOT marketing_consent").fetchall()}
+
+
+def test_top_share_export_honours_consent(champions, base, refused, tmp_path):
+    out = tmp_path / "churn.csv"
+    result = cli(champions, "churn", "--top", "10%", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    df, summary = read(out), json.loads((tmp_path / "churn.summary.json").read_text())
+    consenting = base[base["_consent"]]
+    assert base["customer_id"].isin(refused).sum() > 0  # the data set has customers who refused
+    assert len(df) == math.ceil(len(consenting) * 0.1) == summary["counts"]["exported"]
+    assert not df["customer_id"].isin(refused).any()
+    assert summary["counts"]["excluded_no_consent"] == int((~base["_consent"]).sum()) == base["customer_id"].isin(refused).sum()
+    assert summary["counts"]["scored"] == len(consenting)
+    assert list(df.columns[:5]) == ["customer_id", "score", "decile", "rank", "reasons"]
+    assert df["rank"].tolist() == list(range(1, len(df) + 1))
+    assert df["score"].is_monotonic_decreasing and df["decile"].between(1, 10).all()
+    assert (df["model_version"] == f"churn v{load_champion(champions, 'churn').version}").all()
+    assert summary["deciles"]["basis"] == "training"
+    assert summary["freshness"]["snapshot"] == snapshot(champions).day.isoformat()
+    assert "excluded for lack of marketing consent" in result.output
+    # the exported scores are the best of all consenting customers
+    full = predict(load_champion(champions, "churn"), consenting)["score"].to_numpy()
+    assert df["score"].min() >= np.sort(full)[-len(df)]
+
+
+def test_where_count_and_min_score(champions, base, tmp_path):
+    out = tmp_path / "tier1.parquet"
+    where = "city_tier = 1 AND days_since_last_purchase < 60 AND membership_tier IN ('gold', 'silver')"
+    result = cli(champions, "churn", "--where", where, "--top", "25", "--min-score", "0.2", "--reasons", "0",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    df = read(out)
+    allowed = base.query("city_tier == 1 and days_since_last_purchase < 60 and membership_tier in ['gold', 'silver'] "
+                         "and _consent")["customer_id"]
+    assert 0 < len(df) <= 25 and set(df["customer_id"]) <= set(allowed)
+    assert (df["score"] >= 0.2).all() and "reasons" not in df
+    summary = json.loads((tmp_path / "tier1.summary.json").read_text())
+    assert summary["counts"]["scored"] == len(allowed)
+
+
+def test_chunking_does_not_change_the_export(champions, send_at, tmp_path):
+    req = dict(selection=batch.Selection(top=Top.parse("30%")), out=None)
+    results = []
+    for i, rows in enumerate((97, 100_000)):
+        out = tmp_path / f"c{i}.parquet"
+        champion = load_champion(champions, "uplift")
+        job = batch.score_job(champion, Campaign("email", "discount_10"), send_at, 2)
+        batch.run(champions, job, Audience(champions, snapshot(champions)), req["selection"], out, rows)
+        results.append(read(out))
+    pd.testing.assert_frame_equal(results[0], results[1])
+    assert (results[0]["score"] - (results[0]["p_treated"] - results[0]["p_control"])).abs().max() < 1e-12
+
+
+def test_reason_codes_name_a_planted_driver(champions, base):
+    champion = load_champion(champions, "churn")
+    model = champion.model
+    typical = base.iloc[[0]].copy()
+    for f in model.features:
+        typical[f] = base[f].mode().iloc[0] if f in model.categories else base[f].median()
+    gain = pd.Series(model.booster.feature_importance("gain"), index=model.features)
+    driver = gain.drop(list(model.categories)).idxmax()
+    # plant the value of the driver that makes this customer riskiest, everything else typical
+    values = base[driver].quantile(np.linspace(0, 1, 21)).unique()
+    variants = pd.concat([typical.assign(**{driver: v}) for v in values], ignore_index=True)
+    risky = variants.iloc[[int(np.argmax(batch.predict(champion, variants)["score"]))]]
+    assert batch.predict(champion, risky)["score"].iloc[0] > batch.predict(champion, typical)["score"].iloc[0]
+    assert reasons(champion, risky, 3)[0].startswith(f"{driver} (+")
+    # every customer's reasons: model features with positive contributions, largest first
+    for text in reasons(champion, base.head(200), 3):
+        parts = [p.rsplit(" (", 1) for p in text.split("; ") if p]
+        values = [float(v.rstrip(")")) for _, v in parts]
+        assert all(name in model.features for name, _ in parts) and all(v > 0 for v in values)
+        assert values == sorted(values, reverse=True)
+
+
+def test_same_scores_as_the_online_path(champions, base, send_at, tmp_path):
+    """Batch (offline snapshot) and the service's in-process scorer (online store) agree for the same
+    customers and time: scores, deciles, reason codes, model version."""
+    ids = base.loc[base["_consent"], "customer_id"].head(40).tolist()
+    for task, campaign in (("churn", None), ("uplift", Campaign("email", "bundle"))):
+        champion = load_champion(champions, task)
+        out = tmp_path / f"{task}.parquet"
+        job = batch.score_job(champion, campaign, send_at, 3)
+        batch.run(champions, job, Audience(champions, snapshot(champions), f"customer_id IN {tuple(ids)}"),
+                  batch.Selection(), out, 1000)
+        offline = read(out).set_index("customer_id").loc[ids]
+        context = {"campaign_channel": campaign.channel, "offer_type": campaign.offer_type} if campaign else None
+        online = pd.DataFrame(CustomerScorer(champions, champion).score(ids, context, 3, send_at)).set_index("customer_id")
+        assert (online["status"] == 200).all()
+        np.testing.assert_allclose(offline["score"], online["uplift" if task == "uplift" else "probability"], atol=1e-12)
+        assert (offline["decile"] == online["decile"]).all()
+        assert [r.split(" (")[0] for r in offline["reasons"]] == [r[0]["feature"] for r in online["reasons"]]
+        assert (offline["model_version"] == f"{task} v{online['model_version'].iloc[0]}").all()
+
+
+def test_uplift_persuadables_and_next_best_action(champions, base, refused, send_at, tmp_path):
+    out = tmp_path / "persuadables.csv"
+    result = cli(champions, "uplift", "--persuadables", "--channel", "email", "--offer", "discount_20", "--send-at",
+                 f"{send_at:%Y-%m-%dT%H:%M}", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    df = read(out)
+    assert len(df) and (df["score"] > 0).all() and {"p_treated", "p_control"} <= set(df.columns)
+
+    actions = tmp_path / "actions.csv"
+    pd.DataFrame({"campaign_id": ["cheap", "dear"], "channel": ["email", "email"],
+                  "offer_type": ["discount_10", "discount_20"], "cost": [0.01, 1e6]}).to_csv(actions, index=False)
+    out = tmp_path / "nba.csv"
+    result = cli(champions, "nba", "--campaigns", str(actions), "--contact-cap", "1", "--send-at", f"{send_at:%Y-%m-%dT%H:%M}",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    df, summary = read(out), json.loads((tmp_path / "nba.summary.json").read_text())
+    assert len(df) and df["customer_id"].is_unique and set(df["campaign_id"]) == {"cheap"}
+    assert ((df["score"] - (df["uplift"] * df["order_value"] - df["cost"])).abs() < 1e-9).all() and (df["score"] > 0).all()
+    capped = base.loc[base["touches_30d"] >= 1, "customer_id"]
+    assert not df["customer_id"].isin(capped).any() and not df["customer_id"].isin(refused).any()
+    assert summary["counts"]["outcome"].get("contact cap reached", 0) > 0
+    assert sum(summary["counts"]["outcome"].values()) == summary["counts"]["scored"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["chrun"], "unknown task 'chrun'; choose one of churn, propensity, uplift, recommender, nba"),
+    (["churn", "--where", "citytier = 1"], "unknown column 'citytier'; did you mean city_tier?"),
+    (["churn", "--where", "city_tier = (SELECT 1)"], "is not allowed"),
+    (["churn", "--where", "1 = 1; DROP TABLE x"], "expected one condition"),
+    (["churn", "--top", "120%"], "--top: expected a share like 10%"),
+    (["churn", "--persuadables"], "--persuadables does not apply to 'churn'"),
+    (["propensity"], "propensity scores depend on what is sent: pass --channel and --offer"),
+    (["uplift", "--channel", "fax", "--offer", "bundle"], "--channel: campaign_channel 'fax' was not seen in training"),
+    (["churn", "--as-of", "2000-01-01"], "no feature snapshot on or before it"),
+    (["churn", "--out", "x.xlsx"], "write .csv or .parquet"),
+])
+def test_bad_arguments_exit_2(champions, args, message):
+    result = cli(champions, *args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_no_champion_is_a_clear_error(champions, tmp_path):
+    from propel.config import Workspace
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    shutil.copytree(champions.features, ws.features)  # features, but no models
+    result = cli(ws, "churn")
+    assert result.exit_code == 2 and "no champion model for 'churn'" in result.output
+
+
+def test_where_language_is_a_whitelist():
+    cols = ["city_tier", "gender"]
+    assert where_sql("City_Tier >= 2 AND lower(gender) LIKE 'f%'", cols) == '"city_tier" >= 2 AND LOWER("gender") LIKE \'f%\''
+    for bad in ("read_parquet('/etc/passwd') IS NOT NULL", "city_tier IN (SELECT 1)", "gender = current_setting('x')"):
+        with pytest.raises(ValueError, match="not allowed|unknown column"):
+            where_sql(bad, cols)
+
+
+def test_spark_scores_equal_the_single_machine_path(champions, base, send_at):
+    pytest.importorskip("pyspark")
+    from serving import spark as sp
+
+    spark = sp.session("local[1]", **{"spark.sql.shuffle.partitions": "1",  # small data: start fast
+                                      "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"})
+    try:
+        where, campaign = "days_since_last_purchase < 120", Campaign("email", "discount_10")
+        got = sp.score(spark, champions, "uplift", where=where, campaign=campaign, send_at=send_at).toPandas()
+    finally:
+        spark.stop()
+    champion = load_champion(champions, "uplift")
+    audience = base.query("days_since_last_purchase < 120 and _consent")
+    want = predict(champion, audience.assign(**batch.context(champion, campaign, send_at)))
+    want.index = audience["customer_id"].to_numpy()
+    want["decile"] = champion.deciles(want["score"].to_numpy())
+    got = got.set_index("customer_id").loc[want.index]
+    assert len(got) == len(audience) > 0
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["p_treated"].to_numpy(), want["p_treated"].to_numpy(), rtol=0, atol=1e-12)
+    assert (got["decile"].to_numpy() == want["decile"].to_numpy()).all()
