@@ -274,5 +274,25 @@ def attribution(
                   f"{result.organic_orders:,} orders without touches -> {path}")
 
 
+@app.command()
+@friendly
+def monitor(
+    ctx: typer.Context,
+    now: Annotated[Optional[datetime], typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="Reference time, UTC (default: now).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON result (default data/reports/monitor.json).")] = None,
+) -> None:
+    """Check feature and score drift, data freshness and daily KPIs; exit 1 when an alert fires."""
+    from analytics import monitor as run
+
+    ws: Workspace = ctx.obj
+    result = run.check(ws, now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None)
+    path = run.write(result, out or ws.reports / "monitor.json")
+    for alert in result["alerts"]:
+        console.print(f"[bold red]alert[/] {alert['kind']}: {alert['message']}")
+    console.print(f"[green]monitor[/] {len(result['alerts'])} alert(s) -> {path}")
+    if result["alerts"]:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

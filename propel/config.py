@@ -114,7 +114,7 @@ class MonitorSettings:
     conversion_drop: float = 0.5  # alert: a channel's daily conversion rate below (1 - this) x its baseline ...
     volume_drop: float = 0.5  # alert: a channel's (or all) daily events below (1 - this) x baseline ...
     alpha: float = 0.01  # ... and the fall is significant (one-sided binomial / Poisson test p below this)
-    min_baseline: int = 20  # channels with fewer baseline sessions (events) per day are not checked
+    min_baseline: int = 10  # channels with fewer baseline sessions (events) per day are not checked
     max_channel_lag_days: float = 2.0  # alert: a channel's newest event this much older than the newest event overall
     max_data_age_days: float = 2.0  # alert: the newest event this much older than now
     max_online_lag_days: float = 8.0  # alert: the online store's newest snapshot this much older than the newest event
