@@ -48,6 +48,18 @@ train: $(STAMP) ## Train churn, propensity and uplift; promote winners (TUNE=sec
 models: $(STAMP) ## List registered models and champions
 	$(BIN)/propel models list
 
+.PHONY: segments
+segments: $(STAMP) ## Segment customers (RFM, lifecycle, value tier, clusters) into the Feast view customer_segments
+	$(BIN)/propel segments
+
+.PHONY: report
+report: $(STAMP) ## Write the HTML analytics report to data/reports/report.html (KPIs, attribution, A/B tests, models)
+	$(BIN)/propel report
+
+.PHONY: monitor
+monitor: $(STAMP) ## Check drift, freshness and daily KPIs; fails (exit 1) when an alert fires
+	$(BIN)/propel monitor
+
 .PHONY: demo
 demo: $(STAMP) ## Run the whole pipeline on generated demo data
 	@test -d $(RAW) || $(MAKE) --no-print-directory data

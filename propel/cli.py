@@ -294,5 +294,19 @@ def monitor(
         raise typer.Exit(1)
 
 
+@app.command()
+@friendly
+def report(
+    ctx: typer.Context,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default data/reports/report.html).")] = None,
+    now: Annotated[Optional[datetime], typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="Reference time for monitoring, UTC (default: now).")] = None,
+) -> None:
+    """Write one self-contained HTML report: KPIs, segments, attribution, A/B tests, recommendations, model cards, monitoring."""
+    from analytics.report import write_report
+
+    path = write_report(ctx.obj, out, now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None)
+    console.print(f"[green]report[/] {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 if __name__ == "__main__":
     app()
