@@ -16,7 +16,7 @@ The result is a JSON-able dict (`data/reports/monitor.json`); any alert makes `p
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
