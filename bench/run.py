@@ -3,6 +3,7 @@
 Each stage runs as its own child process so its wall time and peak RSS are its own. Scales:
   ingest-1m / ingest-10m   ingestion of ~1M and ~10M generated events (target: 10M in <= 60 s, <= 4 GiB)
   features-1m              1M customers / ~50M events: feature build, materialize, reads, training set
+  score-1m                 batch scoring: 1M customers scored and exported by `propel score` (bench/score.py)
 Pick with `BENCH=ingest-1m,ingest-10m make bench` (default: all). Results: bench/results/<stamp>.json.
 The machine this ran on is recorded with the figures; compare ratios within one run, not across runs.
 """
@@ -21,12 +22,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import score as score_bench  # bench/score.py
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 WORK = Path(os.environ.get("BENCH_DIR", ROOT / "bench" / "work"))
 RESULTS = ROOT / "bench" / "results"
 # name -> (customers, days): ~50 events per person-year in the generator
-SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m": (1_000_000, 365)}
+SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m": (1_000_000, 365),
+          "score-1m": (20_000, 365)}  # a champion trained on 20k people, scoring 1M synthetic customers
 # DuckDB working memory per scale (propel.toml); 50M events need more than the laptop default to stage
 MEMORY = {"features-1m": "4.5GB"}
 
@@ -126,7 +130,7 @@ def main() -> None:
         raise SystemExit(f"unknown BENCH scale(s) {sorted(unknown)}; choose from {list(SCALES)}")
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "rows": []}
     for name in chosen:
-        result["rows"] += bench_scale(name)
+        result["rows"] += score_bench.stages(WORK / name, run) if name == "score-1m" else bench_scale(name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{result['when'].replace(':', '')}.json"
     out.write_text(json.dumps(result, indent=2))

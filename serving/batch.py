@@ -29,7 +29,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -42,11 +41,12 @@ from propel.progress import steps
 from serving import scoring
 from serving.audience import Top, where_sql
 from serving.scoring import BadContext, Champion, NoChampion, check_context
-from training.model import model_input
 
 SCORE_TASKS = ("churn", "propensity", "uplift")
 SEGMENT_COLUMNS = ("segment", "rfm_segment")  # a segment feature, when the feature table has one
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# Customers whose CRM record refuses marketing (lake view `customers`; a missing value means consent given)
+REFUSED_SQL = "SELECT customer_id FROM customers GROUP BY customer_id HAVING NOT bool_and(marketing_consent)"
 
 
 def load_champion(ws: Workspace, task: str) -> Champion:
@@ -105,18 +105,14 @@ def context(champion: Champion, campaign: Campaign | None, send_at: datetime) ->
     return out
 
 
-def model_frame(champion: Champion, df: pd.DataFrame) -> pd.DataFrame:
-    """The model input contract (`training.model.model_input`) of feature rows."""
+def predict(champion: Champion, df: pd.DataFrame) -> pd.DataFrame:
+    """The champion's own predict on feature rows, as the service calls it: `score` (+ p_treated and
+    p_control for uplift). The model turns the frame into its input itself (one transform, no copy)."""
     try:
-        return model_input(df, champion.model.features, list(champion.levels))
+        return champion.model.predict(None, df)
     except KeyError as exc:
         raise ValueError(f"{label(champion)} needs input the feature table lacks ({exc}); rebuild features "
                          "(`propel features build`) or retrain the model") from None
-
-
-def predict(champion: Champion, df: pd.DataFrame) -> pd.DataFrame:
-    """The pyfunc's own predict: `score` (+ p_treated/p_control for uplift)."""
-    return champion.model.predict(None, model_frame(champion, df))
 
 
 def decile_sql(edges: list[float], column: str = "score") -> str:
@@ -126,8 +122,7 @@ def decile_sql(edges: list[float], column: str = "score") -> str:
 
 def reasons(champion: Champion, df: pd.DataFrame, top: int) -> list[str]:
     """Reason codes: the features pushing each row's score up most (SHAP), as 'name (+0.423); ...' (log-odds)."""
-    x = model_frame(champion, df)
-    return ["; ".join(f"{name} ({value:+.3g})" for name, value in row) for row in champion.model.explain(x, top)]
+    return ["; ".join(f"{name} ({value:+.3g})" for name, value in row) for row in champion.model.explain(df, top)]
 
 
 # --- the offline audience -------------------------------------------------------------------------
@@ -164,16 +159,15 @@ class Audience:
         self.snap, self.where_text, self.honour_consent = snap, where, honour_consent
         self.con = Lake(ws).connect()
         profile = "".join(f', p."{c}"' for c in snap.catalog.get("profile_columns", {}))
-        segments = ws.data / "segments" / snap.path.name  # `propel segments` output for this snapshot, if run
-        self.con.execute("""CREATE TEMP TABLE consent AS SELECT customer_id, bool_and(marketing_consent) AS ok
-                            FROM customers GROUP BY customer_id""")
+        segments = ws.segments / snap.path.name  # `propel segments` output for this snapshot, if it ran
+        self.con.execute(f"CREATE TEMP TABLE refused AS {REFUSED_SQL}")
         self.con.execute(f"""CREATE TEMP VIEW base AS SELECT f.* EXCLUDE (event_timestamp){profile}
                                {", s.* EXCLUDE (customer_id, event_timestamp)" if segments.exists() else ""},
-                               coalesce(c.ok, true) AS _consent
+                               r.customer_id IS NULL AS _consent
                              FROM read_parquet('{snap.path}') f
                              LEFT JOIN read_parquet('{ws.features / PROFILE}') p USING (customer_id)
                              {f"LEFT JOIN read_parquet('{segments}') s USING (customer_id)" if segments.exists() else ""}
-                             LEFT JOIN consent c USING (customer_id)""")
+                             LEFT JOIN refused r USING (customer_id)""")
         self.columns = [r[0] for r in self.con.execute("DESCRIBE base").fetchall() if not r[0].startswith("_")]
         self.where = where_sql(where, self.columns) if where else "true"
         self.filter = f"({self.where})" + (" AND _consent" if honour_consent else "")

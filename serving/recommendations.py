@@ -16,7 +16,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -50,7 +49,7 @@ def item_audience_job(ws: Workspace, item: str | None, category: str | None) -> 
     def score_chunk(df: pd.DataFrame) -> pd.DataFrame:
         ids = df["customer_id"].tolist()
         found = [rec.recommend(c, 1, **target) if rec.knows_customer(c) else None for c in ids]
-        score = [r.scores[0] if r is not None and r.items else np.nan for r in found]
+        score = pd.array([r.scores[0] if r is not None and r.items else None for r in found], dtype="Float64")
         outcome = ["unknown customer" if r is None else "recommended" if r.items else "already bought"
                    for r in found]
         out = pd.DataFrame({"customer_id": ids, "score": score, "decile": pd.array([None] * len(ids), "Int64"),

@@ -26,7 +26,8 @@ from features.build import PROFILE
 from features.lake import Lake
 from propel.config import Workspace
 from serving.audience import where_sql
-from serving.batch import Campaign, Champion, context, decile_sql, label, load_champion, model_uri, snapshot
+from serving.batch import (REFUSED_SQL, Campaign, Champion, context, decile_sql, label, load_champion, model_uri,
+                           snapshot)
 
 # Defaults for a local session (the test and a laptop); on a cluster set the same keys in spark-submit.
 SPARK_CONF = {
@@ -55,7 +56,7 @@ def features(spark: SparkSession, ws: Workspace, as_of: date | None = None) -> D
     snap = snapshot(ws, as_of)
     df = spark.read.parquet(str(snap.path)).drop("event_timestamp")
     df = df.join(spark.read.parquet(str(ws.features / PROFILE)).drop("event_timestamp"), "customer_id", "left")
-    segments = ws.data / "segments" / snap.path.name
+    segments = ws.segments / snap.path.name
     if segments.exists():
         df = df.join(spark.read.parquet(str(segments)).drop("event_timestamp"), "customer_id", "left")
     return df
@@ -64,12 +65,11 @@ def features(spark: SparkSession, ws: Workspace, as_of: date | None = None) -> D
 def refusers(spark: SparkSession, ws: Workspace) -> DataFrame:
     """Customers who refused marketing (missing consent means given): read from the lake with DuckDB,
     small enough to broadcast."""
-    table = Lake(ws).connect().sql("SELECT customer_id FROM customers GROUP BY 1 HAVING NOT bool_and(marketing_consent)"
-                                   ).to_arrow_table()
+    table = Lake(ws).connect().sql(REFUSED_SQL).to_arrow_table()
     return spark.createDataFrame(table.to_pandas() if table.num_rows else [], "customer_id string")
 
 
-def model_columns(champion: Champion, df: DataFrame, ctx: dict) -> list[Column]:
+def model_columns(champion: Champion, ctx: dict) -> list[Column]:
     """The model's inputs in its signature's types: categoricals as strings, everything else as doubles."""
     cols = []
     for f in champion.model.features:
@@ -91,7 +91,7 @@ def score(spark: SparkSession, ws: Workspace, task: str, as_of: date | None = No
     outputs = ["score", "p_treated", "p_control"] if task == "uplift" else ["score"]
     udf = mlflow.pyfunc.spark_udf(spark, model_uri(champion), result_type=", ".join(f"{c} double" for c in outputs),
                                   env_manager="local")
-    scored = df.select("customer_id", udf(F.struct(*model_columns(champion, df, ctx))).alias("_p"))
+    scored = df.select("customer_id", udf(F.struct(*model_columns(champion, ctx))).alias("_p"))
     scored = scored.select("customer_id", *[F.col(f"_p.{c}").alias(c) for c in outputs])
     edges = getattr(champion.model, "decile_edges", None)
     decile = F.expr(decile_sql(edges)) if edges else F.ntile(10).over(Window.orderBy(F.desc("score"), "customer_id"))

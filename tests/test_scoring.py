@@ -169,6 +169,40 @@ def test_uplift_persuadables_and_next_best_action(champions, base, refused, send
     assert sum(summary["counts"]["outcome"].values()) == summary["counts"]["scored"]
 
 
+@pytest.fixture(scope="module")
+def recommender(champions):
+    from training import registry
+    from training.recommend import load_recommender
+
+    if registry.champion_version(registry.tracking(champions), "recommender") is None:
+        pytest.skip("the champions fixture has no recommender champion")
+    return load_recommender(champions)[0]
+
+
+def test_batch_recommendations(champions, recommender, refused, tmp_path):
+    out = tmp_path / "recs.parquet"
+    result = cli(champions, "recommender", "--k", "5", "--where", "city_tier = 1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    df = read(out)
+    assert len(df) and not df["customer_id"].isin(refused).any() and df.groupby("customer_id")["rank"].max().max() <= 5
+    want = recommender.batch(df["customer_id"].unique().tolist(), 5)
+    pd.testing.assert_frame_equal(df[["customer_id", "rank", "item_id", "score"]].reset_index(drop=True),
+                                  want[["customer_id", "rank", "item_id", "score"]], check_dtype=False)
+
+
+def test_item_audience_ranks_customers_by_the_recommender(champions, recommender, base, tmp_path):
+    known = [c for c in base["customer_id"] if recommender.knows_customer(c)]
+    item = recommender.recommend(known[0], 1).items[0]
+    out = tmp_path / "launch.csv"
+    result = cli(champions, "recommender", "--item", item, "--top", "50", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    df = read(out)
+    assert 0 < len(df) <= 50 and df["score"].is_monotonic_decreasing
+    for row in df.head(10).itertuples():
+        assert row.score == pytest.approx(recommender.recommend(row.customer_id, 1, allowed_items=[item]).scores[0])
+    assert "unknown customer" in result.output or all(recommender.knows_customer(c) for c in base["customer_id"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["chrun"], "unknown task 'chrun'; choose one of churn, propensity, uplift, recommender, nba"),
     (["churn", "--where", "citytier = 1"], "unknown column 'citytier'; did you mean city_tier?"),
