@@ -183,8 +183,11 @@ class Audience:
                 f"count(*) FILTER (WHERE ({self.where}) AND NOT _consent) FROM base").fetchall()[0]
         except duckdb.Error as exc:
             raise ValueError(f"--where {self.where_text!r}: {str(exc).splitlines()[0]}") from None
+        if not self.honour_consent:  # analysis only: everyone is scored, and the summary says how many refused
+            return {"customers_in_snapshot": total, "matching_where": matching, "excluded_no_consent": 0,
+                    "included_without_consent": refused, "scored": matching}
         return {"customers_in_snapshot": total, "matching_where": matching, "excluded_no_consent": refused,
-                "scored": matching - refused if self.honour_consent else matching}
+                "scored": matching - refused}
 
     def chunks(self, rows: int = 100_000, columns: list[str] | None = None) -> pa.RecordBatchReader:
         """The audience's rows (consenting only, unless consent is not honoured) as Arrow batches."""
@@ -384,6 +387,9 @@ def describe(summary: dict) -> list[str]:
     lines = [f"{summary['model']}: {what} "
              f"({c['matching_where']:,} matching, {c['excluded_no_consent']:,} excluded for lack of marketing consent, "
              f"{c['customers_in_snapshot']:,} in the snapshot)"]
+    if c.get("included_without_consent"):
+        lines.append(f"consent ignored: {c['included_without_consent']:,} customers without marketing consent are "
+                     "included: do not use this file to contact anyone")
     if c.get("outcome"):
         lines.append("outcomes: " + ", ".join(f"{k} {v:,}" for k, v in c["outcome"].items()))
     if s.get("count"):

@@ -23,17 +23,17 @@ import pyarrow.parquet as pq
 
 from propel.config import Workspace
 from propel.progress import steps
-from serving.batch import Audience, Job, NoChampion, Selection, Snapshot, frames, output_format, summary_path
+from serving.batch import Audience, Job, Selection, Snapshot, frames, output_format, summary_path
 
 
 def load(ws: Workspace):
-    """(Recommender, version) of the champion; NoChampion when there is none."""
+    """(Recommender, version) of the champion; ValueError (a user error) when there is none."""
     from training.recommend import load_recommender
 
     try:
         return load_recommender(ws)
     except LookupError as exc:
-        raise NoChampion(str(exc)) from None
+        raise ValueError(str(exc)) from None
 
 
 def item_audience_job(ws: Workspace, item: str | None, category: str | None) -> Job:

@@ -75,6 +75,14 @@ def test_top_share_export_honours_consent(champions, base, refused, tmp_path):
     assert df["score"].min() >= np.sort(full)[-len(df)]
 
 
+def test_ignoring_consent_is_loud(champions, base, tmp_path):
+    out = tmp_path / "analysis.parquet"
+    result = cli(champions, "churn", "--ignore-consent", "--reasons", "0", "--out", str(out))
+    assert result.exit_code == 0 and "do not use this file to contact anyone" in result.output
+    counts = json.loads((tmp_path / "analysis.summary.json").read_text())["counts"]
+    assert len(read(out)) == len(base) and counts["included_without_consent"] == int((~base["_consent"]).sum()) > 0
+
+
 def test_where_count_and_min_score(champions, base, tmp_path):
     out = tmp_path / "tier1.parquet"
     where = "city_tier = 1 AND days_since_last_purchase < 60 AND membership_tier IN ('gold', 'silver')"
@@ -208,6 +216,8 @@ def test_item_audience_ranks_customers_by_the_recommender(champions, recommender
     (["churn", "--where", "citytier = 1"], "unknown column 'citytier'; did you mean city_tier?"),
     (["churn", "--where", "city_tier = (SELECT 1)"], "is not allowed"),
     (["churn", "--where", "1 = 1; DROP TABLE x"], "expected one condition"),
+    (["churn", "--where", "membership_tier > 5"],
+     "--where 'membership_tier > 5': Binder Error: Cannot compare values of type VARCHAR"),
     (["churn", "--top", "120%"], "--top: expected a share like 10%"),
     (["churn", "--persuadables"], "--persuadables does not apply to 'churn'"),
     (["propensity"], "propensity scores depend on what is sent: pass --channel and --offer"),
