@@ -9,7 +9,8 @@
 - Daily anomalies: for each of the last `recent_days` complete days, a channel's session conversion rate
   falling more than `conversion_drop` below its `baseline_days` rate, or its (or all) events falling more
   than `volume_drop` below the baseline mean; only when the fall is also significant (one-sided binomial /
-  Poisson p < `alpha`), so a quiet Sunday on a small shop does not page anyone.
+  Poisson p < `alpha`), so a quiet Sunday on a small shop does not page anyone. Only everyday channels
+  (events on `regular_share` of the baseline days) are checked: campaign channels come in bursts.
 The result is a JSON-able dict (`data/reports/monitor.json`); any alert makes `propel monitor` exit 1.
 """
 
@@ -159,6 +160,7 @@ def anomalies(table: pd.DataFrame, cfg: MonitorSettings, now: datetime) -> tuple
         b = by_day.reindex(base_days, fill_value=0).sum()
         mean_events, sessions_per_day = b["events"] / len(base_days), b["sessions"] / len(base_days)
         rate = b["converted"] / b["sessions"] if b["sessions"] else 0.0
+        regular = (by_day.reindex(base_days, fill_value=0)["events"] > 0).mean() >= cfg.regular_share
         window = by_day.reindex(recent, fill_value=0)
         periods = [(d.date().isoformat(), 1, window.loc[d]) for d in recent]
         periods.append((f"{recent[0].date()}..{recent[-1].date()}", len(recent), window.sum()))
@@ -167,7 +169,8 @@ def anomalies(table: pd.DataFrame, cfg: MonitorSettings, now: datetime) -> tuple
                            "baseline_events": round(mean_events * days, 1), "sessions": int(got["sessions"]),
                            "conversion_rate": round(got["converted"] / got["sessions"], 4) if got["sessions"] else None,
                            "baseline_conversion_rate": round(rate, 4) if b["sessions"] else None})
-            alerts += _test(got, days, mean_events, rate, sessions_per_day, cfg, channel, when)
+            if regular:
+                alerts += _test(got, days, mean_events, rate, sessions_per_day, cfg, channel, when)
     return checks, alerts
 
 
@@ -182,7 +185,7 @@ def check(ws: Workspace, now: datetime | None = None) -> dict:
         alerts.append({"kind": "freshness", "subject": "events", "message": f"the newest event is {fresh['data_age_days']} "
                        f"days old (limit {cfg.max_data_age_days})"})
     for c in fresh["channels"]:
-        if c["active_day_share"] >= 0.8 and c["lag_days"] > cfg.max_channel_lag_days:
+        if c["active_day_share"] >= cfg.regular_share and c["lag_days"] > cfg.max_channel_lag_days:
             alerts.append({"kind": "freshness", "subject": c["channel"], "message": f"{c['channel']}: no events for "
                            f"{c['lag_days']} days before the newest event (an everyday channel; limit {cfg.max_channel_lag_days})"})
     online = fresh["online_store"]

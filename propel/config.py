@@ -115,6 +115,7 @@ class MonitorSettings:
     volume_drop: float = 0.5  # alert: a channel's (or all) daily events below (1 - this) x baseline ...
     alpha: float = 0.01  # ... and the fall is significant (one-sided binomial / Poisson test p below this)
     min_baseline: int = 10  # channels with fewer baseline sessions (events) per day are not checked
+    regular_share: float = 0.8  # ... nor channels with events on fewer of the baseline days (bursty campaign channels)
     max_channel_lag_days: float = 2.0  # alert: a channel's newest event this much older than the newest event overall
     max_data_age_days: float = 2.0  # alert: the newest event this much older than now
     max_online_lag_days: float = 8.0  # alert: the online store's newest snapshot this much older than the newest event
