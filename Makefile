@@ -60,6 +60,10 @@ report: $(STAMP) ## Write the HTML analytics report to data/reports/report.html 
 monitor: $(STAMP) ## Check drift, freshness and daily KPIs; fails (exit 1) when an alert fires
 	$(BIN)/propel monitor
 
+.PHONY: serve
+serve: $(STAMP) ## Serve recommendations and scores over HTTP (BentoML; PORT, WORKERS override propel.toml)
+	$(BIN)/propel serve $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
+
 .PHONY: demo
 demo: $(STAMP) ## Run the whole pipeline on generated demo data
 	@test -d $(RAW) || $(MAKE) --no-print-directory data
@@ -79,6 +83,10 @@ docs: $(STAMP) ## Regenerate the generated sections of docs/ from the code
 .PHONY: bench
 bench: $(STAMP) ## Run the benchmarks and update docs/benchmarks.md (takes a while)
 	$(BIN)/python bench/run.py
+
+.PHONY: bench-serve
+bench-serve: $(STAMP) ## Load-test the HTTP service on loopback (wrk) against the demo workspace; figures to bench/results
+	$(BIN)/python bench/serve.py
 
 .PHONY: clean
 clean: ## Remove generated data and runs (keeps .venv)

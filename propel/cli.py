@@ -163,18 +163,19 @@ def features_materialize(ctx: typer.Context, online: OnlineOption = None) -> Non
     console.print(f"[green]features materialize[/] {len(report['views'])} views up to {report['up_to']} ({report['seconds']}s)")
 
 
-TASKS = ("churn", "propensity", "uplift")
+TASKS = ("churn", "propensity", "uplift", "recommender")
 
 
 @app.command()
 @friendly
 def train(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="churn, propensity, uplift, or all.")],
+    task: Annotated[str, typer.Argument(help="churn, propensity, uplift, recommender, or all.")],
     tune_seconds: Annotated[float, typer.Option("--tune-seconds", min=0, help="Optuna search budget in seconds (0 = off).")] = 0,
     truth: Annotated[Optional[Path], typer.Option(help="Generator ground truth (_truth/) to report oracle metrics.")] = None,
 ) -> None:
-    """Train a task on Feast features, log it to MLflow, promote it if it beats the champion."""
+    """Train a task (on Feast features; the recommender on the lake's events), log it to MLflow, promote it if it
+    beats the champion."""
     import importlib
 
     from training.pipeline import NotEligible
@@ -237,6 +238,51 @@ def models_rollback(ctx: typer.Context, task: Annotated[str, typer.Argument(help
 
 @app.command()
 @friendly
+def score(
+    ctx: typer.Context,
+    task: Annotated[str, typer.Argument(help="churn, propensity, uplift, recommender (top-K items per customer, or an "
+                                             "item audience with --item/--category) or nba (next best action).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV or Parquet file to write (summary JSON next to "
+                                                                    "it); without it, print the summary only.")] = None,
+    as_of: Annotated[Optional[datetime], typer.Option("--as-of", formats=["%Y-%m-%d"],
+                                                      help="Features from the newest snapshot on or before this day "
+                                                           "(default: the latest).")] = None,
+    where: Annotated[Optional[str], typer.Option(help="Audience filter (SQL condition) over features, CRM attributes "
+                                                      "and segments: \"city_tier = 1 AND days_since_last_purchase < 90\".")] = None,
+    top: Annotated[Optional[str], typer.Option(help="Keep the best-scored share (10%) or number (5000) of the audience.")] = None,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Keep only scores at or above this.")] = None,
+    persuadables: Annotated[bool, typer.Option("--persuadables", help="uplift: only customers the contact is predicted "
+                                                                      "to help (uplift > 0).")] = False,
+    channel: Annotated[Optional[str], typer.Option(help="propensity/uplift: channel of the planned contact.")] = None,
+    offer: Annotated[Optional[str], typer.Option(help="propensity/uplift: offer type of the planned contact.")] = None,
+    campaign: Annotated[Optional[str], typer.Option(help="propensity/uplift: take channel and offer from this lake campaign.")] = None,
+    campaigns: Annotated[Optional[Path], typer.Option(help="nba: CSV/JSON of actions (campaign_id, channel, offer_type, "
+                                                           "cost per contact); default: campaigns active at --send-at.")] = None,
+    send_at: Annotated[Optional[datetime], typer.Option("--send-at", formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"],
+                                                        help="Planned send time, UTC (calendar features; default now).")] = None,
+    item: Annotated[Optional[str], typer.Option(help="recommender: rank customers by how much they would want this item.")] = None,
+    category: Annotated[Optional[str], typer.Option(help="recommender: ... or any item of this category.")] = None,
+    k: Annotated[Optional[int], typer.Option(min=1, help="recommender: items per customer (default [score] recommendations).")] = None,
+    reasons: Annotated[Optional[int], typer.Option(min=0, help="Reason codes per customer (default 3; 0 = none, faster).")] = None,
+    contact_cap: Annotated[Optional[int], typer.Option("--contact-cap", min=0, help="nba: no action for customers sent "
+                                                                                   "this many messages in 30 days.")] = None,
+    ignore_consent: Annotated[bool, typer.Option("--ignore-consent", help="Analysis only: include customers without "
+                                                                          "marketing consent. Never use for contact lists.")] = False,
+) -> None:
+    """Score customers (or an audience) with a task's champion and export them with deciles, ranks and reasons."""
+    from serving.audience import Top
+    from serving.batch import ScoreRequest, Selection, describe, execute
+
+    selection = Selection(where, Top.parse(top), min_score, persuadables, not ignore_consent)
+    req = ScoreRequest(task, out, as_of.date() if as_of else None, selection, channel, offer, campaign, campaigns,
+                       send_at, item, category, k, reasons, contact_cap)
+    summary = execute(ctx.obj, req, progress=True)
+    for line in describe(summary):
+        console.print(line)
+
+
+@app.command()
+@friendly
 def segments(ctx: typer.Context, online: OnlineOption = None) -> None:
     """Segment every feature snapshot (RFM, lifecycle, value tier, behavioural clusters) and load them into Feast."""
     from analytics import segments as run
@@ -272,6 +318,31 @@ def attribution(
     path = result.save(ctx.obj.reports)
     console.print(f"[green]attribution[/] {result.converting_paths:,} converting paths of {result.paths:,}, "
                   f"{result.organic_orders:,} orders without touches -> {path}")
+
+
+@app.command()
+@friendly
+def serve(
+    ctx: typer.Context,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: serve.host, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: serve.port, 3000).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Server processes (default: serve.workers, 2).")] = None,
+) -> None:
+    """Serve recommendations and scores over HTTP (BentoML) with the registry's champions; Ctrl-C stops."""
+    import os
+    import sys
+
+    ws: Workspace = ctx.obj
+    if not ws.root.is_dir():
+        raise UserError(f"no workspace at {ws.root}; pass --workspace DIR or set PROPEL_HOME")
+    cfg = ws.settings().serve
+    host, port = host or cfg.host, port or cfg.port
+    console.print(f"[green]serve[/] {ws.root} on http://{host}:{port} ({workers or cfg.workers} workers; /docs for the API)")
+    bentoml = Path(sys.executable).parent / "bentoml"
+    root = Path(__file__).resolve().parents[1]
+    os.execve(bentoml, [str(bentoml), "serve", "serving.service:Propel", "--working-dir", str(root), "--host", host,
+                        "--port", str(port), "--arg", f"workers={workers or cfg.workers}"],
+              {**os.environ, "PROPEL_HOME": str(ws.root)})
 
 
 @app.command()

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from features.schema import IDENTITY_TYPES
+from features.schema import EVENT_TYPES, IDENTITY_TYPES
 
 
 @dataclass
@@ -87,6 +87,56 @@ class TrainSettings:
 
 
 @dataclass
+class RecommendSettings:
+    # Interaction strength of each item event type (summed per customer and item); other types are ignored.
+    event_weights: dict[str, float] = field(
+        default_factory=lambda: {"product_view": 1.0, "add_to_cart": 3.0, "purchase": 5.0, "recommendation_click": 2.0})
+    half_life_days: float = 0.0  # time decay: an interaction's weight halves every this many days (0 = no decay)
+    confidence: str = "log"  # confidence from summed weights: log (log1p, damps heavy repeat viewers) or linear
+    test_days: int = 28  # temporal holdout: the last this many days are the test; the same span before is validation
+    relevant_events: tuple[str, ...] = ("product_view", "add_to_cart", "purchase")  # test events that count as hits
+    repeat_relevant: bool = False  # items seen before the cutoff count again (repeat purchases); else only new items
+    cold_start_max_items: int = 2  # test customers with at most this many distinct earlier items = cold-start subset
+    eval_customers: int = 50_000  # evaluate on at most this many test customers (a seeded sample)
+    popular_days: int = 28  # popularity (baseline and fallback): customers per item over this many recent days
+    selection_metric: str = "ndcg_at_10"  # champion/challenger metric (ndcg/recall/precision/map/hit_rate _at_10/_at_20)
+    knn_neighbours: int = 100  # item-kNN: neighbours kept per item
+    als_factors: int = 32  # ALS/BPR defaults; a small grid (or Optuna with --tune-seconds) searches around them
+    als_regularization: float = 1.0
+    als_alpha: float = 10.0  # confidence multiplier (Hu, Koren & Volinsky)
+    als_iterations: int = 15
+    bpr_learning_rate: float = 0.05
+    bpr_iterations: int = 100
+    seq_seconds: float = 120.0  # CPU budget for training the sequence model (it stops earlier when validation stalls)
+    seq_max_len: int = 50  # the sequence model reads each customer's last this many item interactions
+    seq_dim: int = 32  # its embedding width
+    seq_threads: int = 1  # torch threads for it: its small batches gain little from more, and lose much on a busy machine
+    exclude_purchased: bool = True  # serving: never recommend items the customer already bought
+    in_stock_only: bool = True  # serving: skip items whose catalogue `in_stock` is false (when the column exists)
+    exploration_share: float = 0.1  # serving: share of the k slots (rounded down) given to new items, flagged
+    fresh_weight: float = 3.0  # serving: weight of each fresh interaction folded in at request time
+    threads: int = 2  # CPU threads for fitting and batch scoring
+
+    def __post_init__(self) -> None:
+        unknown = (set(self.event_weights) | set(self.relevant_events)) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"recommend: unknown event types {sorted(unknown)} in event_weights/relevant_events; "
+                             f"use {list(EVENT_TYPES)}")
+        if self.confidence not in ("log", "linear"):
+            raise ValueError(f"recommend.confidence must be 'log' or 'linear', not {self.confidence!r}")
+        if not 0 <= self.exploration_share < 1:
+            raise ValueError(f"recommend.exploration_share must be in [0, 1), not {self.exploration_share}")
+
+
+@dataclass
+class ScoreSettings:
+    chunk_rows: int = 100_000  # customers scored per batch in `propel score` (bounds memory: one chunk's features)
+    reasons: int = 3  # reason codes (top SHAP contributions) exported per customer; 0 = none (faster)
+    contact_cap: int = 4  # next best action: no action for customers sent this many campaign messages in 30 days
+    recommendations: int = 10  # batch recommendations: items per customer
+
+
+@dataclass
 class AnalyticsSettings:
     seed: int = 7  # behavioural clustering (k-means initialisation)
     new_days: int = 30  # lifecycle: first seen at most this many days before the snapshot -> new
@@ -122,14 +172,38 @@ class MonitorSettings:
 
 
 @dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"  # `propel serve` listens here (0.0.0.0 to accept other machines)
+    port: int = 3000
+    workers: int = 2  # server processes; each loads every champion (one per core is usually right)
+    # When set, every request except /healthz, /livez, /readyz and /metrics must carry it in the X-API-Key header.
+    api_key: str = field(default_factory=lambda: os.environ.get("PROPEL_API_KEY", ""))
+    max_ids: int = 1000  # most customer ids in one scoring request (more -> 400 naming customer_ids)
+    max_k: int = 100  # most items in one recommendation or similar-items request
+    reasons: int = 3  # reason codes (top SHAP contributions) returned per scored customer
+    timeout_seconds: float = 10.0  # a request running longer answers 504 (BentoML keeps a timer this long per request)
+    reload_seconds: float = 5.0  # each worker checks the registry this often and loads new champions (0 = only POST /reload)
+    access_log: bool = False  # BentoML's per-request access log (client address, path, status, latency; no bodies)
+    report_seconds: float = 900.0  # GET /report serves a rendered report this long, then renders a fresh one
+
+    def __post_init__(self) -> None:
+        for name in ("port", "workers", "max_ids", "max_k", "timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"serve.{name} must be positive, not {getattr(self, name)}")
+
+
+@dataclass
 class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     features: FeatureSettings = field(default_factory=FeatureSettings)
     feast: FeastSettings = field(default_factory=FeastSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    recommend: RecommendSettings = field(default_factory=RecommendSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     # DuckDB's working memory; larger statements spill to data/.duckdb_tmp. Keeps ingestion and feature
     # builds inside a laptop's budget (peak RSS = this plus Python and Arrow buffers).
     duckdb_memory_limit: str = "2.5GB"

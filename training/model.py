@@ -29,6 +29,49 @@ def prepare(df: pd.DataFrame, features: list[str], categories: dict[str, list[st
     return out
 
 
+def encode(df, features: list[str], levels: dict[str, dict[str, int]]) -> np.ndarray:
+    """The numbers LightGBM reads from `prepare(df, ...)`, as one float64 matrix: numerics as doubles, a
+    categorical as the index of its level (NaN when missing or unseen). `df` is a DataFrame or a dict of
+    columns. Same predictions as the pandas path (tests compare them) at a fraction of its cost: ~0.1 ms
+    instead of ~25 ms for one row, which is what online scoring needs; `levels` = `level_index(categories)`."""
+    missing = [f for f in features if f not in df]
+    if missing:
+        raise KeyError(f"input lacks feature(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    n = len(df[features[0]]) if features else len(df)
+    out = np.empty((n, len(features)), dtype=np.float64)
+    numeric = [j for j, f in enumerate(features) if f not in levels]
+    if isinstance(df, pd.DataFrame) and numeric:
+        try:  # one block conversion is much cheaper than a Series per column
+            out[:, numeric] = df.reindex(columns=[features[j] for j in numeric]).to_numpy(np.float64, na_value=np.nan)
+            numeric = []
+        except (TypeError, ValueError):
+            pass  # some column holds text: converted one by one below
+    for j in numeric:
+        out[:, j] = _numbers(df[features[j]])
+    for j, f in enumerate(features):
+        if f in levels:
+            index = levels[f]
+            out[:, j] = [index.get(v if type(v) is str else (None if pd.isna(v) else str(v)), np.nan) for v in df[f]]
+    return out
+
+
+def _numbers(column) -> np.ndarray:
+    try:
+        return column.to_numpy(np.float64, na_value=np.nan) if isinstance(column, pd.Series) else np.asarray(column, np.float64)
+    except (TypeError, ValueError):  # text or mixed values: coerced as prepare() does
+        return pd.to_numeric(pd.Series(list(column), dtype=object), errors="coerce").to_numpy(np.float64)
+
+
+def level_index(categories: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    return {f: {level: i for i, level in enumerate(values)} for f, values in categories.items()}
+
+
+def predict_options(x: np.ndarray) -> dict:
+    """Few rows are predicted on the calling thread: an OpenMP team costs more than it saves there (on a
+    busy machine ~20 ms waiting for the second thread, against ~0.02 ms of work for one row)."""
+    return {"num_threads": 1} if len(x) < 2_000 else {}
+
+
 def model_input(df: pd.DataFrame, features: list[str], categorical) -> pd.DataFrame:
     """The logged models' input contract (their MLflow signature): numeric features as doubles (an
     online int with a gap arrives as a float), categoricals as plain strings. Callers of the pyfunc
@@ -36,8 +79,16 @@ def model_input(df: pd.DataFrame, features: list[str], categorical) -> pd.DataFr
     return df[features].astype({f: (object if f in categorical else "float64") for f in features})
 
 
+def decile_edges(scores) -> list[float]:
+    """Score thresholds of deciles 1..9 on the training rows (decile 1 = the top 10%), stored with the
+    model so a decile means the same thing whichever audience is scored."""
+    return np.quantile(np.asarray(scores, dtype=float), np.linspace(0.9, 0.1, 9)).tolist()
+
+
 class PropelClassifier(mlflow.pyfunc.PythonModel):
     """LightGBM + isotonic calibration. predict() -> DataFrame with `score` (a calibrated probability)."""
+
+    decile_edges: list[float] | None = None  # see `decile_edges()`; None on models logged before it existed
 
     def __init__(self, booster: lgb.Booster, calibrator: IsotonicRegression | None, features: list[str],
                  categories: dict[str, list[str]], task: str, feature_service: str):
@@ -53,10 +104,22 @@ class PropelClassifier(mlflow.pyfunc.PythonModel):
         return self._booster
 
     def __getstate__(self):  # the booster travels as text, which is portable across LightGBM builds
-        return {k: v for k, v in self.__dict__.items() if k != "_booster"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_booster", "_levels")}
+
+    def matrix(self, df) -> np.ndarray:
+        """This model's input as LightGBM reads it (see `encode`)."""
+        if getattr(self, "_levels", None) is None:
+            self._levels = level_index(self.categories)
+        return encode(df, self.features, self._levels)
 
     def raw_score(self, df: pd.DataFrame) -> np.ndarray:
-        return self.booster.predict(prepare(df, self.features, self.categories))
+        x = self.matrix(df)
+        return self.booster.predict(x, **predict_options(x))
+
+    def contributions(self, df: pd.DataFrame) -> np.ndarray:
+        """Per-row SHAP values (log-odds) of each feature, without the bias column."""
+        x = self.matrix(df)
+        return self.booster.predict(x, pred_contrib=True, **predict_options(x))[:, :-1]
 
     def score(self, df: pd.DataFrame) -> np.ndarray:
         p = self.raw_score(df)
@@ -67,13 +130,15 @@ class PropelClassifier(mlflow.pyfunc.PythonModel):
 
     def explain(self, df: pd.DataFrame, top: int = 3) -> list[list[tuple[str, float]]]:
         """Top features pushing each row's score up (SHAP, log-odds), largest first."""
-        contrib = self.booster.predict(prepare(df, self.features, self.categories), pred_contrib=True)[:, :-1]
+        contrib = self.contributions(df)
         order = np.argsort(-contrib, axis=1)[:, :top]
         return [[(self.features[j], float(contrib[i, j])) for j in row if contrib[i, j] > 0] for i, row in enumerate(order)]
 
 
 class PropelUplift(mlflow.pyfunc.PythonModel):
     """T-learner: separate response models for treated and control; uplift = p(treated) - p(control)."""
+
+    decile_edges: list[float] | None = None
 
     def __init__(self, treated: PropelClassifier, control: PropelClassifier, feature_service: str):
         self.treated, self.control, self.feature_service = treated, control, feature_service
@@ -85,7 +150,6 @@ class PropelUplift(mlflow.pyfunc.PythonModel):
 
     def explain(self, df: pd.DataFrame, top: int = 3) -> list[list[tuple[str, float]]]:
         """Features that raise the treated response more than the control response (log-odds)."""
-        x = prepare(df, self.features, self.treated.categories)
-        diff = (self.treated.booster.predict(x, pred_contrib=True) - self.control.booster.predict(x, pred_contrib=True))[:, :-1]
+        diff = self.treated.contributions(df) - self.control.contributions(df)
         order = np.argsort(-diff, axis=1)[:, :top]
         return [[(self.features[j], float(diff[i, j])) for j in row if diff[i, j] > 0] for i, row in enumerate(order)]

@@ -1,0 +1,338 @@
+"""The HTTP service: a real `propel serve` (BentoML) on a free loopback port, serving a copy of the session
+`champions` workspace with an API key: every endpoint checked against the models called in process, the
+OpenAPI schema fuzzed (no 5xx), then (last) readiness with a missing champion and reloads after promotions
+on that copy. Also the fast model input path the service relies on, and the Bento build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import httpx
+import mlflow
+import numpy as np
+import pytest
+import schemathesis
+import yaml
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+from features import store as fstore
+from features.build import CUSTOMER_DIR
+from propel.config import Workspace
+from training import registry
+from training.model import model_input, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(ws: Workspace, log: Path) -> tuple[subprocess.Popen, str]:
+    """`propel serve` with one worker; returns once /healthz answers (bounded wait, no blind sleep)."""
+    port = free_port()
+    out = log.open("w")
+    proc = subprocess.Popen([BIN / "propel", "--workspace", ws.root, "serve", "--port", str(port), "--workers", "1"],
+                            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    stop(proc)
+    pytest.fail(f"server did not answer /healthz within 180 s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)  # the session we started: arbiter and its worker
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(champions, tmp_path_factory) -> Workspace:
+    """A copy of the champions workspace (the last test changes its registry), with an API key."""
+    ws = Workspace.resolve(tmp_path_factory.mktemp("served") / "ws")
+    shutil.copytree(champions.root, ws.root)
+    with ws.config_file.open("a") as fh:
+        fh.write(f'\n[serve]\napi_key = "{KEY}"\nreload_seconds = 0.5\n')
+    return ws
+
+
+@pytest.fixture(scope="module")
+def server(served, tmp_path_factory):
+    proc, url = start(served, tmp_path_factory.mktemp("serve") / "server.log")
+    httpx.get(f"{url}/report", headers={"X-API-Key": KEY})  # starts the (slow) report render in the background
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server, timeout=30, headers={"X-API-Key": KEY}) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def customers(champions) -> list[str]:
+    """Three customers the online store knows."""
+    path = champions.features / CUSTOMER_DIR / "*.parquet"
+    return [r[0] for r in duckdb.sql(f"SELECT DISTINCT customer_id FROM read_parquet('{path}') ORDER BY 1 LIMIT 3").fetchall()]
+
+
+def champion_model(ws: Workspace, task: str):
+    registry.tracking(ws)
+    return mlflow.pyfunc.load_model(f"models:/{task}@{registry.CHAMPION}").unwrap_python_model()
+
+
+def feast_rows(ws: Workspace, service: str, ids: list[str]):
+    """Features through Feast's own online API (not the service's fast reader)."""
+    store = fstore.feature_store(ws)
+    rows = [{"customer_id": i, "request_ts": datetime.now(timezone.utc)} for i in ids]
+    return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
+
+
+def context_of(model) -> dict:
+    levels = getattr(model, "treated", model).categories
+    return {c: levels[c][0] for c in ("campaign_channel", "offer_type") if c in model.features}
+
+
+@pytest.mark.parametrize("task", ["churn", "propensity", "uplift"])
+def test_scores_match_the_models_in_process(http, champions, customers, task):
+    model = champion_model(champions, task)
+    context = context_of(model)
+    r = http.post(f"/score/{task}", json={"customer_ids": [*customers, "no-such-customer"], **context})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    version = registry.champion_version(registry.tracking(champions), task).version
+    assert body["task"] == task and body["model_version"] == str(version) and body["unknown"] == 1
+    *scored, unknown = body["results"]
+    assert unknown == {"customer_id": "no-such-customer", "status": 404, "error": unknown["error"]}
+
+    df = feast_rows(champions, model.feature_service, customers).assign(**context)
+    categorical = list(getattr(model, "treated", model).categories)
+    x = model_input(df, model.features, categorical)
+    pred = model.predict(None, x)
+    reasons = model.explain(x, 3)
+    edges = model.decile_edges
+    for i, row in enumerate(scored):
+        assert row["customer_id"] == customers[i] and row["status"] == 200 and row["model_version"] == str(version)
+        value = row["uplift"] if task == "uplift" else row["probability"]
+        assert value == pytest.approx(pred["score"].iloc[i], rel=1e-12, abs=1e-12)
+        if task == "uplift":
+            assert row["p_treated"] == pytest.approx(pred["p_treated"].iloc[i], abs=1e-12)
+        expected_decile = None if not edges else 1 + sum(pred["score"].iloc[i] < e for e in edges)
+        assert row["decile"] == expected_decile
+        assert [(r["feature"], r["contribution"]) for r in row["reasons"]] == \
+            [(f, pytest.approx(c, abs=1e-6)) for f, c in reasons[i]]
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/score/churn", {}, "customer_ids"),
+    ("/score/churn", {"customer_ids": "C1"}, "customer_ids"),
+    ("/score/churn", {"customer_ids": []}, "customer_ids"),
+    ("/score/churn", {"customer_ids": [1]}, "customer_ids"),
+    ("/score/churn", {"customer_ids": ["C1"] * 1001}, "customer_ids"),
+    ("/score/churn", {"customer_ids": ["C1"], "reasons": "3"}, "reasons"),
+    ("/score/churn", {"customer_ids": ["C1"], "customer": "C1"}, "customer"),
+    ("/score/propensity", {"customer_ids": ["C1"]}, "campaign_channel"),
+    ("/score/uplift", {"customer_ids": ["C1"], "campaign_channel": "carrier-pigeon", "offer_type": "x"}, "campaign_channel"),
+    ("/recommend", {"customer_id": "C1", "k": 0}, "k"),
+    ("/recommend", {"customer_id": "C1", "k": 101}, "k"),
+    ("/recommend", {"k": 5}, "customer_id"),
+    ("/recommend", {"customer_id": "C1", "filters": {"min_price": 50, "max_price": 10}}, "filters"),
+    ("/recommend", {"customer_id": "C1", "filters": {"exclude": "I1"}}, "filters"),
+    ("/similar_items", {"item_id": "I1", "k": 1.5}, "k"),
+])
+def test_bad_input_is_a_400_naming_the_field(http, path, body, field):
+    r = http.post(path, json=body)
+    assert r.status_code == 400, r.text
+    assert any(d["loc"] and d["loc"][0] == field for d in r.json()["detail"]), r.json()
+
+
+def test_invalid_json_is_a_400(http):
+    r = http.post("/score/churn", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.text
+
+
+def test_recommendations(http, champions, customers):
+    client = registry.tracking(champions)
+    if registry.champion_version(client, "recommender") is None:  # the fixture has no recommender yet
+        for path, body in (("/recommend", {"customer_id": customers[0]}), ("/similar_items", {"item_id": "I1"})):
+            r = http.post(path, json=body)
+            assert r.status_code == 503 and "no champion model for 'recommender'" in r.json()["error"]
+        return
+    from training.recommend import load_recommender
+
+    model, version = load_recommender(champions)
+    known = next(c for c in customers if model.knows_customer(c))
+    r = http.post("/recommend", json={"customer_id": known, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = model.recommend(known, 5)
+    assert [i["item_id"] for i in body["items"]] == expected.items and body["model_version"] == version
+    assert body["fallback"] is False and len(body["recommendation_id"]) == 32
+    other = http.post("/recommend", json={"customer_id": known, "k": 5}).json()
+    assert other["recommendation_id"] != body["recommendation_id"]
+
+    r = http.post("/recommend", json={"customer_id": "no-such-customer", "k": 5}).json()
+    assert r["fallback"] is True and r["fallback_reason"] == "unknown_customer"
+    assert [i["item_id"] for i in r["items"]] == model.recommend("no-such-customer", 5).items
+
+    item = expected.items[0]
+    r = http.post("/similar_items", json={"item_id": item, "k": 4})
+    assert [i["item_id"] for i in r.json()["items"]] == [i for i, _ in model.similar_items(item, 4)]
+    r = http.post("/similar_items", json={"item_id": "no-such-item"})
+    assert r.status_code == 404 and r.json()["detail"][0]["loc"] == ["item_id"]
+
+
+def test_health_readiness_metadata_metrics(http, champions):
+    assert http.get("/healthz").status_code == 200
+    ready = http.get("/readyz").json()
+    assert ready["ready"] is True and ready["online_store"]["reachable"] is True
+    client = registry.tracking(champions)
+    meta = http.get("/metadata").json()["tasks"]
+    for task in ("churn", "propensity", "uplift"):
+        champ = registry.champion_version(client, task)
+        assert ready["tasks"][task]["ready"] is True
+        assert meta[task]["version"] == str(champ.version) and meta[task]["training_run"] == champ.run_id
+    assert meta["churn"]["feature_service"] == "churn_v1"
+
+    http.post("/score/churn", json={"customer_ids": ["no-such-customer"]})
+    metrics = http.get("/metrics").text
+    assert "bentoml_service_request_total" in metrics
+    assert 'propel_unknown_ids_total{endpoint="score/churn"}' in metrics
+
+
+def test_api_key(server, http):
+    assert httpx.post(f"{server}/score/churn", json={"customer_ids": ["x"]}).status_code == 401
+    assert httpx.post(f"{server}/score/churn", json={"customer_ids": ["x"]}, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert httpx.get(f"{server}/metadata").status_code == 401
+    assert httpx.get(f"{server}/readyz").status_code == 200 and httpx.get(f"{server}/metrics").status_code == 200
+    assert http.post("/score/churn", json={"customer_ids": ["x"]}).status_code == 200
+
+
+def test_fuzzed_requests_never_get_a_5xx(server):
+    """Schemathesis over the service's OpenAPI schema: valid and invalid bodies for every operation."""
+    schema = schemathesis.openapi.from_url(f"{server}/docs.json", headers={"X-API-Key": KEY})
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {"POST /recommend", "POST /score/churn", "POST /score/uplift"} <= {op.label for op in operations}
+    for op in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if len(op.body) else (GenerationMode.POSITIVE,):
+            @settings(max_examples=10, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy(generation_mode=mode))
+            def fuzz(case):
+                r = case.call(base_url=server, headers={"X-API-Key": KEY})
+                # the one 5xx by design: a task without a champion (the fixture may lack a recommender)
+                unavailable = r.status_code == 503 and "no champion model for" in r.json().get("error", "")
+                assert r.status_code < 500 or unavailable, f"{case.method} {case.path} {case.body!r}: {r.status_code} {r.text[:300]}"
+
+            fuzz()
+
+
+def test_fast_model_input_equals_the_pandas_path(champions):
+    """The service scores through `encode` (NumPy) instead of `prepare` (pandas): same numbers, also for
+    missing, unseen and text values."""
+    path = champions.features / CUSTOMER_DIR / "*.parquet"
+    frame = duckdb.sql(f"SELECT * FROM read_parquet('{path}') USING SAMPLE 300 ROWS (reservoir, 7)").df()
+    for task in ("churn", "propensity", "uplift"):
+        model = champion_model(champions, task)
+        df = frame.reindex(columns=["customer_id", *model.features]).copy()
+        for c in ("campaign_channel", "offer_type"):
+            if c in model.features:
+                df[c] = np.resize(["email", "sms", "never-seen", None], len(df))
+        numeric = next(f for f in model.features if f not in getattr(model, "treated", model).categories)
+        df[numeric] = df[numeric].astype(object)
+        df.loc[df.index[:3], numeric] = ["12", "not a number", None]
+        for clf in ([model.treated, model.control] if task == "uplift" else [model]):
+            x = prepare(df, clf.features, clf.categories)
+            assert np.array_equal(clf.raw_score(df), clf.booster.predict(x))
+            assert np.array_equal(clf.contributions(df), clf.booster.predict(x, pred_contrib=True)[:, :-1])
+
+
+def test_bento_builds_with_the_project_dependencies(tmp_path):
+    spec = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert spec["python"]["packages"] == project["dependencies"]
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    done = subprocess.run([BIN / "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    bento = next((tmp_path / "bentoml" / "bentos" / "propel").glob("*/bento.yaml")).parent
+    assert (bento / "src" / "serving" / "service.py").exists() and (bento / "src" / "feature_repo" / "feature_store.yaml").exists()
+    routes = {r["route"] for r in yaml.safe_load((bento / "bento.yaml").read_text())["schema"]["routes"]}
+    assert {"/recommend", "/similar_items", "/score/churn", "/score/propensity", "/score/uplift", "/reload"} <= routes
+
+
+def test_serve_needs_a_workspace(tmp_path):
+    from typer.testing import CliRunner
+
+    from propel.cli import app
+
+    result = CliRunner().invoke(app, ["--workspace", str(tmp_path / "nowhere"), "serve"])
+    assert result.exit_code == 2 and "no workspace at" in result.output
+
+
+def test_report_is_rendered_in_the_background(http):
+    r = http.get("/report")
+    deadline = time.monotonic() + 240  # the render (started by the server fixture) takes seconds of CPU
+    while r.status_code == 503 and "being rendered" in r.text and time.monotonic() < deadline:
+        time.sleep(1)
+        r = http.get("/report")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), r.text[:500]
+    assert "Propel" in r.text
+
+
+def test_missing_champion_then_promotions_reach_the_server(http, served):
+    """Last (it changes the served copy's registry): without an uplift champion /readyz says so and
+    /score/uplift answers 503 while the others work; promotions arrive by POST /reload and by the
+    registry watcher."""
+    client = registry.tracking(served)
+    client.delete_registered_model_alias("uplift", registry.CHAMPION)
+    assert http.post("/reload").json()["changed"]["uplift"]["to"] is None
+    ready = http.get("/readyz").json()
+    assert ready["ready"] is True and ready["degraded"] is True
+    assert ready["tasks"]["uplift"]["ready"] is False and "no champion" in ready["tasks"]["uplift"]["error"]
+    assert ready["tasks"]["churn"]["ready"] is True
+    r = http.post("/score/uplift", json={"customer_ids": ["x"]})
+    assert r.status_code == 503 and "no champion model for 'uplift'" in r.json()["error"]
+    assert http.post("/score/churn", json={"customer_ids": ["x"]}).status_code == 200
+
+    registry.set_champion(served, "uplift", 1, "test: restore")
+    assert http.post("/reload").json()["changed"]["uplift"] == {"from": None, "to": "1"}
+    model = champion_model(served, "uplift")
+    r = http.post("/score/uplift", json={"customer_ids": ["x"], **context_of(model)})
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == 404
+
+    churn = registry.champion_version(client, "churn")
+    new = client.create_model_version("churn", churn.source, run_id=churn.run_id)
+    registry.set_champion(served, "churn", new.version, "test: promote")
+    deadline = time.monotonic() + 60  # no POST /reload: the watcher notices the registry change by itself
+    while http.get("/metadata").json()["tasks"]["churn"]["version"] != str(new.version):
+        assert time.monotonic() < deadline, "the promotion did not reach the server"
+        time.sleep(0.2)
+    assert http.post("/score/churn", json={"customer_ids": ["x"]}).json()["model_version"] == str(new.version)
