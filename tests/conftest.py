@@ -95,6 +95,10 @@ churn_horizon_days = 21
 churn_lookback_days = 60
 max_rounds = 150
 early_stopping = 20
+
+[recommend]
+seq_seconds = 15
+bpr_iterations = 30
 """
 
 
@@ -107,7 +111,7 @@ def champions(tmp_path_factory, generated) -> Workspace:
     from features import store
     from features.build import build
     from features.ingest import ingest
-    from training import churn, propensity, uplift
+    from training import churn, propensity, recommender, uplift
 
     ws = Workspace.resolve(tmp_path_factory.mktemp("champions") / "ws")
     ingest(generated, ws)
@@ -115,6 +119,6 @@ def champions(tmp_path_factory, generated) -> Workspace:
     build(ws, every_days=7, snapshots=12)
     store.apply(ws)
     store.materialize(ws)
-    for task in (churn, propensity, uplift):
+    for task in (churn, propensity, uplift, recommender):
         assert task.train(ws, truth_dir=generated / "_truth").promoted
     return ws

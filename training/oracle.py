@@ -77,3 +77,11 @@ def _compare(y: np.ndarray, model: np.ndarray, oracle: np.ndarray) -> dict[str, 
     model_auc, oracle_auc = roc_auc_score(y, model), roc_auc_score(y, oracle)
     return {"oracle_roc_auc": float(oracle_auc), "model_roc_auc_on_truth_rows": float(model_auc),
             "share_of_oracle_auc": float(model_auc / oracle_auc)}
+
+
+def preferred_category(truth_dir: Path, customer_ids) -> np.ndarray:
+    """Each customer's planted preferred category (the generator draws item categories from a per-person
+    preference vector; this is its largest entry); None without ground truth."""
+    p = _persons(truth_dir)
+    p = p[~p.index.duplicated()]
+    return p["preferred_category"].reindex(pd.Index(customer_ids)).astype(object).where(lambda s: s.notna(), None).to_numpy()
