@@ -237,4 +237,7 @@ def test_als_fold_in_equals_recalculated_user_factors(trained):
     ref.item_factors = als.item_factors
     conf = h.weights.copy()
     conf.data = np.log1p(conf.data)
-    assert np.allclose(state, ref.recalculate_user(np.arange(20), sp.csr_matrix(conf, dtype=np.float32)), atol=1e-4)
+    expected = ref.recalculate_user(np.arange(20), sp.csr_matrix(conf, dtype=np.float32))
+    assert np.allclose(state, expected, atol=1e-4)
+    one = als.state(split.train.histories(np.arange(3, 4)))  # a single request's fold-in takes the NumPy path
+    assert np.allclose(one[0], expected[3], atol=1e-4)

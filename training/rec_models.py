@@ -51,11 +51,20 @@ class FactorModel(RecModel):
     def scores(self, state: np.ndarray) -> np.ndarray:
         return np.asarray(state, np.float32) @ self.item_factors.T
 
+    @property
+    def yty(self) -> np.ndarray:
+        """Gram matrix of the item factors that the least-squares fold-in uses (cached)."""
+        if getattr(self, "_yty", None) is None:
+            f = self.item_factors[:, :-1] if self.bias_column else self.item_factors
+            self._yty = f.T @ f
+        return self._yty
+
     def item_similarity(self, item: int) -> np.ndarray:
         """Cosine similarity of the item vectors."""
         f = self.item_factors[:, :-1] if self.bias_column else self.item_factors
-        norms = np.linalg.norm(f, axis=1)
-        return f @ f[item] / np.maximum(norms * norms[item], 1e-12)
+        if getattr(self, "_norms", None) is None:
+            self._norms = np.maximum(np.linalg.norm(f, axis=1), 1e-12)
+        return f @ f[item] / (self._norms * self._norms[item])
 
 
 class Popularity(FactorModel):
@@ -88,15 +97,29 @@ class RandomModel(FactorModel):
         return np.random.default_rng(self.seed + 1).standard_normal((len(h), 16)).astype(np.float32)
 
 
-def least_squares_state(item_factors: np.ndarray, conf: sp.csr_matrix, regularization: float, threads: int) -> np.ndarray:
-    """Implicit-ALS user factors for given histories and fixed item factors (Hu et al.'s closed form),
-    computed by implicit's own solver: what `recalculate_user` does."""
+FEW_ROWS = 8  # fold-in of this few customers (a request) runs in NumPy: no thread-pool set-up per call
+
+
+def least_squares_state(item_factors: np.ndarray, conf: sp.csr_matrix, regularization: float, threads: int,
+                        yty: np.ndarray | None = None) -> np.ndarray:
+    """Implicit-ALS user factors for given histories and fixed item factors (Hu et al.'s closed form):
+    what implicit's `recalculate_user` computes, by its own solver for batches, in NumPy for a request."""
     from implicit.cpu.als import AlternatingLeastSquares
 
+    conf = sp.csr_matrix(conf, dtype=np.float32)
+    if conf.shape[0] <= FEW_ROWS:
+        yty = item_factors.T @ item_factors if yty is None else yty
+        out = np.zeros((conf.shape[0], item_factors.shape[1]), np.float32)
+        for r in range(conf.shape[0]):
+            items, c = conf.indices[conf.indptr[r]:conf.indptr[r + 1]], conf.data[conf.indptr[r]:conf.indptr[r + 1]]
+            y = item_factors[items]
+            a = yty + (y.T * (c - 1)) @ y + regularization * np.eye(len(yty), dtype=np.float32)
+            out[r] = np.linalg.solve(a, y.T @ c)
+        return out
     with threadpool_limits(1, "blas"):  # implicit parallelises itself; BLAS threads would oversubscribe
         solver = AlternatingLeastSquares(factors=item_factors.shape[1], regularization=regularization, num_threads=threads)
         solver.item_factors = np.ascontiguousarray(item_factors, np.float32)
-        return solver.recalculate_user(np.arange(conf.shape[0]), sp.csr_matrix(conf, dtype=np.float32))
+        return solver.recalculate_user(np.arange(conf.shape[0]), conf)
 
 
 class ALS(FactorModel):
@@ -121,7 +144,8 @@ class ALS(FactorModel):
         return confidence(weights, self.confidence) * np.float32(self.params["alpha"])
 
     def state(self, h: Histories) -> np.ndarray:
-        return least_squares_state(self.item_factors, self._conf(h.weights), self.params["regularization"], self.threads)
+        return least_squares_state(self.item_factors, self._conf(h.weights), self.params["regularization"], self.threads,
+                                   self.yty)
 
 
 class BPR(FactorModel):
@@ -146,7 +170,7 @@ class BPR(FactorModel):
 
     def state(self, h: Histories) -> np.ndarray:
         users = least_squares_state(self.item_factors[:, :-1], confidence(h.weights, self.confidence),
-                                    self.params["regularization"], self.threads)
+                                    self.params["regularization"], self.threads, self.yty)
         return np.hstack([users, np.ones((len(users), 1), np.float32)])
 
 

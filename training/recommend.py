@@ -53,10 +53,11 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     n = len(scores)
     if k <= 0 or n == 0:
         return np.empty(0, np.int64)
-    candidates = np.arange(n)
     if n > 64 * k:
         sample = scores[:: n // (16 * k)]
         candidates = np.flatnonzero(scores >= np.partition(sample, len(sample) - k)[len(sample) - k])
+    else:
+        candidates = np.arange(n)
     candidates = candidates[np.isfinite(scores[candidates])]
     if len(candidates) > k:
         candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
@@ -90,6 +91,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         sellable = self.in_stock if cfg.in_stock_only else np.ones(len(items), bool)
         self.rankable = self.known & sellable
         self.new_items = ~self.known & sellable  # the exploration pool
+        self.new_pool = np.flatnonzero(self.new_items)
         self.exclude_purchased, self.exploration_share = cfg.exclude_purchased, cfg.exploration_share
         self.fresh_weight, self.threads = cfg.fresh_weight, cfg.threads
         self._index()
@@ -132,7 +134,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         mask = self.rankable.copy() if wanted is None else self.rankable & wanted
         if self.exclude_purchased and row is not None:
             mask[self.purchased.indices[self.purchased.indptr[row]:self.purchased.indptr[row + 1]]] = False
-        pool = np.flatnonzero(self.new_items if wanted is None else self.new_items & wanted)
+        pool = self.new_pool if wanted is None else np.flatnonzero(self.new_items & wanted)
         n_explore = min(int(k * self.exploration_share), len(pool))
         top = top_k(np.where(mask, scores, -np.inf), k - n_explore)
         explored = self._explore(np.array([customer_id or ""], object), pool, n_explore)[0]
@@ -157,7 +159,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         item_id, score, explored, fallback."""
         ids = np.asarray(customer_ids, dtype=object)
         rows = self._customer_index.get_indexer(ids)
-        pool = np.flatnonzero(self.new_items)
+        pool = self.new_pool
         n_explore = min(int(k * self.exploration_share), len(pool))
         n_model = k - n_explore
         top = np.full((len(ids), n_model), -1, np.int64)
