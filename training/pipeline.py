@@ -34,7 +34,7 @@ from propel.config import TrainSettings, Workspace
 from training import registry
 from training.evaluate import classification_metrics, gains_table, plot_curves, plot_importance
 from training.labels import time_split
-from training.model import PropelClassifier, model_input, prepare
+from training.model import PropelClassifier, decile_edges, model_input, prepare
 
 log = logging.getLogger(__name__)
 NOT_FEATURES = {"customer_id", "event_timestamp", "label", "group", "campaign_id", "split", "request_ts"}
@@ -119,6 +119,7 @@ def fit_classifier(frame: Frame, train: pd.DataFrame, valid: pd.DataFrame, cfg: 
                         callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
     calibrator = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(booster.predict(xv), valid["label"])
     model = PropelClassifier(booster, calibrator, frame.features, categories, task, frame.feature_service)
+    model.decile_edges = decile_edges(model.score(train))
     return Fitted(model, params={**params, "best_iteration": booster.best_iteration})
 
 
@@ -239,7 +240,7 @@ class TrainResult:
 
     def summary(self) -> str:
         m = self.metrics
-        head = ", ".join(f"{k} {m[k]:.3f}" for k in ("roc_auc", "pr_auc", "brier", "qini") if k in m)
+        head = ", ".join(f"{k} {m[k]:.3f}" for k in ("roc_auc", "pr_auc", "brier", "qini", "ndcg_at_10", "recall_at_20") if k in m)
         notes = "".join(f"\n  note: {n}" for n in self.notes)
         return f"{self.task} v{self.version}: {head}; {'champion' if self.promoted else 'challenger'} ({self.decision}){notes}"
 

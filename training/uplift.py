@@ -16,7 +16,7 @@ from features.lake import Lake
 from propel.config import Workspace
 from training import labels, oracle
 from training.evaluate import plot_qini, qini_coefficient, uplift_at
-from training.model import PropelUplift
+from training.model import PropelUplift, decile_edges
 from training.pipeline import (TrainResult, build_frame, check_eligible, decide_and_promote, fit_classifier,
                                log_model, tracked_run)
 
@@ -41,6 +41,7 @@ def train(ws: Workspace, tune_seconds: float = 0, truth_dir=None) -> TrainResult
     treated = fit_classifier(frame, arm["treatment"]["train"], arm["treatment"]["valid"], cfg, "uplift_treated")
     control = fit_classifier(frame, arm["control"]["train"], arm["control"]["valid"], cfg, "uplift_control")
     model = PropelUplift(treated.model, control.model, SERVICE)
+    model.decile_edges = decile_edges(model.predict(None, parts["train"])["score"])
     test = parts["test"]
     pred = model.predict(None, test)
     rng = np.random.default_rng(cfg.seed)
