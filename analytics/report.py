@@ -214,7 +214,7 @@ def cltv_block(ws: Workspace, con) -> str:
 
 def segment_section(ws: Workspace, con) -> str:
     seg, profiles = segments.latest(ws)
-    consent = con.execute("SELECT customer_id, coalesce(marketing_consent, true) AS consent FROM customers").df()
+    consent = con.execute("SELECT customer_id, true AS consent FROM contactable").df()
     seg = seg.merge(consent, on="customer_id", how="left")
     seg["consent"] = seg["consent"].astype("boolean").fillna(False).astype(bool)
     snapshot = _fmt(seg["event_timestamp"].iloc[0]) if len(seg) else ""

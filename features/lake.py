@@ -93,6 +93,9 @@ class Lake:
             "JOIN identity_map m ON m.identity_type = 'customer_id' AND m.identity_value = c.customer_id"
             ") WHERE _rn = 1"
         )
+        # The one consent rule every export uses: only an explicit yes on the customer's record counts;
+        # customers without a CRM record (anonymous profiles) or without a value are not contactable.
+        con.execute("CREATE OR REPLACE VIEW contactable AS SELECT customer_id FROM customers WHERE marketing_consent")
         for name in ("items", "campaigns", "labels"):
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_latest")
         return con

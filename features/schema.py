@@ -81,7 +81,7 @@ TABLES: dict[str, Table] = {
             (
                 Column("customer_id", "id", doc="the business's own customer id; kept as the person's id"),
                 Column("signup_at", "timestamp", doc="when the customer registered"),
-                Column("marketing_consent", "bool", False, "may we market to them (default true)", default="true"),
+                Column("marketing_consent", "bool", False, "may we market to them (missing = not given: never exported for contact)"),
             ),
             "CRM records, one per customer; any extra attribute columns flow through to features.",
             key=("customer_id",),

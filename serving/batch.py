@@ -46,9 +46,6 @@ SCORE_TASKS = ("churn", "propensity", "uplift")
 SEGMENT_COLUMNS = ("segment", "rfm_segment")  # a segment feature, when the feature table has one
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # Customers whose CRM record refuses marketing (lake view `customers`; a missing value means consent given)
-REFUSED_SQL = "SELECT customer_id FROM customers GROUP BY customer_id HAVING NOT bool_and(marketing_consent)"
-
-
 def load_champion(ws: Workspace, task: str) -> Champion:
     """The task's champion (serving.scoring's, pinned to its version); ValueError when there is none,
     without creating a model registry in a workspace that has none."""
@@ -160,14 +157,14 @@ class Audience:
         self.con = Lake(ws).connect()
         profile = "".join(f', p."{c}"' for c in snap.catalog.get("profile_columns", {}))
         segments = ws.segments / snap.path.name  # `propel segments` output for this snapshot, if it ran
-        self.con.execute(f"CREATE TEMP TABLE refused AS {REFUSED_SQL}")
+        self.con.execute("CREATE TEMP TABLE allowed AS SELECT customer_id FROM contactable")
         self.con.execute(f"""CREATE TEMP VIEW base AS SELECT f.* EXCLUDE (event_timestamp){profile}
                                {", s.* EXCLUDE (customer_id, event_timestamp)" if segments.exists() else ""},
-                               r.customer_id IS NULL AS _consent
+                               a.customer_id IS NOT NULL AS _consent
                              FROM read_parquet('{snap.path}') f
                              LEFT JOIN read_parquet('{ws.features / PROFILE}') p USING (customer_id)
                              {f"LEFT JOIN read_parquet('{segments}') s USING (customer_id)" if segments.exists() else ""}
-                             LEFT JOIN refused r USING (customer_id)""")
+                             LEFT JOIN allowed a USING (customer_id)""")
         self.columns = [r[0] for r in self.con.execute("DESCRIBE base").fetchall() if not r[0].startswith("_")]
         self.where = where_sql(where, self.columns) if where else "true"
         self.filter = f"({self.where})" + (" AND _consent" if honour_consent else "")

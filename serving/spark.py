@@ -26,7 +26,7 @@ from features.build import PROFILE
 from features.lake import Lake
 from propel.config import Workspace
 from serving.audience import where_sql
-from serving.batch import (REFUSED_SQL, Campaign, Champion, context, decile_sql, label, load_champion, model_uri,
+from serving.batch import (Campaign, Champion, context, decile_sql, label, load_champion, model_uri,
                            snapshot)
 
 # Defaults for a local session (the test and a laptop); on a cluster set the same keys in spark-submit.
@@ -62,10 +62,9 @@ def features(spark: SparkSession, ws: Workspace, as_of: date | None = None) -> D
     return df
 
 
-def refusers(spark: SparkSession, ws: Workspace) -> DataFrame:
-    """Customers who refused marketing (missing consent means given): read from the lake with DuckDB,
-    small enough to broadcast."""
-    table = Lake(ws).connect().sql(REFUSED_SQL).to_arrow_table()
+def contactable(spark: SparkSession, ws: Workspace) -> DataFrame:
+    """Customers who gave marketing consent (the lake's `contactable` view, read with DuckDB)."""
+    table = Lake(ws).connect().sql("SELECT customer_id FROM contactable").to_arrow_table()
     return spark.createDataFrame(table.to_pandas() if table.num_rows else [], "customer_id string")
 
 
@@ -86,7 +85,7 @@ def score(spark: SparkSession, ws: Workspace, task: str, as_of: date | None = No
     if where:
         df = df.where(where_sql(where, df.columns, dialect="spark"))
     if honour_consent:
-        df = df.join(F.broadcast(refusers(spark, ws)), "customer_id", "left_anti")
+        df = df.join(contactable(spark, ws), "customer_id", "left_semi")
     ctx = context(champion, campaign, send_at or datetime.now(timezone.utc))
     outputs = ["score", "p_treated", "p_control"] if task == "uplift" else ["score"]
     udf = mlflow.pyfunc.spark_udf(spark, model_uri(champion), result_type=", ".join(f"{c} double" for c in outputs),

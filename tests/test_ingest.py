@@ -207,12 +207,13 @@ def test_csv_and_parquet_give_the_same_lake(tmp_path, generated):
         pd.testing.assert_frame_equal(a, b, check_dtype=False)
 
 
-def test_missing_consent_defaults_to_true(ws, raw):
+def test_missing_consent_means_not_given(ws, raw):
     write(raw, "customers.csv", "customer_id,signup_at,marketing_consent\nC1,2025-01-01,\nC2,2025-01-01,no")
     write(raw, "customers_b.csv", "customer_id,signup_at\nC3,2025-01-01")
     ingest(raw, ws, now=NOW)
     c = lake_frame(ws, "SELECT customer_id, marketing_consent FROM customers ORDER BY 1")
-    assert c.values.tolist() == [["C1", True], ["C2", False], ["C3", True]]
+    assert c["marketing_consent"].isna().tolist() == [True, False, True] and c.loc[1, "marketing_consent"] == False  # noqa: E712
+    assert lake_frame(ws, "SELECT customer_id FROM contactable")["customer_id"].tolist() == []
 
 
 def test_row_numbers_are_per_file_when_files_are_staged_in_parallel(ws, raw):

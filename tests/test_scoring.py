@@ -47,9 +47,11 @@ def base(champions) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def refused(champions) -> set[str]:
+def refused(champions, base) -> set[str]:
+    """Snapshot customers without an explicit yes (a no, no value, or no CRM record at all)."""
     con = Lake(champions).connect()
-    return {r[0] for r in con.execute("SELECT customer_id FROM customers WHERE NOT marketing_consent").fetchall()}
+    yes = {r[0] for r in con.execute("SELECT customer_id FROM customers WHERE marketing_consent").fetchall()}
+    return set(base["customer_id"]) - yes
 
 
 def test_top_share_export_honours_consent(champions, base, refused, tmp_path):
