@@ -70,7 +70,9 @@ demo: $(STAMP) ## Run the whole pipeline on generated demo data
 	$(MAKE) --no-print-directory ingest
 	$(MAKE) --no-print-directory features
 	$(MAKE) --no-print-directory train
+	$(MAKE) --no-print-directory segments
 	$(MAKE) --no-print-directory models
+	$(MAKE) --no-print-directory report
 
 .PHONY: test
 test: $(STAMP) ## Run the test suite
