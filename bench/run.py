@@ -4,6 +4,8 @@ Each stage runs as its own child process so its wall time and peak RSS are its o
   ingest-1m / ingest-10m   ingestion of ~1M and ~10M generated events (target: 10M in <= 60 s, <= 4 GiB)
   features-1m              1M customers / ~50M events: feature build, materialize, reads, training set
   score-1m                 batch scoring: 1M customers scored and exported by `propel score` (bench/score.py)
+  serve                    the HTTP service under load on loopback (wrk), demo-size models (bench/serve.py)
+  recommender              ALS fit 1M x 50k x 20M, recommend() latency, batch top-10 for 1M (bench/recommender.py)
 Pick with `BENCH=ingest-1m,ingest-10m make bench` (default: all). Results: bench/results/<stamp>.json.
 The machine this ran on is recorded with the figures; compare ratios within one run, not across runs.
 """
@@ -23,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import score as score_bench  # bench/score.py
+import recommender as recommender_bench  # bench/recommender.py
+import serve as serve_bench  # bench/serve.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -30,7 +34,9 @@ WORK = Path(os.environ.get("BENCH_DIR", ROOT / "bench" / "work"))
 RESULTS = ROOT / "bench" / "results"
 # name -> (customers, days): ~50 events per person-year in the generator
 SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m": (1_000_000, 365),
-          "score-1m": (20_000, 365)}  # a champion trained on 20k people, scoring 1M synthetic customers
+          "score-1m": (20_000, 365),  # a champion trained on 20k people, scoring 1M synthetic customers
+          "serve": (20_000, 365),  # the demo's models behind HTTP
+          "recommender": (1_000_000, 0)}  # synthetic interactions, no generated history
 # DuckDB working memory per scale (propel.toml); 50M events need more than the laptop default to stage
 MEMORY = {"features-1m": "4.5GB"}
 
@@ -130,7 +136,9 @@ def main() -> None:
         raise SystemExit(f"unknown BENCH scale(s) {sorted(unknown)}; choose from {list(SCALES)}")
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "rows": []}
     for name in chosen:
-        result["rows"] += score_bench.stages(WORK / name, run) if name == "score-1m" else bench_scale(name)
+        stages = {"score-1m": score_bench.stages, "serve": serve_bench.stages,
+                  "recommender": recommender_bench.stages}.get(name)
+        result["rows"] += stages(WORK / name, run) if stages else bench_scale(name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{result['when'].replace(':', '')}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -106,13 +106,15 @@ class CustomerScorer:
         known = [i for i, c in enumerate(customer_ids) if c not in unknown]
         rows = {}
         if known:
-            rows = dict(zip(known, self.score_frame(features.iloc[known], context, reasons)))
+            found = features if len(known) == len(customer_ids) else features.iloc[known]
+            rows = dict(zip(known, self.score_frame(found, context, reasons)))
         return [rows.get(i) or {"customer_id": c, "status": 404, "error": "unknown customer: no features in the online store"}
                 for i, c in enumerate(customer_ids)]
 
     def score_frame(self, features: pd.DataFrame, context: dict[str, str] | None, reasons: int) -> list[dict]:
         """Result rows for feature rows (customer_id plus the champion's features)."""
         champ, model = self.champion, self.champion.model
+        ids = features["customer_id"].tolist()
         if context:
             features = features.assign(**context)
         if champ.task == "uplift":
@@ -121,10 +123,10 @@ class CustomerScorer:
             extra = {"p_treated": pred["p_treated"].to_numpy(), "p_control": pred["p_control"].to_numpy()}
             name = "uplift"
         else:
+            features = model.matrix(features)  # encoded once for score() and explain()
             score, extra, name = model.score(features), {}, "probability"
         deciles = champ.deciles(score)
-        why = model.explain(features, reasons) if reasons else [[] for _ in range(len(features))]
-        ids = features["customer_id"].tolist()
+        why = model.explain(features, reasons) if reasons else [[] for _ in ids]
         return [{"customer_id": ids[i], "status": 200, name: float(score[i]),
                  **{k: float(v[i]) for k, v in extra.items()},
                  "decile": int(deciles[i]) if deciles is not None else None,

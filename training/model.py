@@ -107,7 +107,10 @@ class PropelClassifier(mlflow.pyfunc.PythonModel):
         return {k: v for k, v in self.__dict__.items() if k not in ("_booster", "_levels")}
 
     def matrix(self, df) -> np.ndarray:
-        """This model's input as LightGBM reads it (see `encode`)."""
+        """This model's input as LightGBM reads it (see `encode`); an already encoded matrix passes through,
+        so a caller can encode once for score() and explain()."""
+        if isinstance(df, np.ndarray):
+            return df
         if getattr(self, "_levels", None) is None:
             self._levels = level_index(self.categories)
         return encode(df, self.features, self._levels)
