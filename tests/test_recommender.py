@@ -21,7 +21,8 @@ from training import recommender, registry
 from training.interactions import DAY, load_events, temporal_split
 from training.rank_metrics import all_metrics, ranking_metrics
 from training.rec_models import ALS, Popularity
-from training.recommend import load_recommender, top_k
+from training.recommend import load_recommender
+from training.topk import NormOrder, top_k, top_k_rows
 
 EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_type,item_id,quantity,revenue,session_id"
 
@@ -52,6 +53,26 @@ def test_top_k_is_exact_and_skips_blocked_items():
     few = np.full(100, -np.inf)
     few[[7, 3]] = [1.0, 2.0]
     assert top_k(few, 5).tolist() == [3, 7]
+
+
+def test_norm_ordered_search_equals_a_full_sort():
+    rng = np.random.default_rng(1)
+    factors = (rng.standard_normal((5000, 16)) * rng.gamma(1, 1, (5000, 1))).astype(np.float32)
+    states = rng.standard_normal((300, 16)).astype(np.float32)
+    items, groups = np.flatnonzero(rng.random(5000) < 0.95), rng.integers(0, 5, 5000)
+    seen = sp.random(300, 5000, density=0.003, format="csr", random_state=2)
+    search = NormOrder(factors, items, groups)
+    for allowed, group in ((None, None), (rng.random(5000) < 0.5, None), (rng.random(5000) < 0.1, None),
+                           ((groups == 3) & (rng.random(5000) < 0.7), 3)):
+        scores = states @ factors.T
+        mask = np.isin(np.arange(5000), items) & (True if allowed is None else allowed)
+        scores[:, ~mask] = -np.inf
+        coo = seen.tocoo()
+        scores[coo.row, coo.col] = -np.inf
+        top, best = search.top(states, 10, seen, allowed)
+        assert np.array_equal(best, np.take_along_axis(scores, top_k_rows(scores, 10), 1))
+        for r in range(0, 300, 7):  # a single request's search gives the batch's answer
+            assert search.top_one(states[r], 10, seen[r].indices, allowed, group)[0].tolist() == top[r].tolist()
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@
 `Recommender` is the registered pyfunc itself (`models:/recommender@champion` unwraps to it). It carries
 the winning model, the id maps, each known customer's history (summed weights, recent sequence) and
 precomputed state, purchases for exclusion, the catalogue (category, price, in_stock), popularity, and
-the serving settings it was trained with. All per-request work is NumPy over precomputed arrays
-(a dot product, boolean masks, an exact threshold top-k), and nothing is mutated after loading, so
-concurrent reads are safe.
+the serving settings it was trained with. All per-request work is NumPy over precomputed arrays (an
+exact top-k search that scores items in descending-norm order and stops early, see training/topk.py;
+boolean masks for filters), and nothing is mutated after loading, so concurrent reads are safe.
 
 Behaviour:
 - a known customer gets the model's top-k, never items they bought (`exclude_purchased`), only in-stock
@@ -32,9 +32,10 @@ import scipy.sparse as sp
 from propel.config import RecommendSettings, Workspace
 from training.interactions import Histories
 from training.rec_models import FactorModel, RecModel
+from training.topk import NormOrder, top_k, top_k_rows
 
 TASK = "recommender"
-BATCH_ROWS = 50_000  # customers per chunk in batch scoring
+BATCH_ROWS = 20_000  # customers per chunk in batch scoring (bounds the score blocks' memory)
 
 
 @dataclass
@@ -44,33 +45,6 @@ class Recommendations:
     explored: list[bool]  # True for items mixed in by the exploration share (new items)
     fallback: str | None  # None, or why a fallback was used: "unknown_customer" (popular items)
     model: str  # which model produced them ("als", "popular", ...)
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest finite scores, best first (fewer if fewer are finite). Exact: the k-th
-    largest of a strided sample is a lower bound for the true k-th largest, so only the (few) scores
-    above it need sorting."""
-    n = len(scores)
-    if k <= 0 or n == 0:
-        return np.empty(0, np.int64)
-    if n > 64 * k:
-        sample = scores[:: n // (16 * k)]
-        candidates = np.flatnonzero(scores >= np.partition(sample, len(sample) - k)[len(sample) - k])
-    else:
-        candidates = np.arange(n)
-    candidates = candidates[np.isfinite(scores[candidates])]
-    if len(candidates) > k:
-        candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-    return candidates[np.argsort(-scores[candidates], kind="stable")]
-
-
-def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Row-wise top-k indices (rows x k), best first, -1 where a row has fewer finite scores."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(part, order, axis=1)
-    return np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top, -1)
 
 
 class Recommender(mlflow.pyfunc.PythonModel):
@@ -88,27 +62,33 @@ class Recommender(mlflow.pyfunc.PythonModel):
         self.in_stock = catalog["in_stock"].to_numpy(bool)
         self.popularity = np.asarray(popularity, np.float32)
         self.known = np.asarray(known, bool)  # items the model can rank (interactions in its training data)
-        sellable = self.in_stock if cfg.in_stock_only else np.ones(len(items), bool)
+        self.in_stock_only, self.exclude_purchased = cfg.in_stock_only, cfg.exclude_purchased
+        self.exploration_share, self.fresh_weight = cfg.exploration_share, cfg.fresh_weight
+        self._derive()
+
+    DERIVED = ("rankable", "new_items", "new_pool", "dense", "norm_order", "_customer_row", "_item_row",
+               "_category_code", "_customer_index")
+
+    def _derive(self) -> None:
+        """Masks and indexes computed from the stored arrays, at packaging and again at loading."""
+        sellable = self.in_stock if self.in_stock_only else np.ones(len(self.items), bool)
         self.rankable = self.known & sellable
         self.new_items = ~self.known & sellable  # the exploration pool
         self.new_pool = np.flatnonzero(self.new_items)
-        self.exclude_purchased, self.exploration_share = cfg.exclude_purchased, cfg.exploration_share
-        self.fresh_weight, self.threads = cfg.fresh_weight, cfg.threads
-        self._index()
-
-    def _index(self) -> None:
+        self.dense = isinstance(self.model, FactorModel)
+        self.norm_order = NormOrder(self.model.item_factors, np.flatnonzero(self.rankable),
+                                    self.category) if self.dense else None
         self._customer_row = {c: i for i, c in enumerate(self.customers)}
         self._item_row = {c: i for i, c in enumerate(self.items)}
         self._category_code = {c: i for i, c in enumerate(self.categories)}
         self._customer_index = pd.Index(self.customers)
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in
-                ("_customer_row", "_item_row", "_category_code", "_customer_index")}
+        return {k: v for k, v in self.__dict__.items() if k not in self.DERIVED}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._index()
+        self._derive()
 
     # ---- the contract --------------------------------------------------------------------------
     def knows_customer(self, customer_id: str) -> bool:
@@ -123,23 +103,27 @@ class Recommender(mlflow.pyfunc.PythonModel):
                   fresh_items: list[str] | None = None) -> Recommendations:
         row = self._customer_row.get(customer_id) if customer_id is not None else None
         fresh = [self._item_row[i] for i in fresh_items or () if i in self._item_row]
-        fallback, name = None, self.model.name
-        if fresh:
-            scores = self._fold_in(row, fresh)
-        elif row is not None:
-            scores = self.model.scores(self.state[row:row + 1])[0]
-        else:
-            scores, fallback, name = self.popularity, "unknown_customer", "popular"
         wanted = self._filter(category, min_price, max_price, allowed_items, exclude)
-        mask = self.rankable.copy() if wanted is None else self.rankable & wanted
-        if self.exclude_purchased and row is not None:
-            mask[self.purchased.indices[self.purchased.indptr[row]:self.purchased.indptr[row + 1]]] = False
         pool = self.new_pool if wanted is None else np.flatnonzero(self.new_items & wanted)
         n_explore = min(int(k * self.exploration_share), len(pool))
-        top = top_k(np.where(mask, scores, -np.inf), k - n_explore)
+        seen = None
+        if self.exclude_purchased and row is not None:
+            seen = self.purchased.indices[self.purchased.indptr[row]:self.purchased.indptr[row + 1]]
+        fallback, name = None, self.model.name
+        if fresh or row is not None:
+            state = self._fold_in(row, fresh) if fresh else self.state[row:row + 1]
+            if self.dense:
+                group = self._category_code.get(category, -2) if category is not None else None
+                top, scores = self.norm_order.top_one(np.asarray(state[0], np.float32), k - n_explore, seen, wanted,
+                                                      group)
+            else:
+                top, scores = self._masked_top(self.model.scores(state)[0], k - n_explore, seen, wanted)
+        else:
+            fallback, name = "unknown_customer", "popular"
+            top, scores = self._masked_top(self.popularity, k - n_explore, None, wanted)
         explored = self._explore(np.array([customer_id or ""], object), pool, n_explore)[0]
         return Recommendations(items=[self.items[i] for i in top] + [self.items[i] for i in explored],
-                               scores=[float(scores[i]) for i in top] + [0.0] * len(explored),
+                               scores=[float(x) for x in scores] + [0.0] * len(explored),
                                explored=[False] * len(top) + [True] * len(explored), fallback=fallback, model=name)
 
     def similar_items(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
@@ -206,7 +190,15 @@ class Recommender(mlflow.pyfunc.PythonModel):
             masks.append(keep)
         return np.logical_and.reduce(masks) if masks else None
 
-    def _fold_in(self, row: int | None, fresh: list[int]) -> np.ndarray:
+    def _masked_top(self, scores: np.ndarray, k: int, seen: np.ndarray | None, wanted: np.ndarray | None):
+        mask = self.rankable.copy() if wanted is None else self.rankable & wanted
+        if seen is not None:
+            mask[seen] = False
+        top = top_k(np.where(mask, scores, -np.inf), k)
+        return top, scores[top]
+
+    def _fold_in(self, row: int | None, fresh: list[int]):
+        """The customer's state from their history plus the fresh items."""
         n = len(self.items)
         weights = self.histories.weights[row] if row is not None else sp.csr_matrix((1, n), dtype=np.float32)
         weights = weights + sp.csr_matrix((np.full(len(fresh), self.fresh_weight, np.float32),
@@ -215,21 +207,17 @@ class Recommender(mlflow.pyfunc.PythonModel):
         if self.model.seq_len:
             before = self.histories.seq[row] if row is not None else np.zeros(self.model.seq_len, np.int32)
             seq = np.r_[before, np.asarray(fresh, np.int32) + 1][-self.model.seq_len:][None, :]
-        return self.model.scores(self.model.state(Histories(sp.csr_matrix(weights), seq)))[0]
+        return self.model.state(Histories(sp.csr_matrix(weights), seq))
 
     def _batch_known(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(self.model, FactorModel):  # implicit's fused dot product + top-k, filters in C++
-            from implicit.cpu.topk import topk
-
-            seen = sp.csr_matrix(self.purchased[rows], dtype=np.float32) if self.exclude_purchased else None
-            ids, scores = topk(self.model.item_factors, np.ascontiguousarray(self.state[rows], np.float32), k,
-                               filter_query_items=seen, filter_items=np.flatnonzero(~self.rankable).astype(np.int32),
-                               num_threads=self.threads)
-            return np.where(np.isfinite(scores) & (scores > -1e37), ids, -1), scores
+        seen = self.purchased[rows] if self.exclude_purchased else None
+        if self.dense:
+            top, scores = self.norm_order.top(np.asarray(self.state[rows], np.float32), k, seen)
+            return top, np.where(top >= 0, scores, 0)
         scores = self.model.scores(self.state[rows])
         scores[:, ~self.rankable] = -np.inf
-        if self.exclude_purchased:
-            p = self.purchased[rows].tocoo()
+        if seen is not None:
+            p = seen.tocoo()
             scores[p.row, p.col] = -np.inf
         top = top_k_rows(scores, k)
         return top, np.where(top >= 0, np.take_along_axis(scores, np.maximum(top, 0), axis=1), 0)

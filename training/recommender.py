@@ -34,7 +34,8 @@ from training.interactions import Events, Histories, Split, load_events, popular
 from training.pipeline import NotEligible, TrainResult, decide_and_promote
 from training.rank_metrics import KS, all_metrics
 from training.rec_models import ALS, BPR, ItemKNN, Popularity, RandomModel, RecModel
-from training.recommend import TASK, Recommender, top_k_rows
+from training.recommend import TASK, Recommender
+from training.topk import top_k_rows
 from training.sequence_model import SequenceModel
 
 log = logging.getLogger(__name__)
