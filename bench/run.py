@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import score as score_bench  # bench/score.py
+from common import free_port, wait_for_port  # bench/common.py
 import recommender as recommender_bench  # bench/recommender.py
 import serve as serve_bench  # bench/serve.py
 
@@ -60,18 +60,12 @@ def redis_server(workdir: Path):
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("[bench] redis-server not found: apt-get install redis-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(workdir)], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(200):  # until it accepts connections (bounded)
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        wait_for_port(port)
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import common  # bench/common.py
+from common import BIN, ROOT
+
 sys.path.insert(0, str(ROOT))
-BIN = Path(sys.executable).parent
 CUSTOMERS = 1_000_000
 # label -> `propel score churn` arguments (the output file is added)
 RUNS = {
@@ -45,27 +45,10 @@ def stages(base: Path, run) -> list[dict]:
     return rows
 
 
-def propel(*args) -> None:
-    subprocess.run([str(BIN / "propel"), *map(str, args)], check=True)
-
 
 def demo_workspace(base: Path) -> Path:
     """20k customers x 365 days with features and a churn champion (as `make demo`)."""
-    demo = base / "demo"
-    if (demo / ".ready").exists():
-        return demo
-    raw = ROOT / "bench" / "work" / "ingest-1m" / "raw"
-    if not (raw / "_truth").exists():
-        raw = base / "raw"
-        shutil.rmtree(raw, ignore_errors=True)
-        propel("generate", "--customers", 20_000, "--days", 365, "--format", "parquet", raw)
-    shutil.rmtree(demo, ignore_errors=True)
-    propel("--workspace", demo, "ingest", raw)
-    propel("--workspace", demo, "features", "build")
-    propel("--workspace", demo, "features", "apply")
-    propel("--workspace", demo, "train", "churn")
-    (demo / ".ready").touch()
-    return demo
+    return common.demo_workspace(base / "demo", [("features", "build"), ("features", "apply"), ("train", "churn")])
 
 
 def big_workspace(demo: Path, ws: Path, n: int) -> None:

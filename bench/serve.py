@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import BIN, ROOT, demo_workspace, free_port, wait_for_port  # bench/common.py
+
 sys.path.insert(0, str(ROOT))
-BIN = Path(sys.executable).parent
 SECONDS = float(os.environ.get("SERVE_BENCH_SECONDS", 10))  # per wrk run
 CONCURRENCY = (1, 8, 32)
 FIXED = {"/recommend": 200, "/score/churn": 50}  # open-loop rates (requests per second), FIXED_SECONDS each
@@ -43,26 +42,9 @@ FIXED_SECONDS = 15
 WORKERS = os.environ.get("SERVE_BENCH_WORKERS")  # default: the workspace's serve.workers
 
 
-def propel(*args) -> None:
-    subprocess.run([str(BIN / "propel"), *map(str, args)], check=True)
-
-
 def setup(base: Path) -> Path:
-    ws = base / "ws"
-    if (ws / ".ready").exists():
-        return ws
-    raw = ROOT / "bench" / "work" / "ingest-1m" / "raw"
-    if not (raw / "_truth").exists():
-        raw = base / "raw"
-        shutil.rmtree(raw, ignore_errors=True)
-        propel("generate", "--customers", 20_000, "--days", 365, "--format", "parquet", raw)
-    shutil.rmtree(ws, ignore_errors=True)
-    propel("--workspace", ws, "ingest", raw)
-    for step in ("build", "apply", "materialize"):
-        propel("--workspace", ws, "features", step)
-    propel("--workspace", ws, "train", "all")
-    (ws / ".ready").touch()
-    return ws
+    return demo_workspace(base / "ws", [("features", step) for step in ("build", "apply", "materialize")]
+                          + [("train", "all")])
 
 
 # ---- what is asked -------------------------------------------------------------------------------
@@ -124,11 +106,6 @@ def in_process(s: dict) -> dict[str, dict]:
 
 
 # ---- the server ----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(ws: Path, log: Path) -> tuple[subprocess.Popen, int]:
@@ -301,11 +278,7 @@ def control(tmp: Path) -> list[dict]:
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "serve:echo_app", "--app-dir", str(ROOT / "bench"),
                              "--port", str(port), "--log-level", "warning", "--no-access-log"], start_new_session=True)
     try:
-        for _ in range(200):  # until it accepts connections (bounded)
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        wait_for_port(port)
         rows = []
         for c in CONCURRENCY:
             r = wrk(port, "/echo", [{"x": 1}], c, tmp)
