@@ -124,6 +124,9 @@ class RecommendSettings:
                              f"use {list(EVENT_TYPES)}")
         if self.confidence not in ("log", "linear"):
             raise ValueError(f"recommend.confidence must be 'log' or 'linear', not {self.confidence!r}")
+        metrics = [f"{m}_at_{k}" for m in ("ndcg", "recall", "precision", "map", "hit_rate") for k in (10, 20)]
+        if self.selection_metric not in metrics:
+            raise ValueError(f"recommend.selection_metric must be one of {metrics}, not {self.selection_metric!r}")
         if not 0 <= self.exploration_share < 1:
             raise ValueError(f"recommend.exploration_share must be in [0, 1), not {self.exploration_share}")
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
-import implicit
 import mlflow
 import numpy as np
 import pandas as pd
@@ -35,8 +35,8 @@ from training.pipeline import NotEligible, TrainResult, decide_and_promote
 from training.rank_metrics import KS, all_metrics
 from training.rec_models import ALS, BPR, ItemKNN, Popularity, RandomModel, RecModel
 from training.recommend import TASK, Recommender
-from training.topk import top_k_rows
 from training.sequence_model import SequenceModel
+from training.topk import top_k_rows
 
 log = logging.getLogger(__name__)
 MIN_TEST_CUSTOMERS = 20  # fewer customers with new items in the test window cannot rank models reliably
@@ -228,8 +228,8 @@ def train(ws: Workspace, tune_seconds: float = 0, truth_dir=None) -> TrainResult
         info = mlflow.pyfunc.log_model(
             name="model", python_model=rec, registered_model_name=TASK, input_example=example,
             signature=infer_signature(example, rec.predict(None, example), params={"k": 10}),
-            pip_requirements=[f"implicit=={implicit.__version__}", f"torch=={__import__('torch').__version__}",
-                              "numpy", "pandas", "scipy", "threadpoolctl"])
+            pip_requirements=[f"implicit=={version('implicit')}", f"torch=={version('torch')}", "numpy", "pandas",
+                              "scipy", "threadpoolctl"])
     return decide_and_promote(ws, TASK, str(info.registered_model_version), run.info.run_id, metrics, split, tcfg,
                               notes, metric, lambda champion, s: evaluate(champion_scorer(champion, events.items), s,
                                                                            champion.model.seq_len)[0][metric])
