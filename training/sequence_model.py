@@ -10,8 +10,8 @@ Training examples come from the history itself: at up to MAX_CUTS past cut point
 the input is what a customer did before the cut and the targets are the items new to them in the
 following `test_days` (the window the evaluation scores), with items they already had masked out of
 the softmax - the "future window" objective of PinnerFormer (Pancha et al. 2022) rather than SASRec's
-next item, which on retail data mostly learns to predict repeats. (A causal-transformer next-item
-encoder was tried here first: it fit next items well and the 4-week window worse than popularity.)
+next item: the model is trained on the task it is judged on, and the encoder stays cheap enough to
+converge within the CPU budget.
 
 CPU only, seeded, `torch.set_num_threads(seq_threads)`, within `seq_seconds`, early stopping on held-out
 examples. Fold-in is one forward pass over any sequence, fresh items included.
