@@ -13,7 +13,7 @@ errors; /score/churn for one customer p99 <= 10 ms including the online feature 
          in-process cost of the same call (the floor); and the same load against a bare uvicorn echo
          app (the control: what this machine's scheduling alone costs at the tail).
 
-`python bench/serve.py [setup|load] [BASE]`; no argument = both, results in bench/results/serve-<time>.json.
+`python bench/serve.py [setup|load|control] [BASE]`; no argument = setup and load, results in bench/results/serve-<time>.json.
 """
 
 from __future__ import annotations
@@ -155,8 +155,10 @@ async def echo_app(scope, receive, send):
         return
     while (await receive()).get("more_body"):
         pass
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"ok": true}'})
+    body = b'{"ok": true}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 WRK_SCRIPT = """
@@ -308,6 +310,9 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     if what in ("setup", "all"):
         setup(base)
+    if what == "control":
+        with tempfile.TemporaryDirectory() as tmp:
+            control(Path(tmp))
     if what in ("load", "all"):
         rows = load(base)
         (base / "serve_bench.json").write_text(json.dumps(rows, indent=2))
