@@ -45,7 +45,6 @@ from serving.scoring import BadContext, Champion, NoChampion, check_context
 SCORE_TASKS = ("churn", "propensity", "uplift")
 SEGMENT_COLUMNS = ("segment", "rfm_segment")  # a segment feature, when the feature table has one
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-# Customers whose CRM record refuses marketing (lake view `customers`; a missing value means consent given)
 def load_champion(ws: Workspace, task: str) -> Champion:
     """The task's champion (serving.scoring's, pinned to its version); ValueError when there is none,
     without creating a model registry in a workspace that has none."""
