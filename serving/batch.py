@@ -45,6 +45,8 @@ from serving.scoring import BadContext, Champion, NoChampion, check_context
 SCORE_TASKS = ("churn", "propensity", "uplift")
 SEGMENT_COLUMNS = ("segment", "rfm_segment")  # a segment feature, when the feature table has one
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
 def load_champion(ws: Workspace, task: str) -> Champion:
     """The task's champion (serving.scoring's, pinned to its version); ValueError when there is none,
     without creating a model registry in a workspace that has none."""
