@@ -5,7 +5,7 @@ every call (with runtime type checks on each field): ~40 ms for one customer her
 target. `OnlineReader` resolves the service once, then reads the same tables Feast reads (SQLite:
 one indexed SELECT per view; Redis: one pipelined HMGET per entity and view, Feast's keys and
 fields) and decodes the values as Feast's converter does, so answers equal Feast's
-(tests/test_online_read.py compares them value for value). On-demand views run their own
+(tests/test_online_write.py compares them value for value). On-demand views run their own
 transformation on the request data, as Feast does. Build a new reader after `features apply`.
 """
 
@@ -25,7 +25,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type
 from feast.value_type import ValueType
 
-from features.online_write import entity_keys
+from features.online_write import DOUBLE_TAG, entity_keys
 
 
 class OnlineReader:
@@ -68,7 +68,8 @@ class OnlineReader:
                          "WHERE entity_key IN ({})" for view, _ in self.views]
         else:
             self._redis = store._get_provider().online_store._get_client(cfg.online_store)
-            self._fields = [[_mmh3(f"{view.name}:{n}") for n in names] for view, names in self.views]
+            # per view: the hash fields of its features, then its timestamp field (as Feast stores them)
+            self._fields = [[*(_mmh3(f"{view.name}:{n}") for n in names), f"_ts:{view.name}"] for view, names in self.views]
 
     def read(self, ids: list[str], request_ts: datetime | None = None) -> tuple[pd.DataFrame, list[str]]:
         """One row per requested id, in order (duplicates kept), and the ids the store does not know.
@@ -105,7 +106,7 @@ class OnlineReader:
             return
         known[rows] = True
         slots = [self._slot.get(n, _NO_SLOT) for n in names]
-        double = [s[1] and len(b) == 9 and b[0] == _DOUBLE_TAG for s, b in zip(slots, blobs)]
+        double = [s[1] and len(b) == 9 and b[0] == DOUBLE_TAG for s, b in zip(slots, blobs)]
         at = [(r, s[0]) for r, s, d in zip(rows, slots, double) if d]
         if at:
             wire = np.frombuffer(b"".join(b for b, d in zip(blobs, double) if d), dtype=_DOUBLE_WIRE)
@@ -139,8 +140,8 @@ class OnlineReader:
         pipe = self._redis.pipeline(transaction=False)
         project = self.project.encode()
         for k in position:
-            for fields, (view, _) in zip(self._fields, self.views):
-                pipe.hmget(k + project, [*fields, f"_ts:{view.name}"])
+            for fields in self._fields:
+                pipe.hmget(k + project, fields)
         replies = iter(pipe.execute())
         rows, names, blobs = [], [], []
         for row in position.values():
@@ -156,7 +157,6 @@ class OnlineReader:
 _MISS = object()
 _NO_SLOT = (-1, False)
 _DOUBLE_WIRE = np.dtype([("tag", "u1"), ("value", "<f8")])
-_DOUBLE_TAG = Value(double_val=1.0).SerializeToString()[0]
 _SCALAR_KINDS = {"int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"}
 _NUMERIC_TYPES = {ValueType.INT64, ValueType.INT32, ValueType.DOUBLE, ValueType.FLOAT, ValueType.BOOL}
 

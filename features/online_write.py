@@ -50,7 +50,7 @@ _SCALARS = {
 }
 _KEY_TYPES = (ValueType.STRING, ValueType.INT64)
 # A double ValueProto is field 5 with wire type 1 (fixed 64-bit): one tag byte, then 8 bytes little-endian.
-_DOUBLE_TAG = Value(double_val=1.0).SerializeToString()[0]
+DOUBLE_TAG = Value(double_val=1.0).SerializeToString()[0]
 
 
 def materialize_view(store: FeatureStore, view: FeatureView, start: datetime, end: datetime) -> bool:
@@ -175,7 +175,7 @@ def _encode(column: pa.ChunkedArray, value_type: ValueType, texts: bool) -> tupl
     if value_type == ValueType.DOUBLE:
         null = np.isnan(values)
         wire = np.empty(len(values), dtype=[("tag", "u1"), ("value", "<f8")])
-        wire["tag"], wire["value"] = _DOUBLE_TAG, values
+        wire["tag"], wire["value"] = DOUBLE_TAG, values
         blobs = np.empty(len(values), dtype=object)
         blobs[:] = wire.view("V9").tolist()
         blobs[null] = b""
