@@ -92,12 +92,14 @@ e4,2025-03-10T10:00:00Z,C1,email,email_open,K1,,,
 e5,2025-04-29T10:00:00Z,C1,store,purchase,,15,1,s2
 e6,2025-03-04T10:00:00Z,C2,app,purchase,,25,1,s3
 e7,2025-04-10T10:00:00Z,C2,search,ad_click,,,,
+e8,2025-03-02T10:00:00Z,C3,email,email_open,K1,,,
+e9,2025-03-20T10:00:00Z,C3,sms,sms_click,K2,,,
 """
 
 
 @pytest.fixture
 def tiny(ws, raw):
-    write(raw, "customers.csv", "customer_id,signup_at\nC1,2025-01-01\nC2,2025-01-01")
+    write(raw, "customers.csv", "customer_id,signup_at\nC1,2025-01-01\nC2,2025-01-01\nC3,2025-01-01")
     write(raw, "campaigns.csv", "campaign_id,channel,start_at,end_at,cost,offer_type\n"
           "K1,email,2025-03-01,2025-03-08,100,bundle\nK2,sms,2025-03-03,2025-03-10,50,bundle")
     write(raw, "campaign_touches.csv", "campaign_id,customer_id,sent_at,group\n"
@@ -113,15 +115,19 @@ def test_paths_from_the_lake(tiny):
     c1 = paths["C1/s1"]  # two purchase lines of one session are one order
     assert c1[["channel", "kind"]].values.tolist() == [["email", "send"], ["email", "email_click"], ["sms", "send"]]
     assert c1["converted"].all() and c1["revenue"].eq(50).all() and c1["first_order"].all()
-    assert paths["C1/open/s2"][["kind", "converted"]].values.tolist() == [["email_open", False]], \
+    assert paths["C1/open/s2/0"][["kind", "converted"]].values.tolist() == [["email_open", False]], \
         "a touch whose next order is more than the lookback away opens a non-converting path"
+    assert paths["C3/open/end/0"]["channel"].tolist() == ["email", "sms"]
+    split = touches(Lake(tiny).connect(), lookback_days=10).groupby("path_id")["channel"].agg(list).to_dict()
+    assert split["C3/open/end/0"] == ["email"] and split["C3/open/end/1"] == ["sms"], \
+        "a non-converting path spans at most the lookback, like a converting one"
     assert paths["C2/s3"]["kind"].tolist() == ["holdout"], "control members carry a holdout pseudo-touch"
     assert "search" not in set(t["channel"]), "a touch younger than the lookback at the end of the data is left out"
 
 
 def test_attribution_table_and_costs(tiny):
     result = attribute(tiny, lookback_days=30, half_life_days=7)
-    assert (result.paths, result.converting_paths, result.organic_orders) == (2, 1, 2)
+    assert (result.paths, result.converting_paths, result.organic_orders) == (3, 1, 2)
     side = result.side_by_side()
     assert list(side.columns) == [*MODELS, "cost", "sends"]
     assert side.loc["sms", "last_touch"] == 1 and side.loc["email", "first_touch"] == 1
@@ -143,16 +149,17 @@ def test_cli_prints_and_saves_the_table(tiny):
     assert {"model", "level", "key", "conversions", "revenue", "cost", "roi", "cac"} <= set(saved.columns)
 
 
-# The generator's default channel effects move conversion by 0.5-2 points per message against an ~8%
-# baseline of purchases that happen anyway: at test size no estimator separates them (the standard error
-# of a channel's lift is 6-9 per 1,000 messages at 5,000 customers x 2 years, the gaps 3-6). A scenario
-# with the same order and wider gaps can be ranked: the incremental Markov model ranked all four
-# channels right on 8 of 8 seeds tried; the classic removal effect, which credits conversions that
-# happen anyway, favours rare channels and got none right.
+# The generator's default channel effects are too close to rank at test size: the true mean lift per
+# message (_truth/treatment_effects) is sms 2.3, email 1.9, push 1.1, social 0.6 points, and even the
+# randomised treated-vs-control difference per channel, the best any estimator can do, has a standard
+# error of 0.5-0.8 points at 4,000 customers x 2 years; it put the four channels in the wrong order on 3
+# of 3 seeds (8, 9, 10), as did every attribution model (ranking gaps of 0.4 points reliably needs some
+# 100,000 sends per channel). A scenario with the same order and wider gaps is ranked right by both
+# Markov models (and the rule-based ones), on seeds 8 and 9 tried.
 SCENARIO = {"sms": 6.0, "email": 3.0, "push": 1.5, "social": 0.0}
 
 
-def test_incremental_markov_ranks_channels_by_true_effect(tmp_path, monkeypatch):
+def test_markov_models_rank_channels_by_true_effect(tmp_path, monkeypatch):
     from features import generate as gen
     from propel.config import Workspace
 
@@ -163,5 +170,7 @@ def test_incremental_markov_ranks_channels_by_true_effect(tmp_path, monkeypatch)
     ingest(raw, ws)
     truth = json.loads((raw / "_truth" / "channel_effects.json").read_text())
     side = attribute(ws, lookback_days=7).side_by_side()
-    per_message = side["markov_incremental"] / side["sends"]
-    assert per_message.sort_values(ascending=False).index.tolist() == sorted(truth, key=truth.get, reverse=True)
+    ranked = sorted(truth, key=truth.get, reverse=True)
+    for model in ("markov", "markov_incremental"):
+        per_message = side[model] / side["sends"]
+        assert per_message.sort_values(ascending=False).index.tolist() == ranked, model
