@@ -66,21 +66,28 @@ def test_recommendation_impact_matched_by_id(shop):
     assert by_model.loc["popular", "served"] == 2 and by_model.loc["popular", "clicked"] == 0, "a served id never seen back"
 
 
+HOLDOUT_WEEKS = 13
+
+
 def _simulate_bgnbd(n: int, rng) -> tuple[pd.DataFrame, dict]:
-    """Customers drawn from BG/NBD + Gamma-Gamma with known parameters (time in weeks)."""
+    """Customers drawn from BG/NBD + Gamma-Gamma with known parameters (time in weeks), with their repeat
+    purchases in the HOLDOUT_WEEKS after the calibration period (column `holdout`)."""
     truth = {"r": 0.6, "alpha": 4.0, "a": 1.4, "b": 3.0, "p": 4.0, "q": 3.0, "v": 20.0}
     lam, drop = rng.gamma(truth["r"], 1 / truth["alpha"], n), rng.beta(truth["a"], truth["b"], n)
     nu, horizon = rng.gamma(truth["q"], 1 / truth["v"], n), rng.uniform(20, 52, n)
     rows = []
     for i in range(n):
-        t, x, tx, spend = 0.0, 0, 0.0, []
-        while (t := t + rng.exponential(1 / lam[i])) <= horizon[i]:
-            x, tx = x + 1, t
-            spend.append(rng.gamma(truth["p"], 1 / nu[i]))
+        t, x, tx, spend, later = 0.0, 0, 0.0, [], 0
+        while (t := t + rng.exponential(1 / lam[i])) <= horizon[i] + HOLDOUT_WEEKS:
+            if t > horizon[i]:
+                later += 1
+            else:
+                x, tx = x + 1, t
+                spend.append(rng.gamma(truth["p"], 1 / nu[i]))
             if rng.random() < drop[i]:
                 break
-        rows.append((x, tx, horizon[i], np.mean(spend) if spend else 0.0))
-    return pd.DataFrame(rows, columns=["x", "t_x", "T", "m"]), truth
+        rows.append((x, tx, horizon[i], np.mean(spend) if spend else 0.0, later))
+    return pd.DataFrame(rows, columns=["x", "t_x", "T", "m", "holdout"]), truth
 
 
 def test_bgnbd_and_gamma_gamma_recover_simulated_parameters():
@@ -91,6 +98,9 @@ def test_bgnbd_and_gamma_gamma_recover_simulated_parameters():
     assert a / (a + b) == pytest.approx(truth["a"] / (truth["a"] + truth["b"]), rel=0.2), "mean dropout probability"
     p, q, v = model.gamma_gamma
     assert p * v / (q - 1) == pytest.approx(truth["p"] * truth["v"] / (truth["q"] - 1), rel=0.1), "mean spend per purchase"
+    predicted = model.expected_purchases(summary, HOLDOUT_WEEKS)
+    assert predicted.sum() == pytest.approx(summary["holdout"].sum(), rel=0.05), \
+        "on data that follows the model, the holdout purchases are predicted without bias"
     with pytest.raises(ValueError, match="at least 20 buyers"):
         cltv.CLTVModel.fit(summary.head(5))
 
@@ -130,8 +140,12 @@ def test_cltv_predicts_a_holdout_period(two_years):
     ws, _ = two_years
     check = cltv.check(Lake(ws).connect(), holdout_days=90)
     assert check.holdout_days == 90 and check.customers > 1000
-    # The generator's engagement decays (purchase rates fall over time), which a stationary BG/NBD cannot
-    # know: it over-predicts by some 15-30% here; a unit or likelihood bug is off by multiples.
+    # The generator's customers buy less as they age (engagement halves in ~240 days, down to a quarter)
+    # and their churn hazard grows with age; BG/NBD assumes a constant rate while alive, so it over-predicts
+    # (4,000 generated customers x 2 years, seed 8: x1.06 over 30 days, x1.17 over 90, x1.21 over 180; 1.48 for customers
+    # signed up before the data began, 1.08 for newer ones). With the decay switched off in the generator
+    # the 90-day ratio is 1.06 (1.01 for newer customers); on data drawn from the model itself it is
+    # unbiased (test above). A unit or likelihood bug is off by multiples.
     assert 0.75 < check.ratio < 1.35, f"predicted {check.predicted_purchases:.0f} vs actual {check.actual_purchases} purchases"
     assert 0.75 < check.predicted_revenue / check.actual_revenue < 1.45
     assert check.correlation > 0.5
