@@ -142,10 +142,10 @@ def test_cltv_predicts_a_holdout_period(two_years):
     assert check.holdout_days == 90 and check.customers > 1000
     # The generator's customers buy less as they age (engagement halves in ~240 days, down to a quarter)
     # and their churn hazard grows with age; BG/NBD assumes a constant rate while alive, so it over-predicts
-    # (4,000 generated customers x 2 years, seed 8: x1.06 over 30 days, x1.17 over 90, x1.21 over 180; 1.48 for customers
-    # signed up before the data began, 1.08 for newer ones). With the decay switched off in the generator
-    # the 90-day ratio is 1.06 (1.01 for newer customers); on data drawn from the model itself it is
-    # unbiased (test above). A unit or likelihood bug is off by multiples.
+    # (4,000 generated customers x 2 years, seed 8: x1.06 over 30 days, x1.17 over 90, x1.21 over 180;
+    # x1.48 for customers signed up before the data began, x1.08 for newer ones). With the decay switched off
+    # in the generator the 90-day ratio is 1.06 (1.01 for newer customers); on data drawn from the model
+    # itself it is unbiased (test above). A unit or likelihood bug is off by multiples.
     assert 0.75 < check.ratio < 1.35, f"predicted {check.predicted_purchases:.0f} vs actual {check.actual_purchases} purchases"
     assert 0.75 < check.predicted_revenue / check.actual_revenue < 1.45
     assert check.correlation > 0.5
