@@ -204,6 +204,21 @@ def test_recommendations(http, champions, customers):
     assert r["fallback"] is True and r["fallback_reason"] == "unknown_customer"
     assert [i["item_id"] for i in r["items"]] == model.recommend("no-such-customer", 5).items
 
+    category = model.categories[0]
+    max_price = float(np.median(model.price[model.category == 0]))
+    request = {"customer_id": known, "k": 5, "filters": {"category": category, "max_price": max_price,
+                                                         "exclude": expected.items[:1]},
+               "fresh_interactions": expected.items[1:2]}
+    r = http.post("/recommend", json=request).json()
+    want = model.recommend(known, 5, category=category, max_price=max_price, exclude=expected.items[:1],
+                           fresh_items=expected.items[1:2])
+    got = [i["item_id"] for i in r["items"]]
+    assert got and got == want.items and [i["score"] for i in r["items"]] == pytest.approx(want.scores)
+    row = {item: n for n, item in enumerate(model.items)}
+    assert all(model.category[row[i]] == 0 and model.price[row[i]] <= max_price for i in got)
+    r = http.post("/recommend", json={"customer_id": known, "filters": {"category": "no-such-category"}})
+    assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["filters", "category"]
+
     item = expected.items[0]
     r = http.post("/similar_items", json={"item_id": item, "k": 4})
     assert [i["item_id"] for i in r.json()["items"]] == [i for i, _ in model.similar_items(item, 4)]
@@ -217,16 +232,18 @@ def test_health_readiness_metadata_metrics(http, champions):
     assert ready["ready"] is True and ready["online_store"]["reachable"] is True
     client = registry.tracking(champions)
     meta = http.get("/metadata").json()["tasks"]
-    for task in ("churn", "propensity", "uplift"):
+    for task in ("churn", "propensity", "uplift", "recommender"):
         champ = registry.champion_version(client, task)
         assert ready["tasks"][task]["ready"] is True
         assert meta[task]["version"] == str(champ.version) and meta[task]["training_run"] == champ.run_id
     assert meta["churn"]["feature_service"] == "churn_v1"
 
     http.post("/score/churn", json={"customer_ids": ["no-such-customer"]})
+    http.post("/recommend", json={"customer_id": "no-such-customer"})
     metrics = http.get("/metrics").text
     assert "bentoml_service_request_total" in metrics
     assert 'propel_unknown_ids_total{endpoint="score/churn"}' in metrics
+    assert 'propel_fallback_total{endpoint="recommend",reason="unknown_customer"}' in metrics
 
 
 def test_api_key(server, http):
