@@ -298,9 +298,18 @@ def recommendation_section(ws: Workspace, con) -> str:
     if impact.empty:
         return _note("No event carries a recommendation_id yet: send the id that /recommend returns back with the "
                      "events that follow (recommendation_click, purchase, ...) to measure click-through and conversion.")
-    source = "the served log (data/served_recommendations/)" if served is not None else "ids seen on any event"
-    return _note(f"Served recommendations: {source}.") + table(impact.set_index("model"), ("ctr", "conversion_rate",
-                                                                                           "conversion_per_click"))
+    rates = ("ctr", "conversion_rate", "conversion_per_click")
+    groups = [c for c in recommendations.GROUPS if c in impact.columns]
+    if served is None:
+        return (_note("Served recommendations: ids seen on any event (the service has logged nothing here, so lists "
+                      "nobody reacted to are missing and rates are overstated).")
+                + table(impact.set_index(groups).drop(columns="impressions"), rates))
+    positions = recommendations.by_position(con, served)
+    return (_note(f"Served recommendations: the service's log ({len(served):,} answers of /recommend, "
+                  f"{served['served_at'].min():%Y-%m-%d} to {served['served_at'].max():%Y-%m-%d}), matched with the "
+                  "events that carry their recommendation_id. CTR: share of recommendations clicked.")
+            + table(impact.set_index(groups), rates)
+            + "<h3>By position in the list</h3>" + table(positions.set_index("position"), ("ctr", "purchase_rate")))
 
 
 def _split_metrics(metrics: dict) -> tuple[pd.DataFrame, dict]:

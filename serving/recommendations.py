@@ -3,7 +3,9 @@
 
 - Without `--item`/`--category`: the top-k items of every customer of the audience, one row per
   (customer, item): customer_id, rank, item_id, score, explored (an exploration slot for a new item),
-  fallback (why the list is not personal, e.g. an unknown customer gets popular items).
+  fallback (why the list is not personal, e.g. an unknown customer gets popular items), and the list's
+  recommendation_id (send it back with the events that follow, as for /recommend); the exported lists
+  are also written to the served-recommendations log (serving/served_log.py) for analytics.
 - With `--item X` or `--category Y`: an item audience, "who would want X most", ranked like any other
   audience (`--top`, `--min-score`): the recommender's score of X (or of the customer's best item of
   Y) per customer. Customers it cannot personalise, or who already bought X, are counted, not listed.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +26,7 @@ import pyarrow.parquet as pq
 
 from propel.config import Workspace
 from propel.progress import steps
+from serving import served_log
 from serving.batch import Audience, Job, Selection, Snapshot, frames, output_format, summary_path
 
 
@@ -77,6 +81,7 @@ def recommendations(ws: Workspace, snap: Snapshot, selection: Selection, out: Pa
     counts = audience.counts()
     segment = audience.segment
     writer, partial, rows, fallback, items = None, None, 0, 0, set()
+    run, lists = uuid.uuid4().hex[:16], 0  # recommendation_id = run + the list's number in the run
     preview = []
     with steps(progress, "recommend", max(1, math.ceil(counts["scored"] / chunk_rows))) as advance:
         reader = audience.chunks(columns=["customer_id", *([segment] if segment else [])])
@@ -85,6 +90,11 @@ def recommendations(ws: Workspace, snap: Snapshot, selection: Selection, out: Pa
             if segment:
                 recs["segment"] = recs["customer_id"].map(df.set_index("customer_id")[segment])
             recs["model_version"] = f"recommender v{version}"
+            number = lists + recs["customer_id"].ne(recs["customer_id"].shift()).cumsum().to_numpy()
+            recs["recommendation_id"] = [f"{run}{n:016x}" for n in number]
+            if out:
+                served_log.write_batch(ws, recs, run, lists, rec.model.name, str(version))
+            lists = int(number[-1]) if len(number) else lists
             rows += len(recs)
             fallback += int(recs.drop_duplicates("customer_id")["fallback"].notna().sum())
             items.update(recs["item_id"].unique())
@@ -101,7 +111,8 @@ def recommendations(ws: Workspace, snap: Snapshot, selection: Selection, out: Pa
         partial.replace(out)
     elif out:
         empty = pa.table({c: pa.array([], pa.string()) for c in ("customer_id", "rank", "item_id", "score",
-                                                                 "explored", "fallback", "model_version")})
+                                                                 "explored", "fallback", "model_version",
+                                                                 "recommendation_id")})
         (pacsv.write_csv if fmt == "csv" else pq.write_table)(empty, out)
     counts.update({"exported": rows, "customers_with_fallback": fallback, "distinct_items": len(items)})
     summary = {"task": "recommender", "model": f"recommender v{version}", "output": str(out) if out else None,

@@ -2,6 +2,7 @@
 from the Feast online store. `propel serve` / `make serve` start it; `bentoml build` packages it.
 
   POST /recommend, /similar_items            the `recommender` champion (popular fallback for unknown customers)
+                                             (/recommend answers are logged for analytics: serving/served_log.py)
   POST /score/churn, /score/propensity, /score/uplift   a batch of customer ids -> probability (uplift),
                                              decile, reason codes, model version; 404 per unknown id
   POST /reload                               load champions promoted since start (also automatic, see below)
@@ -46,6 +47,7 @@ from propel.config import Workspace
 from serving.runtime import RECOMMENDER, Runtime
 from serving.schemas import (RecommendResponse, ScoreResponse, SimilarItemsResponse, schemas)
 from serving.scoring import BadContext, check_context
+from serving.served_log import ServedLog
 
 # No tracing exporter is configured, so BentoML's OpenTelemetry middleware would only build and drop ~5
 # spans per request (~0.15 of ~1 ms of server CPU per /recommend here). Set OTEL_SDK_DISABLED=false to
@@ -161,6 +163,7 @@ class Propel:
     def __init__(self) -> None:
         self.runtime = Runtime(WS)
         self.report = Report(WS, SETTINGS.report_seconds)
+        self.served = ServedLog(WS)  # what /recommend answered, for analytics (written off the request path)
         self._lock = threading.Lock()
         self._stamp = self.runtime.stamp()
         self.runtime.refresh()
@@ -191,6 +194,7 @@ class Propel:
     @bentoml.on_shutdown
     def _close(self) -> None:
         self.report.close()
+        self.served.close()
 
     async def _watch(self) -> None:
         while True:
@@ -225,11 +229,13 @@ class Propel:
                               max_price=f.max_price, exclude=f.exclude or None, fresh_items=fresh or None)
         if rec.fallback:
             FALLBACKS.labels("recommend", rec.fallback).inc()
-        return _json({"recommendation_id": uuid.uuid4().hex, "customer_id": request.customer_id,
-                      "items": [{"item_id": i, "score": s, "explored": e}
-                                for i, s, e in zip(rec.items, rec.scores, rec.explored)],
-                      "model": rec.model, "model_version": loaded.version, "fallback": rec.fallback is not None,
-                      "fallback_reason": rec.fallback})
+        body = {"recommendation_id": uuid.uuid4().hex, "customer_id": request.customer_id,
+                "items": [{"item_id": i, "score": s, "explored": e}
+                          for i, s, e in zip(rec.items, rec.scores, rec.explored)],
+                "model": rec.model, "model_version": loaded.version, "fallback": rec.fallback is not None,
+                "fallback_reason": rec.fallback}
+        self.served.record(body)
+        return _json(body)
 
     @bentoml.api(route="/similar_items")
     async def similar_items(self, request: S.SimilarItemsRequest, /) -> SimilarItemsResponse:
