@@ -57,7 +57,7 @@ _SOURCES = {
         SELECT customer_id, day, day - lag(day) OVER (PARTITION BY customer_id ORDER BY day) AS gap
         FROM (SELECT DISTINCT customer_id, CAST(ts AS DATE) AS day FROM events WHERE event_type = 'purchase')""",
     "cat_daily": """
-        SELECT e.customer_id, CAST(e.ts AS DATE) AS day, coalesce(i.category, 'unknown') AS category, i.brand,
+        SELECT e.customer_id, CAST(e.ts AS DATE) AS day, coalesce(i.category, 'unknown') AS category,
           coalesce(sum(e.revenue) FILTER (WHERE e.event_type = 'purchase'), 0) AS spend,
           count(*) FILTER (WHERE e.event_type = 'purchase') AS n_bought,
           count(*) FILTER (WHERE e.event_type IN ('product_view', 'add_to_cart')) AS n_viewed,
@@ -66,6 +66,10 @@ _SOURCES = {
         FROM events e JOIN items i USING (item_id)
         LEFT JOIN (SELECT category, avg(price) AS avg_price FROM items GROUP BY 1) cp USING (category)
         WHERE e.item_id IS NOT NULL GROUP BY ALL""",
+    "brand_daily": """
+        SELECT e.customer_id, CAST(e.ts AS DATE) AS day, i.brand, count(*) AS n_bought
+        FROM events e JOIN items i USING (item_id)
+        WHERE e.event_type = 'purchase' AND i.brand IS NOT NULL GROUP BY ALL""",
     "item_daily": """
         SELECT item_id, CAST(ts AS DATE) AS day,
           count(*) FILTER (WHERE event_type = 'product_view') AS n_views,
@@ -74,16 +78,19 @@ _SOURCES = {
 }
 # Sources prepared per cutoff (already restricted to the 365 days before T).
 _WINDOWED = {
+    # score = spend, or views for someone who bought nothing in the window; total = the customer's sum of scores
     "categories": """
-        SELECT *, sum(score) OVER (PARTITION BY customer_id) AS total
-        FROM (SELECT *, CASE WHEN sum(spend) OVER (PARTITION BY customer_id) > 0 THEN spend ELSE n_viewed END AS score
-              FROM (SELECT customer_id, category, sum(spend) AS spend, sum(n_viewed) AS n_viewed,
-                      sum(price_ratio_sum) AS price_ratio_sum, sum(n_bought) AS n_bought
-                    FROM cat_daily WHERE day < T AND day >= T - 365 GROUP BY customer_id, category))""",
+        SELECT c.*, CASE WHEN t.spend > 0 THEN c.spend ELSE c.n_viewed END AS score,
+          CASE WHEN t.spend > 0 THEN t.spend ELSE t.n_viewed END AS total
+        FROM (SELECT customer_id, category, sum(spend) AS spend, sum(n_viewed) AS n_viewed,
+                sum(price_ratio_sum) AS price_ratio_sum, sum(n_bought) AS n_bought
+              FROM src_cat_daily WHERE day < T AND day >= T - 365 GROUP BY customer_id, category) c
+        JOIN (SELECT customer_id, sum(spend) AS spend, sum(n_viewed) AS n_viewed FROM src_cat_daily
+              WHERE day < T AND day >= T - 365 GROUP BY customer_id) t USING (customer_id)""",
     "brands": """
         SELECT customer_id, n / sum(n) OVER (PARTITION BY customer_id) AS brand_share
-        FROM (SELECT customer_id, brand, sum(n_bought) AS n FROM cat_daily
-              WHERE day < T AND day >= T - 365 AND n_bought > 0 AND brand IS NOT NULL GROUP BY ALL)""",
+        FROM (SELECT customer_id, brand, sum(n_bought) AS n FROM src_brand_daily
+              WHERE day < T AND day >= T - 365 GROUP BY ALL)""",
 }
 
 
@@ -105,6 +112,21 @@ def cutoffs(latest: date, every_days: int, count: int) -> list[date]:
     return sorted(latest - timedelta(days=every_days * i) for i in range(count))
 
 
+_FILTER = re.compile(r" FILTER \(WHERE ([^()]*(?:\([^()]*\)[^()]*)*)\)")
+
+
+def _by_filter(features: list[Feature]) -> dict[str, list[tuple[Feature, str]]]:
+    """Group aggregates by their FILTER clause, moved into a WHERE: one scan per window reads only the rows it
+    needs (sources are sorted by day, so DuckDB skips the rest) and sums without per-row filter tests, which
+    cost DuckDB ~3x more than the sums. Expressions with mixed or no filters stay in the unfiltered scan."""
+    groups: dict[str, list[tuple[Feature, str]]] = {}
+    for f in features:
+        filters = set(_FILTER.findall(f.sql))
+        where = f"WHERE {filters.pop()}" if len(filters) == 1 else ""
+        groups.setdefault(where, []).append((f, _FILTER.sub("", f.sql) if where else f.sql))
+    return groups
+
+
 def _select(features: tuple[Feature, ...], key: str, grid: str, T: date) -> str:
     """One snapshot's SQL: grid LEFT JOIN each source's aggregates, then derived features."""
     t_sql = f"DATE '{T.isoformat()}'"
@@ -112,13 +134,16 @@ def _select(features: tuple[Feature, ...], key: str, grid: str, T: date) -> str:
     for f in features:
         by_source.setdefault(f.source, []).append(f)
     joins, cols = [], []
-    for i, (source, feats) in enumerate(by_source.items()):
+    for source, feats in by_source.items():
         if source == "derived":
             continue
-        body = f"({_WINDOWED[source]})" if source in _WINDOWED else f"(SELECT * FROM src_{source} WHERE day < T)"
-        aggs = ", ".join(f"{f.sql} AS {f.name}" for f in feats)
-        joins.append(f"LEFT JOIN (SELECT {key}, {aggs} FROM {body} GROUP BY {key}) s{i} USING ({key})")
-        cols += [f"CAST(coalesce(s{i}.{f.name}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}" for f in feats]
+        windowed = source in _WINDOWED  # a per-snapshot subquery: scanned once, not once per filter
+        body = f"({_WINDOWED[source]})" if windowed else f"(SELECT * FROM src_{source} WHERE day < T)"
+        for where, group in (_by_filter(feats) if not windowed else {"": [(f, f.sql) for f in feats]}).items():
+            alias = f"s{len(joins)}"
+            aggs = ", ".join(f"{sql} AS {f.name}" for f, sql in group)
+            joins.append(f"LEFT JOIN (SELECT {key}, {aggs} FROM {body} {where} GROUP BY {key}) {alias} USING ({key})")
+            cols += [f"CAST(coalesce({alias}.{f.name}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}" for f, _ in group]
     derived = [f"CAST(coalesce({f.sql}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}"
                for f in by_source.get("derived", [])]
     names = ", ".join(f.name for f in features)
@@ -150,7 +175,7 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 26, progress: boo
     (tmp / ITEM_DIR).mkdir(parents=True)
     with steps(progress, "features", len(_SOURCES) + len(cuts) + 1) as advance:
         for name, sql in _SOURCES.items():
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {'src_' + name if name != 'cat_daily' else name} AS {sql}")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE src_{name} AS {sql} ORDER BY day")
             advance(f"source {name}")
         # Everyone known: customers, and anonymous profiles with events; `since` = signup or first event.
         con.execute("CREATE OR REPLACE TEMP TABLE people AS SELECT customer_id, "

@@ -93,7 +93,7 @@ CUSTOMER_FEATURES: tuple[Feature, ...] = (
            "customer_campaigns"),
     # --- preferences ------------------------------------------------------------------------------
     Feature("top_category_365d", "string", "category with the most spend (views if no purchase) in 365 days",
-            "customer_preferences", "arg_max(category, score)", "categories", "'none'"),
+            "customer_preferences", "first(category ORDER BY score DESC, category)", "categories", "'none'"),
     Feature("top_category_share_365d", "float", "share of spend (or views) on the top category, 365 days",
             "customer_preferences", "max(score) / nullif(sum(score), 0)", "categories"),
     Feature("n_categories_365d", "int", "distinct categories interacted with, 365 days", "customer_preferences",
