@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pandas as pd
 from feast import FeatureView, Field, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 
 from feature_repo import data_sources
 from feature_repo.entities import customer, item
+from features import request_features
 from features.build import load_catalog
 from features.definitions import CUSTOMER_FEATURES, FEATURE_VIEWS, ITEM_FEATURES, SEGMENT_FEATURES
 from propel.config import Workspace
@@ -53,13 +53,10 @@ request_time = RequestSource(name="request_time", schema=[Field(name="request_ts
                              description="When the features are asked for (serving time, or send time in training)")
 
 
-@on_demand_feature_view(
+# the function is Feast-free (features.request_features) so batch scoring can call it without importing Feast
+request_context = on_demand_feature_view(
     sources=[request_time],
     schema=[Field(name="request_hour", dtype=Int64), Field(name="request_dow", dtype=Int64),
             Field(name="request_is_weekend", dtype=Int64)],
     description="Calendar context of the request, computed at request time",
-)
-def request_context(inputs: pd.DataFrame) -> pd.DataFrame:
-    ts = pd.to_datetime(inputs["request_ts"], utc=True)
-    return pd.DataFrame({"request_hour": ts.dt.hour.astype("int64"), "request_dow": ts.dt.dayofweek.astype("int64"),
-                         "request_is_weekend": (ts.dt.dayofweek >= 5).astype("int64")})
+)(request_features.request_context)

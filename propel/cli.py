@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,17 +23,22 @@ class UserError(Exception):
     """An error the user can fix; printed as one clear message, never as a traceback."""
 
 
+def ingest_errors() -> tuple[type[Exception], ...]:
+    """IngestError once features.ingest is loaded (only it raises one): importing it up front would add
+    ~1 s (pandas, SciPy) to the start-up of every command."""
+    module = sys.modules.get("features.ingest")
+    return (module.IngestError,) if module else ()
+
+
 def friendly(fn):
     """Turn known user-facing errors into a message and exit code 2."""
     import duckdb
-
-    from features.ingest import IngestError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UserError, IngestError, ValueError, FileNotFoundError) as exc:
+        except (UserError, ValueError, FileNotFoundError, *ingest_errors()) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(2) from None
         except duckdb.OutOfMemoryException as exc:
@@ -268,6 +274,8 @@ def score(
                                                                                    "this many messages in 30 days.")] = None,
     ignore_consent: Annotated[bool, typer.Option("--ignore-consent", help="Analysis only: include customers without "
                                                                           "marketing consent. Never use for contact lists.")] = False,
+    engine: Annotated[str, typer.Option(help="local, or spark: churn/propensity/uplift scores computed on Apache Spark "
+                                             "(master: [score] spark_master in propel.toml).")] = "local",
 ) -> None:
     """Score customers (or an audience) with a task's champion and export them with deciles, ranks and reasons."""
     from serving.audience import Top
@@ -275,7 +283,7 @@ def score(
 
     selection = Selection(where, Top.parse(top), min_score, persuadables, not ignore_consent)
     req = ScoreRequest(task, out, as_of.date() if as_of else None, selection, channel, offer, campaign, campaigns,
-                       send_at, item, category, k, reasons, contact_cap)
+                       send_at, item, category, k, reasons, contact_cap, engine)
     summary = execute(ctx.obj, req, progress=True)
     for line in describe(summary):
         console.print(line)

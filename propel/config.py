@@ -137,6 +137,7 @@ class ScoreSettings:
     reasons: int = 3  # reason codes (top SHAP contributions) exported per customer; 0 = none (faster)
     contact_cap: int = 4  # next best action: no action for customers sent this many campaign messages in 30 days
     recommendations: int = 10  # batch recommendations: items per customer
+    spark_master: str = "local[*]"  # `propel score --engine spark`: Spark master URL (local[N], yarn, spark://host:7077)
 
 
 @dataclass

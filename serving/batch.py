@@ -11,6 +11,9 @@ chunked so memory stays bounded whatever the number of customers:
   3. The selected rows are streamed again in rank order, with their features when reason codes are
      wanted (SHAP, the costly part, so only for exported rows), and written as CSV or Parquet.
 
+With `--engine spark` step 1 runs on Apache Spark instead (serving.spark: the same audience and model
+through `mlflow.pyfunc.spark_udf`); steps 2 and 3 are the same.
+
 A summary (counts, score distribution, consent exclusions, feature freshness) is printed and saved
 next to the output as `<name>.summary.json`. Customers without marketing consent are counted and
 never exported unless `honour_consent=False` (analysis only).
@@ -18,6 +21,7 @@ never exported unless `honour_consent=False` (analysis only).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -36,6 +40,7 @@ import pyarrow.parquet as pq
 
 from features.build import CUSTOMER_DIR, PROFILE, load_catalog
 from features.lake import Lake
+from features.request_features import request_context
 from propel.config import Workspace
 from propel.progress import steps
 from serving import scoring
@@ -82,7 +87,7 @@ OPTIONS = {"campaign_channel": "--channel", "offer_type": "--offer"}
 
 def context(champion: Champion, campaign: Campaign | None, send_at: datetime) -> dict[str, object]:
     """Constant input columns the snapshot lacks: what is sent (checked by serving.scoring) and the
-    calendar of the send time (Feast's `request_context` transformation, as online serving applies it)."""
+    calendar of the send time (the function Feast's on-demand view `request_context` applies online)."""
     out: dict[str, object] = {}
     if champion.context_fields:
         if campaign is None:
@@ -95,10 +100,7 @@ def context(champion: Champion, campaign: Campaign | None, send_at: datetime) ->
             raise ValueError(f"{OPTIONS.get(exc.field, exc.field)}: {exc}") from None
     calendar = [f for f in champion.model.features if f.startswith("request_")]
     if calendar:
-        from feature_repo.feature_views import request_context  # imports Feast: only when needed
-
-        ts = pd.DataFrame({"request_ts": [pd.Timestamp(send_at).tz_convert("UTC")]})
-        row = request_context.feature_transformation.udf(ts).iloc[0]
+        row = request_context(pd.DataFrame({"request_ts": [pd.Timestamp(send_at).tz_convert("UTC")]})).iloc[0]
         out.update({f: row[f] for f in calendar})
     return out
 
@@ -220,15 +222,18 @@ class Job:
 
 
 def run(ws: Workspace, job: Job, audience: Audience, selection: Selection, out: Path | None,
-        chunk_rows: int, progress: bool = False) -> dict:
-    """Score the audience chunk by chunk, select, export and summarise (see the module docstring)."""
+        chunk_rows: int, progress: bool = False, score_all: Callable[[Path], Path] | None = None) -> dict:
+    """Score the audience chunk by chunk, select, export and summarise (see the module docstring).
+    `score_all(folder)`, when given, scores the whole audience instead (Spark: `serving.spark.write_scores`)
+    and returns the Parquet file(s) it wrote under `folder`, with the columns `job.score_chunk` gives."""
     started = time.perf_counter()
     fmt = output_format(out)
     counts = audience.counts()
     con = audience.con
     tmp = Path(tempfile.mkdtemp(prefix="propel-score-", dir=ws.data if ws.data.exists() else None))
     try:
-        scored = _score_all(job, audience, tmp / "scored.parquet", chunk_rows, counts["scored"], progress)
+        scored = (score_all(tmp) if score_all else
+                  _score_all(job, audience, tmp / "scored.parquet", chunk_rows, counts["scored"], progress))
         limit = selection.top.limit(counts["scored"]) if selection.top else counts["scored"]
         conds = [f"score >= {float(selection.min_score)!r}"] if selection.min_score is not None else []
         conds += ["score > 0"] if selection.persuadables else []
@@ -407,6 +412,7 @@ def describe(summary: dict) -> list[str]:
 # --- `propel score` ---------------------------------------------------------------------------------
 
 ALL_TASKS = (*SCORE_TASKS, "recommender", "nba")
+ENGINES = ("local", "spark")
 
 
 @dataclass
@@ -427,12 +433,17 @@ class ScoreRequest:
     k: int | None = None  # recommender: items per customer
     reasons: int | None = None
     contact_cap: int | None = None
+    engine: str = "local"  # or "spark": churn, propensity, uplift scores computed on Spark (serving.spark)
 
 
 def execute(ws: Workspace, req: ScoreRequest, progress: bool = False) -> dict:
     """Validate the request, build the task's job and run it; ValueError with a clear message otherwise."""
     if req.task not in ALL_TASKS:
         raise ValueError(f"unknown task '{req.task}'; choose one of {', '.join(ALL_TASKS)}")
+    if req.engine not in ENGINES:
+        raise ValueError(f"--engine {req.engine}: choose one of {', '.join(ENGINES)}")
+    if req.engine == "spark" and req.task not in SCORE_TASKS:
+        raise ValueError(f"--engine spark scores {', '.join(SCORE_TASKS)}; '{req.task}' runs on this machine only")
     cfg = ws.settings().score
     misplaced = {"--persuadables": req.selection.persuadables and req.task != "uplift",
                  "--item/--category": (req.item or req.category) and req.task != "recommender",
@@ -470,7 +481,14 @@ def execute(ws: Workspace, req: ScoreRequest, progress: bool = False) -> dict:
             raise ValueError("--channel and --offer go together (what is sent: both are model inputs)")
         job = score_job(champion, campaign, send_at, top_reasons)
     audience = Audience(ws, snap, req.selection.where, req.selection.honour_consent)
-    return run(ws, job, audience, req.selection, req.out, cfg.chunk_rows, progress)
+    score_all = None
+    if req.engine == "spark":
+        from serving import spark
+
+        ctx = context(champion, campaign, send_at)
+        score_all = functools.partial(spark.write_scores, ws, champion, ctx, audience, cfg.spark_master)
+        job.settings["engine"] = "spark"
+    return run(ws, job, audience, req.selection, req.out, cfg.chunk_rows, progress, score_all)
 
 
 def lake_campaign(ws: Workspace, campaign_id: str) -> Campaign:

@@ -16,7 +16,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from features import store as fstore
 from propel.config import Workspace
 from training import registry
 from training.labels import CONTEXT_COLUMNS
@@ -94,6 +93,8 @@ class CustomerScorer:
     """Scores customers by id: online features -> champion -> result rows. Thread-safe (read only)."""
 
     def __init__(self, ws: Workspace, champion: Champion, store=None):
+        from features import store as fstore  # Feast: imported by the online path only (batch scoring does not need it)
+
         self.champion, self.store = champion, store or fstore.feature_store(ws)
         self.reader = fstore.online_reader(self.store, champion.feature_service)
 

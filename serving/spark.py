@@ -1,6 +1,11 @@
 """Scoring on Apache Spark: the same champion, feature snapshot, audience filter and consent rule as
 `propel score`, with the model applied by MLflow's `mlflow.pyfunc.spark_udf` (pandas batches over
-Arrow), for feature tables larger than one machine. Configuration: docs/spark.md.
+Arrow), for feature tables larger than one machine. Configuration: docs/scoring.md ("On Apache Spark").
+
+    propel score churn --engine spark --where "city_tier = 1" --top 10% --out churn.csv
+
+scores on Spark and hands the scores to `propel score`'s ranking, selection, reason codes and export
+(`write_scores`); from Python, `score()` gives the scores as a Spark DataFrame:
 
     from serving.spark import session, score
     spark = session("local[*]")
@@ -16,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import mlflow
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -26,7 +32,7 @@ from features.build import PROFILE
 from features.lake import Lake
 from propel.config import Workspace
 from serving.audience import where_sql
-from serving.batch import (Campaign, Champion, context, decile_sql, label, load_champion, model_uri,
+from serving.batch import (Audience, Campaign, Champion, context, decile_sql, label, load_champion, model_uri,
                            snapshot)
 
 # Defaults for a local session (the test and a laptop); on a cluster set the same keys in spark-submit.
@@ -77,21 +83,54 @@ def model_columns(champion: Champion, ctx: dict) -> list[Column]:
     return cols
 
 
-def score(spark: SparkSession, ws: Workspace, task: str, as_of: date | None = None, where: str | None = None,
-          honour_consent: bool = True, campaign: Campaign | None = None, send_at: datetime | None = None) -> DataFrame:
-    """customer_id, score (+ p_treated/p_control for uplift), decile, model_version, for the audience."""
-    champion = load_champion(ws, task)
+def audience(spark: SparkSession, ws: Workspace, as_of: date | None = None, where: str | None = None,
+             honour_consent: bool = True) -> DataFrame:
+    """`features()` filtered by `--where` and, unless told otherwise, to customers who gave consent."""
     df = features(spark, ws, as_of)
     if where:
         df = df.where(where_sql(where, df.columns, dialect="spark"))
     if honour_consent:
         df = df.join(contactable(spark, ws), "customer_id", "left_semi")
-    ctx = context(champion, campaign, send_at or datetime.now(timezone.utc))
-    outputs = ["score", "p_treated", "p_control"] if task == "uplift" else ["score"]
+    return df
+
+
+def apply(spark: SparkSession, champion: Champion, df: DataFrame, ctx: dict,
+          carry: dict[str, str] | None = None) -> DataFrame:
+    """customer_id, score (+ p_treated/p_control for uplift), decile, model_version for the rows of `df`,
+    plus the `carry` columns of `df` (output name -> column) passed through."""
+    outputs = ["score", "p_treated", "p_control"] if champion.task == "uplift" else ["score"]
     udf = mlflow.pyfunc.spark_udf(spark, model_uri(champion), result_type=", ".join(f"{c} double" for c in outputs),
                                   env_manager="local")
-    scored = df.select("customer_id", udf(F.struct(*model_columns(champion, ctx))).alias("_p"))
-    scored = scored.select("customer_id", *[F.col(f"_p.{c}").alias(c) for c in outputs])
+    kept = [F.col(c).alias(name) for name, c in (carry or {}).items()]
+    scored = df.select("customer_id", udf(F.struct(*model_columns(champion, ctx))).alias("_p"), *kept)
+    scored = scored.select("customer_id", *[F.col(f"_p.{c}").alias(c) for c in outputs], *(carry or {}))
     edges = getattr(champion.model, "decile_edges", None)
     decile = F.expr(decile_sql(edges)) if edges else F.ntile(10).over(Window.orderBy(F.desc("score"), "customer_id"))
     return scored.withColumn("decile", decile.cast("int")).withColumn("model_version", F.lit(label(champion)))
+
+
+def score(spark: SparkSession, ws: Workspace, task: str, as_of: date | None = None, where: str | None = None,
+          honour_consent: bool = True, campaign: Campaign | None = None, send_at: datetime | None = None) -> DataFrame:
+    """customer_id, score (+ p_treated/p_control for uplift), decile, model_version, for the audience."""
+    champion = load_champion(ws, task)
+    ctx = context(champion, campaign, send_at or datetime.now(timezone.utc))
+    return apply(spark, champion, audience(spark, ws, as_of, where, honour_consent), ctx)
+
+
+def write_scores(ws: Workspace, champion: Champion, ctx: dict, aud: Audience, master: str, folder: Path) -> Path:
+    """`propel score --engine spark`: the scores of `serving.batch.Audience` `aud` computed on Spark and
+    written as Parquet under `folder`, in the layout of the single-machine scorer (customer_id, score,
+    extras, decile, segment), for `serving.batch.run` to rank, select, explain and export. Uses the
+    process's active Spark session if there is one (a notebook, a test), else starts one on `master` and
+    stops it after."""
+    created = SparkSession.getActiveSession() is None
+    spark = session(master)
+    try:
+        df = audience(spark, ws, aud.snap.day, aud.where_text, aud.honour_consent)
+        scored = apply(spark, champion, df, ctx, {"segment": aud.segment} if aud.segment else None)
+        scored = scored.drop("model_version").withColumn("decile", F.col("decile").cast("long"))
+        scored.write.parquet(str(folder / "spark"))
+    finally:
+        if created:
+            spark.stop()
+    return folder / "spark" / "*.parquet"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import numpy as np
@@ -19,6 +21,7 @@ from serving import batch
 from serving.audience import Top, where_sql
 from serving.batch import Audience, Campaign, load_champion, predict, reasons, snapshot
 from serving.scoring import CustomerScorer
+from training.model import prepare
 
 runner = CliRunner()
 
@@ -226,6 +229,7 @@ def test_item_audience_ranks_customers_by_the_recommender(champions, recommender
     (["uplift", "--channel", "fax", "--offer", "bundle"], "--channel: campaign_channel 'fax' was not seen in training"),
     (["churn", "--as-of", "2000-01-01"], "no feature snapshot on or before it"),
     (["churn", "--out", "x.xlsx"], "write .csv or .parquet"),
+    (["nba", "--engine", "spark"], "--engine spark scores churn, propensity, uplift; 'nba' runs on this machine only"),
 ])
 def test_bad_arguments_exit_2(champions, args, message):
     result = cli(champions, *args)
@@ -249,17 +253,55 @@ def test_where_language_is_a_whitelist():
             where_sql(bad, cols)
 
 
-def test_spark_scores_equal_the_single_machine_path(champions, base, send_at):
+def test_batch_scoring_imports_neither_feast_nor_torch(champions, send_at, tmp_path):
+    """`propel score` starts in seconds: Feast, torch, BentoML and our Spark path are imported only by the paths
+    that need them (the calendar features of --send-at come from features.request_features, not from Feast).
+    MLflow imports pyspark's type module by itself when installed."""
+    out = tmp_path / "uplift.parquet"
+    args = ["--workspace", str(champions.root), "score", "uplift", "--channel", "email", "--offer", "bundle",
+            "--send-at", f"{send_at:%Y-%m-%dT%H:%M}", "--reasons", "1", "--out", str(out)]
+    code = (f"import sys; from propel.cli import app; app({args!r}, standalone_mode=False); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'feast', 'torch', 'bentoml'} | "
+            "({'serving.spark'} & set(sys.modules))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and out.exists(), done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert any(f.startswith("request_") for f in load_champion(champions, "uplift").model.features)
+
+
+def test_batch_model_input_equals_the_pandas_path(champions, base, send_at):
+    """Batch chunks (1000 rows and more) encode categoricals through pandas' hash table, requests value by
+    value: both give the numbers `prepare` gives, also for missing, unseen and non-text values."""
+    for task, campaign in (("churn", None), ("uplift", Campaign("email", "bundle"))):
+        champion = load_champion(champions, task)
+        df = base.sample(2500, replace=True, random_state=7).reset_index(drop=True)
+        df = df.assign(**batch.context(champion, campaign, send_at))
+        cats = list(champion.levels)
+        df[cats[0]] = df[cats[0]].astype(object)
+        df.loc[:5, cats[0]] = [None, np.nan, "never-seen", 3, pd.NA, champion.levels[cats[0]][0]]
+        df[cats[-1]] = pd.Series(np.resize([champion.levels[cats[-1]][0], 2.0, None, "x"], len(df)), dtype=object)
+        for clf in ([champion.model.treated, champion.model.control] if task == "uplift" else [champion.model]):
+            assert np.array_equal(clf.raw_score(df), clf.booster.predict(prepare(df, clf.features, clf.categories)))
+            pieces = np.vstack([clf.matrix(df.iloc[i:i + 400]) for i in range(0, len(df), 400)])
+            assert np.array_equal(clf.matrix(df), pieces, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def spark():
     pytest.importorskip("pyspark")
     from serving import spark as sp
 
-    spark = sp.session("local[1]", **{"spark.sql.shuffle.partitions": "1",  # small data: start fast
-                                      "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"})
-    try:
-        where, campaign = "days_since_last_purchase < 120", Campaign("email", "discount_10")
-        got = sp.score(spark, champions, "uplift", where=where, campaign=campaign, send_at=send_at).toPandas()
-    finally:
-        spark.stop()
+    session = sp.session("local[1]", **{"spark.sql.shuffle.partitions": "1",  # small data: start fast
+                                        "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"})
+    yield session
+    session.stop()
+
+
+def test_spark_scores_equal_the_single_machine_path(champions, base, send_at, spark):
+    from serving import spark as sp
+
+    where, campaign = "days_since_last_purchase < 120", Campaign("email", "discount_10")
+    got = sp.score(spark, champions, "uplift", where=where, campaign=campaign, send_at=send_at).toPandas()
     champion = load_champion(champions, "uplift")
     audience = base.query("days_since_last_purchase < 120 and _consent")
     want = predict(champion, audience.assign(**batch.context(champion, campaign, send_at)))
@@ -270,3 +312,19 @@ def test_spark_scores_equal_the_single_machine_path(champions, base, send_at):
     np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(got["p_treated"].to_numpy(), want["p_treated"].to_numpy(), rtol=0, atol=1e-12)
     assert (got["decile"].to_numpy() == want["decile"].to_numpy()).all()
+
+
+def test_spark_engine_from_the_cli_exports_the_same_file(champions, send_at, spark, tmp_path):
+    """`propel score --engine spark`: scores from Spark, then the same ranking, selection, reasons and export."""
+    args = ["uplift", "--channel", "email", "--offer", "discount_10", "--send-at", f"{send_at:%Y-%m-%dT%H:%M}",
+            "--where", "days_since_last_purchase < 120 AND city_tier <= 2", "--top", "30%", "--reasons", "2"]
+    got = {}
+    for engine in ("local", "spark"):
+        out = tmp_path / f"{engine}.parquet"
+        result = cli(champions, *args, "--engine", engine, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        got[engine] = read(out), json.loads((tmp_path / f"{engine}.summary.json").read_text())
+    (local, local_summary), (spark_df, spark_summary) = got["local"], got["spark"]
+    assert len(local) > 0 and local["reasons"].str.len().gt(0).any()
+    pd.testing.assert_frame_equal(spark_df, local, check_exact=False, rtol=0, atol=1e-12)
+    assert spark_summary["counts"] == local_summary["counts"] and spark_summary["selection"]["engine"] == "spark"

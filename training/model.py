@@ -50,9 +50,22 @@ def encode(df, features: list[str], levels: dict[str, dict[str, int]]) -> np.nda
         out[:, j] = _numbers(df[features[j]])
     for j, f in enumerate(features):
         if f in levels:
-            index = levels[f]
-            out[:, j] = [index.get(v if type(v) is str else (None if pd.isna(v) else str(v)), np.nan) for v in df[f]]
+            out[:, j] = _level_numbers(df[f], levels[f])
     return out
+
+
+def _level_numbers(column, index: dict[str, int]) -> np.ndarray:
+    """Each value's level number (NaN when missing or unseen), a non-text value matched by its text as in
+    `prepare`. A few values (a request) are looked up one by one; a batch goes through pandas' hash table
+    (~5x faster for 100k rows; tests compare both with `prepare`)."""
+    if len(column) < 1_000:
+        return np.array([index.get(v if type(v) is str else (None if pd.isna(v) else str(v)), np.nan) for v in column],
+                        dtype=np.float64)
+    values = column if isinstance(column, pd.Series) else pd.Series(column, dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        values = values.astype(str).where(values.notna())
+    codes = pd.Categorical(values, categories=list(index)).codes
+    return np.where(codes >= 0, np.fromiter(index.values(), np.float64, len(index))[codes], np.nan)
 
 
 def _numbers(column) -> np.ndarray:
@@ -147,12 +160,20 @@ class PropelUplift(mlflow.pyfunc.PythonModel):
         self.treated, self.control, self.feature_service = treated, control, feature_service
         self.task, self.features = "uplift", treated.features
 
+    def matrices(self, df) -> tuple[np.ndarray, np.ndarray]:
+        """The input of the treated and of the control model, encoded once when both arms know the same levels."""
+        xt = self.treated.matrix(df)
+        same = self.control.features == self.treated.features and self.control.categories == self.treated.categories
+        return xt, xt if same else self.control.matrix(df)
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        pt, pc = self.treated.score(model_input), self.control.score(model_input)
+        xt, xc = self.matrices(model_input)
+        pt, pc = self.treated.score(xt), self.control.score(xc)
         return pd.DataFrame({"score": pt - pc, "p_treated": pt, "p_control": pc}, index=model_input.index)
 
     def explain(self, df: pd.DataFrame, top: int = 3) -> list[list[tuple[str, float]]]:
         """Features that raise the treated response more than the control response (log-odds)."""
-        diff = self.treated.contributions(df) - self.control.contributions(df)
+        xt, xc = self.matrices(df)
+        diff = self.treated.contributions(xt) - self.control.contributions(xc)
         order = np.argsort(-diff, axis=1)[:, :top]
         return [[(self.features[j], float(diff[i, j])) for j in row if diff[i, j] > 0] for i, row in enumerate(order)]
