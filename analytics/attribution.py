@@ -20,9 +20,9 @@ of all converting paths. Revenue, and first orders (new customers, for CAC), are
 
 Only `markov_incremental` estimates what a channel causes; the others share out conversions that touched
 it, including those that would have happened anyway. On generated data both Markov models rank channels
-in the order of the true effects when those differ clearly; the generator's default effects (mean lift
-per message 0.6-2.3 points, gaps of ~0.4) are below the noise of a 4,000-customer, 2-year data set, where
-even the randomised treated-vs-control difference misranks them (tests/test_attribution.py).
+in the order of the generator's true effects at demo size with a lookback equal to its 7-day response
+window; a longer lookback mixes in the next campaign and purchases that happen anyway, and at test size
+the effects are within the noise (figures in docs/analytics.md).
 """
 
 from __future__ import annotations

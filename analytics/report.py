@@ -208,7 +208,9 @@ def cltv_block(ws: Workspace, con) -> str:
     return (f"<h3>Customer lifetime value (BG/NBD x Gamma-Gamma)</h3>"
             + _note(f"Expected revenue over the next {cfg.cltv_days} days = expected purchase days (BG/NBD) x expected "
                     f"value per purchase day (Gamma-Gamma), fitted by maximum likelihood. Check: fitted on the history "
-                    f"before {check.calibration_end}, predicting the {check.holdout_days} days after.")
+                    f"before {check.calibration_end}, predicting the {check.holdout_days} days after: predicted / actual "
+                    f"purchase days = {check.ratio:.2f}. BG/NBD assumes each customer buys at a constant rate while active; "
+                    "where customers buy less as they age it over-predicts, the more the longer the horizon.")
             + f'<div class="grid">{chart(fig, "cltv_holdout")}<div>{table(summary)}</div></div>')
 
 

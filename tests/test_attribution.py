@@ -150,12 +150,13 @@ def test_cli_prints_and_saves_the_table(tiny):
 
 
 # The generator's default channel effects are too close to rank at test size: the true mean lift per
-# message (_truth/treatment_effects) is sms 2.3, email 1.9, push 1.1, social 0.6 points, and even the
-# randomised treated-vs-control difference per channel, the best any estimator can do, has a standard
-# error of 0.5-0.8 points at 4,000 customers x 2 years; it put the four channels in the wrong order on 3
-# of 3 seeds (8, 9, 10), as did every attribution model (ranking gaps of 0.4 points reliably needs some
-# 100,000 sends per channel). A scenario with the same order and wider gaps is ranked right by both
-# Markov models (and the rule-based ones), on seeds 8 and 9 tried.
+# message (_truth/treatment_effects) is about sms 2.3-2.8, email 1.9, push 1.1, social 0.6 points, and
+# even the randomised treated-vs-control difference per channel, the best any estimator can do, has a
+# standard error of 0.5-0.8 points at 4,000 customers x 2 years; it put the four channels in the wrong
+# order on 3 of 3 seeds (8, 9, 10), as did every attribution model. At demo size (20,000 x 1 year, seeds
+# 7-9, 7-day lookback) both Markov models rank them right, but that takes minutes to generate. A
+# scenario with the same order and wider gaps is ranked right by both Markov models (and the rule-based
+# ones) on seeds 8 and 9 tried.
 SCENARIO = {"sms": 6.0, "email": 3.0, "push": 1.5, "social": 0.0}
 
 
