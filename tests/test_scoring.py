@@ -8,15 +8,17 @@ import math
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from features.build import load_catalog
 from features.lake import Lake
 from propel.cli import app
+from propel.config import Workspace
 from serving import batch
 from serving.audience import Top, where_sql
 from serving.batch import Audience, Campaign, load_champion, predict, reasons, snapshot
@@ -101,6 +103,44 @@ def test_where_count_and_min_score(champions, base, tmp_path):
     assert (df["score"] >= 0.2).all() and "reasons" not in df
     summary = json.loads((tmp_path / "tier1.summary.json").read_text())
     assert summary["counts"]["scored"] == len(allowed)
+
+
+def test_as_of_scores_an_earlier_snapshot(champions, base, tmp_path):
+    day = date.fromisoformat(load_catalog(champions)["cutoffs"][-3])
+    out = tmp_path / "past.parquet"
+    result = cli(champions, "churn", "--as-of", f"{day + timedelta(days=2):%Y-%m-%d}", "--reasons", "0", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "past.summary.json").read_text())
+    assert summary["freshness"]["snapshot"] == day.isoformat() != summary["freshness"]["latest_snapshot"]
+    past = Audience(champions, snapshot(champions, day)).con.sql("SELECT * FROM base WHERE _consent").df()
+    want = predict(load_champion(champions, "churn"), past).set_index(past["customer_id"])["score"]
+    df = read(out).set_index("customer_id")
+    assert set(df.index) == set(want.index)
+    np.testing.assert_allclose(df["score"], want.loc[df.index], rtol=0, atol=1e-12)
+    latest = base.set_index("customer_id").loc[lambda b: b["_consent"]]
+    common = df.index.intersection(latest.index)
+    assert (df.loc[common, "score"] != predict(load_champion(champions, "churn"), latest.loc[common])["score"]).any()
+
+
+def test_segments_filter_the_audience_and_are_exported(champions, tmp_path):
+    """Once `propel segments` has written the snapshot's segments, --where can use them and the export names them."""
+    from analytics import segments
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    shutil.copytree(champions.root, ws.root)
+    day = snapshot(ws).day
+    [(_, seg, _)] = list(segments.compute(ws, [day]))
+    ws.segments.mkdir(parents=True)
+    seg.to_parquet(ws.segments / f"{day.isoformat()}.parquet", index=False)
+    value = seg["rfm_segment"].mode()[0]
+    out = tmp_path / "segment.csv"
+    result = cli(ws, "churn", "--where", f"rfm_segment = '{value}' AND lifecycle_stage <> 'churned'", "--reasons", "0",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    df = read(out)
+    consenting = set(Audience(ws, snapshot(ws)).con.sql("SELECT customer_id FROM base WHERE _consent").df()["customer_id"])
+    want = set(seg.query("rfm_segment == @value and lifecycle_stage != 'churned'")["customer_id"]) & consenting
+    assert len(df) == len(want) > 0 and set(df["customer_id"]) == want and (df["segment"] == value).all()
 
 
 def test_chunking_does_not_change_the_export(champions, send_at, tmp_path):
@@ -215,6 +255,18 @@ def test_item_audience_ranks_customers_by_the_recommender(champions, recommender
         assert row.score == pytest.approx(recommender.recommend(row.customer_id, 1, allowed_items=[item]).scores[0])
     assert "unknown customer" in result.output or all(recommender.knows_customer(c) for c in base["customer_id"])
 
+    con = Lake(champions).connect()
+    category = con.execute("SELECT category FROM items WHERE item_id = ?", [item]).fetchall()[0][0]
+    in_category = {r[0] for r in con.execute("SELECT item_id FROM items WHERE category = ?", [category]).fetchall()}
+    out = tmp_path / "category.parquet"
+    result = cli(champions, "recommender", "--category", category, "--top", "30", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    df = read(out)
+    assert 0 < len(df) <= 30 and df["score"].is_monotonic_decreasing and set(df["item_id"]) <= in_category
+    for row in df.head(5).itertuples():
+        best = recommender.recommend(row.customer_id, 1, category=category)
+        assert (best.items[0], best.scores[0]) == (row.item_id, pytest.approx(row.score))
+
 
 @pytest.mark.parametrize("args, message", [
     (["chrun"], "unknown task 'chrun'; choose one of churn, propensity, uplift, recommender, nba"),
@@ -237,8 +289,6 @@ def test_bad_arguments_exit_2(champions, args, message):
 
 
 def test_no_champion_is_a_clear_error(champions, tmp_path):
-    from propel.config import Workspace
-
     ws = Workspace.resolve(tmp_path / "ws")
     shutil.copytree(champions.features, ws.features)  # features, but no models
     result = cli(ws, "churn")
@@ -284,6 +334,11 @@ def test_batch_model_input_equals_the_pandas_path(champions, base, send_at):
             assert np.array_equal(clf.raw_score(df), clf.booster.predict(prepare(df, clf.features, clf.categories)))
             pieces = np.vstack([clf.matrix(df.iloc[i:i + 400]) for i in range(0, len(df), 400)])
             assert np.array_equal(clf.matrix(df), pieces, equal_nan=True)
+        if task == "uplift":  # both arms scored from one encoding when they know the same levels
+            model, pred = champion.model, predict(champion, df)
+            for arm, column in ((model.treated, "p_treated"), (model.control, "p_control")):
+                raw = arm.booster.predict(prepare(df, arm.features, arm.categories))
+                assert np.array_equal(pred[column].to_numpy(), arm.calibrator.predict(raw) if arm.calibrator is not None else raw)
 
 
 @pytest.fixture(scope="module")
