@@ -116,11 +116,13 @@ def forget(
     customer_ids: Annotated[list[str], typer.Argument(help="Customer ids to forget (merged-away ids resolve to the person).")],
     online: OnlineOption = None,
 ) -> None:
-    """Remove people from the lake, feature tables and online store, and keep them out of future loads."""
+    """Remove people from the lake, feature tables, online store and served-recommendations log, and keep them out of future loads."""
     from features.forget import forget as run
+    from serving import served_log
 
     report = run(ctx.obj, customer_ids, online)
-    console.print(f"[green]forget[/] {report.summary()}")
+    logged = served_log.forget(ctx.obj, set(customer_ids) | set(report.customers))
+    console.print(f"[green]forget[/] {report.summary()}; served recommendations {logged:,}")
     if report.not_found:
         raise typer.Exit(1)
 
@@ -305,7 +307,7 @@ def segments(ctx: typer.Context, online: OnlineOption = None) -> None:
 def attribution(
     ctx: typer.Context,
     level: Annotated[str, typer.Option(help="channel or campaign.")] = "channel",
-    lookback_days: Annotated[Optional[int], typer.Option("--lookback-days", min=1, help="Touches this many days before an order can get credit (default 30).")] = None,
+    lookback_days: Annotated[Optional[int], typer.Option("--lookback-days", min=1, help="Touches this many days before an order can get credit (default 7).")] = None,
     half_life_days: Annotated[Optional[float], typer.Option("--half-life-days", min=0.01, help="Time-decay half-life in days (default 7).")] = None,
 ) -> None:
     """Credit orders to channels and campaigns under every model, with cost, ROI and CAC (saved as CSV)."""

@@ -148,7 +148,9 @@ class AnalyticsSettings:
     churned_days: int = 120  # lifecycle: more than this many days -> churned; in between -> lapsing
     churn_risk: float = 0.5  # value tier: a churn champion score at or above this marks a valuable customer at risk
     clusters: int = 5  # behavioural clusters (k-means on standardised activity, channel mix, value)
-    lookback_days: int = 30  # attribution: touches at most this many days before an order can get credit
+    # attribution: touches at most this many days before an order can get credit; as train.response_window_days
+    # (a longer window mixes in later campaigns and purchases that happen anyway; docs/analytics.md)
+    lookback_days: int = 7
     half_life_days: float = 7.0  # time-decay attribution: a touch this many days older gets half the credit
     control_share: float = 0.2  # experiments: planned share of each campaign's audience held out as control
     srm_alpha: float = 0.001  # sample-ratio mismatch when the chi-square p-value of the split is below this
