@@ -148,3 +148,11 @@ def estimate(con, days: int) -> tuple[CLTVModel, pd.DataFrame]:
     summary = rfm_summary(con, _end(con))
     model = CLTVModel.fit(summary)
     return model, model.cltv(summary, days)
+
+
+def by_acquisition_channel(con, values: pd.DataFrame) -> pd.DataFrame:
+    """Buyers, mean and total CLTV and mean P(alive) by the channel of each customer's first order."""
+    first = con.execute(f"SELECT customer_id, channel FROM ({ORDERS}) WHERE first_order").df()
+    return (values.merge(first, on="customer_id").groupby("channel")
+            .agg(customers=("customer_id", "size"), mean_cltv=("cltv", "mean"), total_cltv=("cltv", "sum"),
+                 mean_p_alive=("p_alive", "mean")).sort_values("total_cltv", ascending=False))

@@ -54,14 +54,21 @@ def over_time(con, freq: str = "week") -> pd.DataFrame:
 
 
 def by_channel(con) -> pd.DataFrame:
-    """Per channel: sessions, conversion rate, orders, revenue and AOV (orders by the channel they were placed on)."""
+    """Per channel: sessions, conversion rate, orders, revenue, AOV, active customers, new customers (first
+    orders) and repeat rate (share of the channel's buyers with an order on it after an earlier one), by the
+    channel orders were placed on. CAC per marketing channel is attribution's (cost / attributed first orders)."""
     return con.execute(f"""
         WITH s AS (SELECT arg_min(channel, ts) AS channel, bool_or(event_type = 'purchase') AS bought
                    FROM events WHERE session_id IS NOT NULL GROUP BY session_id),
-        o AS (SELECT channel, count(*) AS orders, sum(revenue) AS revenue FROM ({ORDERS}) GROUP BY 1),
+        o AS (SELECT channel, count(*) AS orders, sum(revenue) AS revenue, count(DISTINCT customer_id) AS active_customers,
+                     count(*) FILTER (WHERE first_order) AS new_customers,
+                     count(DISTINCT customer_id) FILTER (WHERE NOT first_order) AS repeat_buyers
+              FROM ({ORDERS}) GROUP BY 1),
         e AS (SELECT channel, count(*) AS events FROM events GROUP BY 1)
         SELECT channel, events, coalesce(sessions, 0) AS sessions, converted / nullif(sessions, 0) AS conversion_rate,
-               coalesce(orders, 0) AS orders, coalesce(revenue, 0) AS revenue, revenue / nullif(orders, 0) AS aov
+               coalesce(orders, 0) AS orders, coalesce(revenue, 0) AS revenue, revenue / nullif(orders, 0) AS aov,
+               coalesce(active_customers, 0) AS active_customers, coalesce(new_customers, 0) AS new_customers,
+               repeat_buyers / nullif(active_customers, 0) AS repeat_rate
         FROM e LEFT JOIN (SELECT channel, count(*) AS sessions, count(*) FILTER (WHERE bought) AS converted
                           FROM s GROUP BY 1) USING (channel) LEFT JOIN o USING (channel)
         ORDER BY revenue DESC NULLS LAST, events DESC""").df()

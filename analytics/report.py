@@ -164,7 +164,7 @@ def kpi_section(ws: Workspace, con) -> str:
     grid.append(chart(fig, "revenue_by_channel"))
     out.append(f'<div class="grid">{"".join(grid)}</div>')
     out.append(f"<h3>KPIs per {freq}</h3>" + table(series.set_index("period"), ("conversion_rate", "repeat_rate")))
-    out.append("<h3>By channel</h3>" + table(kpis.by_channel(con).set_index("channel"), ("conversion_rate",)))
+    out.append("<h3>By channel</h3>" + table(kpis.by_channel(con).set_index("channel"), ("conversion_rate", "repeat_rate")))
     cohorts = kpis.retention(con, freq)
     if not cohorts.empty:
         fig, ax = _figure(6.4, 0.25 * len(cohorts) + 1.2)
@@ -211,7 +211,8 @@ def cltv_block(ws: Workspace, con) -> str:
                     f"before {check.calibration_end}, predicting the {check.holdout_days} days after: predicted / actual "
                     f"purchase days = {check.ratio:.2f}. BG/NBD assumes each customer buys at a constant rate while active; "
                     "where customers buy less as they age it over-predicts, the more the longer the horizon.")
-            + f'<div class="grid">{chart(fig, "cltv_holdout")}<div>{table(summary)}</div></div>')
+            + f'<div class="grid">{chart(fig, "cltv_holdout")}<div>{table(summary)}</div></div>'
+            + "<h4>By acquisition channel (first order)</h4>" + table(cltv.by_acquisition_channel(con, values)))
 
 
 def segment_section(ws: Workspace, con) -> str:

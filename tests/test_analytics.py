@@ -50,6 +50,8 @@ def test_kpis_by_channel_and_retention(shop):
     channels = kpis.by_channel(shop).set_index("channel")
     assert channels.loc["web", "conversion_rate"] == 1.0 and channels.loc["app", "conversion_rate"] == 0.5
     assert channels.loc["web", "revenue"] == 100 and channels.loc["app", "aov"] == 5
+    assert (channels.loc["web", "active_customers"], channels.loc["web", "new_customers"]) == (2, 2)
+    assert channels.loc["web", "repeat_rate"] == 0.5 and channels.loc["app", "repeat_rate"] == 0, "C1 bought again on web"
     cohorts = kpis.retention(shop, "week")
     assert cohorts.loc[pd.Timestamp("2025-03-03"), "customers"] == 2
     assert cohorts.loc[pd.Timestamp("2025-03-03"), 1] == 0.5, "C1 of the first cohort (C1, C3) bought again a week later"
@@ -154,6 +156,9 @@ def test_cltv_predicts_a_holdout_period(two_years):
         "frequent buyers are predicted and seen to buy more"
     _, values = cltv.estimate(Lake(ws).connect(), days=365)
     assert (values["cltv"] >= 0).all() and values["p_alive"].between(0, 1).all()
+    channels = cltv.by_acquisition_channel(Lake(ws).connect(), values)
+    assert set(channels.index) <= {"web", "app", "store"} and channels["customers"].sum() == len(values)
+    assert channels["total_cltv"].sum() == pytest.approx(values["cltv"].sum())
 
 
 def test_ab_tests_cover_the_true_lift_and_flag_the_broken_split(two_years):
