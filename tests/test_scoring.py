@@ -199,8 +199,9 @@ def test_same_scores_as_the_online_path(champions, base, send_at, tmp_path):
 
 
 def test_uplift_persuadables_and_next_best_action(champions, base, refused, send_at, tmp_path):
+    offers = load_champion(champions, "uplift").levels["offer_type"]  # what the generated campaigns offered
     out = tmp_path / "persuadables.csv"
-    result = cli(champions, "uplift", "--persuadables", "--channel", "email", "--offer", "discount_20", "--send-at",
+    result = cli(champions, "uplift", "--persuadables", "--channel", "email", "--offer", offers[-1], "--send-at",
                  f"{send_at:%Y-%m-%dT%H:%M}", "--out", str(out))
     assert result.exit_code == 0, result.output
     df = read(out)
@@ -208,7 +209,7 @@ def test_uplift_persuadables_and_next_best_action(champions, base, refused, send
 
     actions = tmp_path / "actions.csv"
     pd.DataFrame({"campaign_id": ["cheap", "dear"], "channel": ["email", "email"],
-                  "offer_type": ["discount_10", "discount_20"], "cost": [0.01, 1e6]}).to_csv(actions, index=False)
+                  "offer_type": [offers[0], offers[-1]], "cost": [0.01, 1e6]}).to_csv(actions, index=False)
     out = tmp_path / "nba.csv"
     result = cli(champions, "nba", "--campaigns", str(actions), "--contact-cap", "1", "--send-at", f"{send_at:%Y-%m-%dT%H:%M}",
                  "--out", str(out))
@@ -338,7 +339,8 @@ def test_batch_model_input_equals_the_pandas_path(champions, base, send_at):
             model, pred = champion.model, predict(champion, df)
             for arm, column in ((model.treated, "p_treated"), (model.control, "p_control")):
                 raw = arm.booster.predict(prepare(df, arm.features, arm.categories))
-                assert np.array_equal(pred[column].to_numpy(), arm.calibrator.predict(raw) if arm.calibrator is not None else raw)
+                want = arm.calibrator.predict(raw) if arm.calibrator is not None else raw
+                assert np.array_equal(pred[column].to_numpy(), want)
 
 
 @pytest.fixture(scope="module")
