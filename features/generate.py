@@ -380,6 +380,22 @@ def _session_events(p, sp: np.ndarray, start: np.ndarray, catalog, rng) -> dict:
                  item=item_col, qty=qty, revenue=revenue)
 
 
+def activity(engagement: np.ndarray) -> np.ndarray:
+    """How much of a person's response potential is live at their current engagement (0 once churned)."""
+    return np.clip(0.5 + 0.5 * engagement, 0, 1.5)
+
+
+def response_probabilities(uplift, channel, preferred, discount, price_sensitivity, act) -> tuple[np.ndarray, np.ndarray]:
+    """(control, treated) probability that a touch converts within the response window: the uplift type's
+    base rates scaled by `act`, the lift by the channel, the person's preferred channel and, for discount
+    offers, price sensitivity. Also the oracle's (training/oracle.py) notion of the truth."""
+    lift = ((P_TREATED - P_CONTROL)[uplift] * np.array([CHANNEL_EFFECT[c] for c in CAMPAIGN_CHANNELS])[channel]
+            * np.where(channel == preferred, PREFERRED_BOOST, OTHER_CHANNEL)
+            * np.where(discount, 0.6 + 0.8 * price_sensitivity, 1))
+    p_control = P_CONTROL[uplift] * act
+    return p_control, np.clip(p_control + lift * act, 0, 1)
+
+
 def _campaign_events(p, camps, catalog, rng, t_end: int) -> tuple[dict, pa.Table, pa.Table]:
     """Targeting with a random hold-out, and responses whose size depends on uplift type, traits and channel."""
     eligible = p.registered & (p.consent == 0)
@@ -388,13 +404,10 @@ def _campaign_events(p, camps, catalog, rng, t_end: int) -> tuple[dict, pa.Table
     m = len(pi)
     sent = camps.start[ci] + rng.integers(0, 6 * 3600, m)
     control = rng.random(m) < CONTROL_SHARE
-    act = np.clip(0.5 + 0.5 * _engagement(p, pi, sent), 0, 1.5) * (p.churn_at[pi] > sent)
-    ut, ch = p.uplift[pi], camps.channel[ci]
-    lift = ((P_TREATED - P_CONTROL)[ut] * np.array([CHANNEL_EFFECT[c] for c in CAMPAIGN_CHANNELS])[ch]
-            * np.where(ch == p.channel[pi], PREFERRED_BOOST, OTHER_CHANNEL)
-            * np.where(camps.discount[ci], 0.6 + 0.8 * p.price_sensitivity[pi], 1))
-    p_control = P_CONTROL[ut] * act
-    p_treated = np.clip(p_control + lift * act, 0, 1)
+    act = activity(_engagement(p, pi, sent)) * (p.churn_at[pi] > sent)
+    ch = camps.channel[ci]
+    p_control, p_treated = response_probabilities(p.uplift[pi], ch, p.channel[pi], camps.discount[ci],
+                                                  p.price_sensitivity[pi], act)
     horizon = np.minimum(np.minimum(sent + RESPONSE_DAYS * DAY, p.churn_at[pi]), t_end)
     buy_ts = sent + 2 + (rng.random(m) * (horizon - sent - 2)).astype(np.int64)
     converted = (rng.random(m) < np.where(control, p_control, p_treated)) & (buy_ts < horizon)

@@ -14,7 +14,7 @@ from features.build import build
 from features.ingest import ingest
 from features.lake import Lake
 from propel.config import Workspace
-from training import churn, labels, pipeline, propensity, registry, uplift
+from training import churn, labels, oracle, pipeline, propensity, registry, uplift
 from training.model import model_input
 from training.evaluate import gains_table, qini_coefficient, top_share
 from training.pipeline import NotEligible
@@ -189,6 +189,39 @@ def test_propensity_and_uplift_train(trained, generated):
     m = loaded.unwrap_python_model()
     scored = loaded.predict(model_input(rows, m.features, m.treated.categories))
     assert {"score", "p_treated", "p_control"} <= set(scored.columns)
+
+
+def test_rows_older_than_the_first_snapshot_are_left_out(trained):
+    """Touches sent before the snapshots begin have no point-in-time features: they must not train."""
+    ws, _ = trained
+    entity, _ = propensity.entity_rows(ws)
+    first = pd.Timestamp(pipeline.load_catalog(ws)["cutoffs"][0], tz="UTC")
+    early = pd.to_datetime(entity["event_timestamp"], utc=True) < first
+    assert early.any() and not early.all(), "the fixture has touches on both sides of the first snapshot"
+    frame = pipeline.build_frame(ws, entity, propensity.SERVICE, "derived", ws.settings().train, 7, 1)
+    assert len(frame.data) == (~early).sum() and frame.labelled_rows == (~early).sum()
+    # only people who signed up between the snapshot and the send lack features
+    assert frame.data["days_since_last_visit"].notna().mean() > 0.9
+
+
+def test_oracles_use_the_observable_silence_not_the_hidden_churn_time(generated):
+    """A person's oracle scores depend on how long they have been silent, as the true process infers
+    it, whether or not they (secretly) churned already."""
+    truth = generated / "_truth"
+    persons = pd.read_parquet(truth / "persons.parquet").dropna(subset=["customer_id"])
+    at = pd.Timestamp("2026-10-01", tz="UTC")
+    gone = persons[persons["churn_at"] < at].iloc[:5]["customer_id"].tolist()
+    here = persons[persons["churn_at"].isna() & (persons["first_seen_at"] < at - pd.Timedelta(days=200))].iloc[:5]["customer_id"].tolist()
+    assert gone and here
+    ids = gone + here
+    rows = pd.DataFrame({"customer_id": ids * 2, "event_timestamp": at, "days_since_last_visit": [1] * len(ids) + [120] * len(ids),
+                         "campaign_channel": "email", "offer_type": "discount_10"})
+    churn_p = oracle.churn_scores(truth, rows, horizon_days=60).to_numpy()
+    respond = oracle.response_scores(truth, rows, window_days=7).to_numpy()
+    recent, silent = slice(0, len(ids)), slice(len(ids), None)
+    assert (churn_p[recent] < 1).all(), "seen yesterday: not certainly gone, churned or not"
+    assert (churn_p[silent] > churn_p[recent]).all() and (respond[silent] < respond[recent]).all()
+    assert (respond > 0).all()
 
 
 def test_explicit_labels_with_a_wide_messy_crm_table(ws, raw):

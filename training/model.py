@@ -65,7 +65,8 @@ def _level_numbers(column, index: dict[str, int]) -> np.ndarray:
     if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
         values = values.astype(str).where(values.notna())
     codes = pd.Categorical(values, categories=list(index)).codes
-    return np.where(codes >= 0, np.fromiter(index.values(), np.float64, len(index))[codes], np.nan)
+    # code -1 (missing or unseen) picks the trailing NaN, also when the model knows no level at all
+    return np.append(np.fromiter(index.values(), np.float64, len(index)), np.nan)[codes]
 
 
 def _numbers(column) -> np.ndarray:

@@ -12,33 +12,97 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from features.generate import FLOOR, HAZARD, SESSION_RATE
+from features.generate import (CAMPAIGN_CHANNELS, FLOOR, HAZARD, OFFERS, N_DISCOUNTS, P_BUY, P_CART, SESSION_RATE,
+                               UPLIFT_TYPES, VIEWS, activity, response_probabilities)
 
 DAY_NS = 86_400 * 10**9
+STORE_SHARE = 1.5 / 9.5  # mean share of a registered person's sessions in store (the generator's Dirichlet(5, 3, 1.5))
+QUIET_DAYS = 365  # how far back a silence is weighed when inferring whether someone is still active
 
 
 def _persons(truth_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(truth_dir) / "persons.parquet").dropna(subset=["customer_id"]).set_index("customer_id")
+    p = pd.read_parquet(Path(truth_dir) / "persons.parquet").dropna(subset=["customer_id"]).set_index("customer_id")
+    return p[~p.index.duplicated()]
+
+
+class _Truth:
+    """The true traits of the persons behind `rows` (NaN without ground truth) and their process."""
+
+    def __init__(self, truth_dir: Path, rows: pd.DataFrame):
+        self.p = _persons(truth_dir).reindex(rows["customer_id"].to_numpy())
+        self.signup = _ns(self.p["first_seen_at"])
+        self.half_life, self.loyalty = self.p["engagement_half_life_days"].to_numpy(), self.p["brand_loyalty"].to_numpy()
+        price = self.p["price_sensitivity"].to_numpy()
+        # P(a session has a purchase): store visits always buy; online, each viewed item may be carted and bought
+        online = 1 - np.exp(-VIEWS * P_CART / (1 + price) * P_BUY * (0.7 + 0.6 * self.loyalty))
+        self.buy_per_session = STORE_SHARE + (1 - STORE_SHARE) * online
+        self.known = ~np.isnan(self.p["engagement"].to_numpy())
+
+    def rates(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(engagement, sessions per day, churn hazard per day) at time t, as the generator has them."""
+        decay = 0.5 ** (np.maximum(t - self.signup, 0) / DAY_NS / self.half_life)
+        engagement = self.p["engagement"].to_numpy() * (FLOOR + (1 - FLOOR) * decay)
+        return engagement, SESSION_RATE * engagement, HAZARD * (1 - decay) * (1.5 - self.loyalty)
+
+    def p_active(self, start: np.ndarray, quiet_days) -> np.ndarray:
+        """P(not churned yet at `start` | true traits, active on the day of the last visit, no visit in the
+        `quiet_days` since): the true process applied to what can be observed, not the hidden churn time."""
+        quiet = np.minimum(np.nan_to_num(np.asarray(quiet_days, dtype=float), nan=QUIET_DAYS), QUIET_DAYS)
+        died, cumulative = np.zeros(len(start)), np.zeros(len(start))
+        for back in range(QUIET_DAYS - 1, 0, -1):  # the silent days, oldest first
+            silent = back < quiet
+            _, sessions, hazard = self.rates(start - back * DAY_NS)
+            died += np.where(silent, hazard * np.exp(-cumulative), 0)
+            cumulative += np.where(silent, hazard + sessions, 0)
+        alive = np.exp(-cumulative)
+        return alive / (alive + died)
+
+    def expected_purchases(self, start: np.ndarray, days: int) -> np.ndarray:
+        """Expected purchase sessions in [start, start + days) for someone still active at start."""
+        expected, cumulative_hazard = np.zeros(len(start)), np.zeros(len(start))
+        for d in range(days):
+            _, sessions, hazard = self.rates(start + d * DAY_NS)
+            expected += sessions * np.exp(-cumulative_hazard) * self.buy_per_session
+            cumulative_hazard += hazard
+        return expected
 
 
 def churn_scores(truth_dir: Path, rows: pd.DataFrame, horizon_days: int) -> pd.Series:
-    """P(no purchase in the horizon) ranked by the true process, knowing only the state at the cutoff:
-    someone already churned scores 1; otherwise the expected purchases over the horizon, from the true
-    engagement curve, the true churn hazard integrated forward and the true purchase propensity
-    (loyalty). Not clairvoyant: the realised future churn time is not used. NaN without ground truth."""
-    p = _persons(truth_dir).reindex(rows["customer_id"].to_numpy())
+    """P(no purchase in the horizon) by the true process, from what is observable at the cutoff: the
+    chance the person is still active given the true traits and how long they have been silent
+    (`days_since_last_visit`), times the chance an active person makes no purchase, from the true
+    engagement curve, churn hazard and purchase propensity. Not clairvoyant: neither the hidden moment
+    someone churned nor the realised future is used. NaN without ground truth."""
+    truth = _Truth(truth_dir, rows)
     start = _ns(rows["event_timestamp"])
-    signup, churn = _ns(p["first_seen_at"]), _ns(p["churn_at"])
-    half_life, loyalty = p["engagement_half_life_days"].to_numpy(), p["brand_loyalty"].to_numpy()
-    expected, cumulative_hazard = np.zeros(len(rows)), np.zeros(len(rows))
-    for d in range(horizon_days):
-        t = start + d * DAY_NS
-        decay = 0.5 ** (np.maximum(t - signup, 0) / DAY_NS / half_life)
-        engagement = p["engagement"].to_numpy() * (FLOOR + (1 - FLOOR) * decay)
-        expected += SESSION_RATE * engagement * np.exp(-cumulative_hazard) * (0.7 + 0.6 * loyalty)
-        cumulative_hazard += HAZARD * (1 - decay) * (1.5 - loyalty)
-    score = np.where(churn <= start, 1.0, np.exp(-expected))
-    return pd.Series(np.where(np.isnan(p["engagement"].to_numpy()), np.nan, score), index=rows.index)
+    active = truth.p_active(start, rows["days_since_last_visit"])
+    score = 1 - active * (1 - np.exp(-truth.expected_purchases(start, horizon_days)))
+    return pd.Series(np.where(truth.known, score, np.nan), index=rows.index)
+
+
+def response_scores(truth_dir: Path, rows: pd.DataFrame, window_days: int) -> pd.Series:
+    """P(a purchase within the window) of each treated touch by the true process: the campaign's true
+    conversion probability for an active person (uplift type, channel, offer, traits) or an organic
+    purchase, both weighed by the chance the person is still active at the send (as for churn, from
+    the silence before the snapshot, not the hidden churn time). NaN without ground truth."""
+    truth = _Truth(truth_dir, rows)
+    start = _ns(rows["event_timestamp"])
+    p = truth.p
+    known = truth.known & rows["campaign_channel"].isin(CAMPAIGN_CHANNELS).to_numpy()
+    engagement, _, _ = truth.rates(start)
+    # unknown levels are -1, clipped to 0 where an index is needed (those rows are not `known`)
+    _, converts = response_probabilities(
+        _codes(p["uplift_type"], UPLIFT_TYPES).clip(0), _codes(rows["campaign_channel"], CAMPAIGN_CHANNELS).clip(0),
+        _codes(p["preferred_channel"], CAMPAIGN_CHANNELS), rows["offer_type"].isin(OFFERS[:N_DISCOUNTS]).to_numpy(),
+        p["price_sensitivity"].to_numpy(), activity(engagement))
+    snapshot = start - start % DAY_NS  # features describe the midnight before the send
+    active = truth.p_active(snapshot, rows["days_since_last_visit"])
+    score = active * (1 - (1 - converts) * np.exp(-truth.expected_purchases(start, window_days)))
+    return pd.Series(np.where(known, score, np.nan), index=rows.index)
+
+
+def _codes(values, levels) -> np.ndarray:
+    return pd.Categorical(values, levels).codes
 
 
 def _ns(values: pd.Series) -> np.ndarray:
@@ -48,20 +112,11 @@ def _ns(values: pd.Series) -> np.ndarray:
 
 
 def churn_metrics(truth_dir: Path, test: pd.DataFrame, model_scores: np.ndarray, *, horizon_days: int) -> dict[str, float]:
-    oracle = churn_scores(truth_dir, test, horizon_days)
-    known = oracle.notna().to_numpy()
-    y = test["label"].to_numpy()[known]
-    return _compare(y, model_scores[known], oracle.to_numpy()[known])
+    return _compare(test, model_scores, churn_scores(truth_dir, test, horizon_days))
 
 
-def response_metrics(truth_dir: Path, test: pd.DataFrame, model_scores: np.ndarray) -> dict[str, float]:
-    """Oracle = the true conversion probability of each touch (treated or control, as it happened)."""
-    truth = pd.read_parquet(Path(truth_dir) / "treatment_effects.parquet")
-    truth["p_true"] = np.where(truth["group"] == "treatment", truth["p_treated"], truth["p_control"])
-    merged = test[["customer_id", "campaign_id", "label"]].merge(truth[["customer_id", "campaign_id", "p_true"]],
-                                                                 on=["customer_id", "campaign_id"], how="left")
-    known = merged["p_true"].notna().to_numpy()
-    return _compare(merged["label"].to_numpy()[known], model_scores[known], merged["p_true"].to_numpy()[known])
+def response_metrics(truth_dir: Path, test: pd.DataFrame, model_scores: np.ndarray, *, window_days: int) -> dict[str, float]:
+    return _compare(test, model_scores, response_scores(truth_dir, test, window_days))
 
 
 def true_uplift(truth_dir: Path, rows: pd.DataFrame) -> np.ndarray:
@@ -71,10 +126,13 @@ def true_uplift(truth_dir: Path, rows: pd.DataFrame) -> np.ndarray:
                                                       on=["customer_id", "campaign_id"], how="left")["uplift"].to_numpy()
 
 
-def _compare(y: np.ndarray, model: np.ndarray, oracle: np.ndarray) -> dict[str, float]:
+def _compare(test: pd.DataFrame, model: np.ndarray, oracle: pd.Series) -> dict[str, float]:
+    """Model and oracle AUC on the same test rows: those with ground truth."""
+    known = oracle.notna().to_numpy()
+    y = test["label"].to_numpy()[known]
     if len(np.unique(y)) < 2:
         return {}
-    model_auc, oracle_auc = roc_auc_score(y, model), roc_auc_score(y, oracle)
+    model_auc, oracle_auc = roc_auc_score(y, model[known]), roc_auc_score(y, oracle.to_numpy()[known])
     return {"oracle_roc_auc": float(oracle_auc), "model_roc_auc_on_truth_rows": float(model_auc),
             "share_of_oracle_auc": float(model_auc / oracle_auc)}
 
@@ -82,6 +140,4 @@ def _compare(y: np.ndarray, model: np.ndarray, oracle: np.ndarray) -> dict[str, 
 def preferred_category(truth_dir: Path, customer_ids) -> np.ndarray:
     """Each customer's planted preferred category (the generator draws item categories from a per-person
     preference vector; this is its largest entry); None without ground truth."""
-    p = _persons(truth_dir)
-    p = p[~p.index.duplicated()]
-    return p["preferred_category"].reindex(pd.Index(customer_ids)).astype(object).where(lambda s: s.notna(), None).to_numpy()
+    return _persons(truth_dir)["preferred_category"].reindex(pd.Index(customer_ids)).astype(object).where(lambda s: s.notna(), None).to_numpy()

@@ -68,8 +68,16 @@ class Fitted:
 
 def build_frame(ws: Workspace, entity: pd.DataFrame, service: str, label_source: str, cfg: TrainSettings,
                 gap_days: float, test_periods: int) -> Frame:
-    """Point-in-time features for every labelled row (Feast), plus the out-of-time split."""
+    """Point-in-time features for every labelled row (Feast), plus the out-of-time split. Rows older
+    than the first feature snapshot are left out: no snapshot describes them, so they would train on
+    empty features (e.g. campaign touches sent before the snapshots begin)."""
     store = fstore.feature_store(ws)
+    first = pd.Timestamp(load_catalog(ws)["cutoffs"][0], tz="UTC")
+    covered = pd.to_datetime(entity["event_timestamp"], utc=True) >= first
+    if not covered.all():
+        log.info("%s: %d of %d labelled rows predate the first feature snapshot (%s) and are left out",
+                 service, int((~covered).sum()), len(entity), first.date())
+        entity = entity[covered.to_numpy()].reset_index(drop=True)
     labelled = len(entity)
     data = fstore.historical_features(store, service, sample_customers(entity, cfg.max_rows, cfg.seed))
     data["split"] = time_split(data["event_timestamp"], data["customer_id"], test_periods, cfg.valid_share, gap_days)

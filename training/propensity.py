@@ -27,6 +27,6 @@ def train(ws: Workspace, tune_seconds: float = 0, truth_dir=None) -> TrainResult
     cfg = ws.settings().train
     entity, source = entity_rows(ws)
     frame = build_frame(ws, entity, SERVICE, source, cfg, cfg.response_window_days, cfg.response_test_periods)
-    oracle_fn = partial(oracle.response_metrics, truth_dir) if truth_dir else None
+    oracle_fn = partial(oracle.response_metrics, truth_dir, window_days=cfg.response_window_days) if truth_dir else None
     # Baseline heuristic: past response rate.
     return train_classifier(ws, "propensity", frame, cfg, tune_seconds, "response_rate_365d", oracle_fn)
