@@ -159,15 +159,16 @@ def profile_columns(con) -> dict[str, str]:
     return {name: typ for name, typ, *_ in con.execute("DESCRIBE customers").fetchall() if name not in skip}
 
 
-def build(ws: Workspace, every_days: int = 7, snapshots: int = 26, progress: bool = False) -> BuildReport:
+def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: bool = False) -> BuildReport:
     """Compute all snapshots from the lake into `data/features/`, replacing the previous build."""
     started = time.perf_counter()
     lake = Lake(ws)
     if not lake.files("events"):
         raise FileNotFoundError(f"{lake.root}: the lake has no events yet. Run `propel ingest RAW_DIR` first.")
     con = lake.connect()
-    latest = con.execute("SELECT CAST(max(ts) AS DATE) + 1 FROM events_all").fetchone()[0]
-    cuts = cutoffs(latest, every_days, snapshots)
+    first, latest = con.execute("SELECT CAST(min(ts) AS DATE), CAST(max(ts) AS DATE) + 1 FROM events_all").fetchone()
+    # a snapshot before any event has no behaviour in it: history shorter than the snapshots asked for gets fewer
+    cuts = [T for T in cutoffs(latest, every_days, snapshots) if T > first] or [latest]
     out = ws.features
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)

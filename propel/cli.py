@@ -136,8 +136,8 @@ app.add_typer(features_app, name="features")
 @friendly
 def features_build(
     ctx: typer.Context,
-    every_days: Annotated[Optional[int], typer.Option(min=1, help="Days between snapshots (default 7).")] = None,
-    snapshots: Annotated[Optional[int], typer.Option(min=1, help="Number of snapshots (default 26).")] = None,
+    every_days: Annotated[Optional[int], typer.Option(min=1, help="Days between snapshots (default: [features] every_days, 7).")] = None,
+    snapshots: Annotated[Optional[int], typer.Option(min=1, help="Number of snapshots (default: [features] snapshots, 52).")] = None,
 ) -> None:
     """Compute point-in-time customer and item feature snapshots from the lake (DuckDB)."""
     from features.build import build

@@ -52,7 +52,9 @@ class IdentitySettings:
 @dataclass
 class FeatureSettings:
     every_days: int = 7  # snapshot cadence: one feature snapshot every this many days
-    snapshots: int = 26  # how many snapshots to keep, ending at the midnight after the newest event
+    # how many snapshots, ending at the midnight after the newest event (fewer if the events start later):
+    # a year of weekly ones, so campaign responses all year long have features as of their send time
+    snapshots: int = 52
 
 
 @dataclass
