@@ -21,6 +21,7 @@ import duckdb
 import httpx
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import schemathesis
 import yaml
@@ -128,6 +129,23 @@ def feast_rows(ws: Workspace, service: str, ids: list[str]):
 def context_of(model) -> dict:
     levels = getattr(model, "treated", model).categories
     return {c: levels[c][0] for c in ("campaign_channel", "offer_type") if c in model.features}
+
+
+def test_http_scores_equal_the_batch_export(http, champions, tmp_path):
+    """What a marketer exports with `propel score` (offline snapshot) is what an app gets over HTTP (online
+    store) for the same customers: score, decile and reason codes."""
+    out = tmp_path / "top.csv"
+    subprocess.run([BIN / "propel", "--workspace", champions.root, "score", "churn", "--top", "5", "--out", out],
+                   check=True, capture_output=True)
+    batch = pd.read_csv(out)
+    r = http.post("/score/churn", json={"customer_ids": batch["customer_id"].tolist()})
+    assert r.status_code == 200, r.text
+    online = r.json()["results"]
+    assert [row["customer_id"] for row in online] == batch["customer_id"].tolist()
+    np.testing.assert_allclose([row["probability"] for row in online], batch["score"], atol=1e-9)
+    assert [row["decile"] for row in online] == batch["decile"].tolist()
+    assert [[x["feature"] for x in row["reasons"]] for row in online] == \
+        [[part.split(" (")[0] for part in text.split("; ")] for text in batch["reasons"]]
 
 
 @pytest.mark.parametrize("task", ["churn", "propensity", "uplift"])
