@@ -137,9 +137,11 @@ def _select(features: tuple[Feature, ...], key: str, grid: str, T: date) -> str:
     for source, feats in by_source.items():
         if source == "derived":
             continue
-        windowed = source in _WINDOWED  # a per-snapshot subquery: scanned once, not once per filter
-        body = f"({_WINDOWED[source]})" if windowed else f"(SELECT * FROM src_{source} WHERE day < T)"
-        for where, group in (_by_filter(feats) if not windowed else {"": [(f, f.sql) for f in feats]}).items():
+        if source in _WINDOWED:  # a per-snapshot subquery: scanned once, not once per filter
+            body, groups = f"({_WINDOWED[source]})", {"": [(f, f.sql) for f in feats]}
+        else:
+            body, groups = f"(SELECT * FROM src_{source} WHERE day < T)", _by_filter(feats)
+        for where, group in groups.items():
             alias = f"s{len(joins)}"
             aggs = ", ".join(f"{sql} AS {f.name}" for f, sql in group)
             joins.append(f"LEFT JOIN (SELECT {key}, {aggs} FROM {body} {where} GROUP BY {key}) {alias} USING ({key})")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from itertools import repeat
 from datetime import datetime, timezone
+from itertools import repeat
 
 import numpy as np
 import pandas as pd
@@ -60,9 +60,9 @@ class OnlineReader:
         self.numeric = [n for _, names in self.views for n in names if types[n] in _NUMERIC_TYPES]
         self.other = [n for _, names in self.views for n in names if types[n] not in _NUMERIC_TYPES]
         self._memo: dict[bytes, object] = {}
-        self._numeric_col = {n: j for j, n in enumerate(self.numeric)}
         self._slot = {**{n: (j, True) for j, n in enumerate(self.numeric)},
                       **{n: (j, False) for j, n in enumerate(self.other)}}
+        self._numeric_col = {n: j for n, (j, numeric) in self._slot.items() if numeric}
         if self.kind == "sqlite":
             self._path = SqliteOnlineStore._get_db_path(cfg)
             self._local = threading.local()
@@ -159,6 +159,8 @@ class OnlineReader:
 
 _MISS = object()
 _NO_SLOT = (-1, False)
+_SCALAR_KINDS = {"int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"}
+_NUMERIC_TYPES = {ValueType.INT64, ValueType.INT32, ValueType.DOUBLE, ValueType.FLOAT, ValueType.BOOL}
 # A ValueProto holds one field: its tag byte, then the value (doubles: 8 bytes little-endian; int64 and
 # bool: a varint, here at most 8 bytes = values up to 2**56; longer or negative ones take the memo path)
 _INT64_TAG, _BOOL_TAG = Value(int64_val=1).SerializeToString()[0], Value(bool_val=True).SerializeToString()[0]
@@ -180,8 +182,6 @@ def _bulk_numbers(buf: np.ndarray, lens: np.ndarray, wanted: np.ndarray) -> tupl
     values[varint] = acc
     decoded[double] = decoded[varint] = True
     return values, decoded
-_SCALAR_KINDS = {"int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"}
-_NUMERIC_TYPES = {ValueType.INT64, ValueType.INT32, ValueType.DOUBLE, ValueType.FLOAT, ValueType.BOOL}
 
 
 def _python(blob: bytes):
