@@ -5,12 +5,22 @@ from __future__ import annotations
 from feast import FeatureService, FeatureView
 
 from feature_repo.feature_views import request_context
-from features.definitions import FEATURE_SERVICES
+from features.definitions import FEATURE_GROUPS, FEATURE_SERVICES, view_features
 
 WITH_REQUEST_CONTEXT = {"propensity_v1", "recommender_v1"}
 
 
 def feature_services(views: dict[str, FeatureView]) -> list[FeatureService]:
-    return [FeatureService(name=name, features=[views[v] for v in view_names]
-                           + ([request_context] if name in WITH_REQUEST_CONTEXT else []))
-            for name, view_names in FEATURE_SERVICES.items() if all(v in views for v in view_names)]
+    """Each service's groups as projections of the views holding them (a whole view when every feature is in)."""
+    services = []
+    for name, groups in FEATURE_SERVICES.items():
+        names = {FEATURE_GROUPS[g][0] for g in groups}
+        if not names <= views.keys():
+            continue
+        picked = {f.name for v in names for f in view_features(v) if f.group in groups}
+        projections = [views[v] if not view_features(v) or picked >= {f.name for f in views[v].features}
+                       else views[v][[f.name for f in views[v].features if f.name in picked]]
+                       for v in dict.fromkeys(FEATURE_GROUPS[g][0] for g in groups)]
+        services.append(FeatureService(name=name, features=projections
+                                       + ([request_context] if name in WITH_REQUEST_CONTEXT else [])))
+    return services

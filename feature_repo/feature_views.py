@@ -12,7 +12,7 @@ from feature_repo import data_sources
 from feature_repo.entities import customer, item
 from features import request_features
 from features.build import load_catalog
-from features.definitions import CUSTOMER_FEATURES, FEATURE_VIEWS, ITEM_FEATURES, SEGMENT_FEATURES
+from features.definitions import FEATURE_GROUPS, view_features
 from propel.config import Workspace
 
 FEAST_TYPES = {"int": Int64, "float": Float64, "string": String}
@@ -21,31 +21,24 @@ DUCKDB_TO_FEAST = {"BIGINT": Int64, "INTEGER": Int64, "DOUBLE": Float64, "FLOAT"
 
 
 def feature_views(ws: Workspace) -> dict[str, FeatureView]:
-    """One view per group of features; a snapshot is valid for two build intervals."""
+    """One view per feature table (its description lists the groups in it); a snapshot is valid for two
+    build intervals."""
     catalog = load_catalog(ws)
     ttl = timedelta(days=2 * catalog["every_days"])
-    sources = {"customer": data_sources.customer_features(ws), "item": data_sources.item_features(ws)}
-    views = {}
-    for name, description in FEATURE_VIEWS.items():
-        if name in ("customer_profile", "customer_segments"):
-            continue
-        feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES) if f.view == name]
-        entity = item if feats[0] in ITEM_FEATURES else customer
-        views[name] = FeatureView(
-            name=name, entities=[entity], ttl=ttl, description=description, online=True,
-            source=sources[entity.name], schema=[Field(name=f.name, dtype=FEAST_TYPES[f.dtype], description=f.description)
-                                                 for f in feats])
-    crm = catalog["profile_columns"]
-    views["customer_profile"] = FeatureView(
-        name="customer_profile", entities=[customer], ttl=timedelta(0), online=True,
-        description=FEATURE_VIEWS["customer_profile"], source=data_sources.customer_profile(ws),
-        schema=[Field(name=c, dtype=DUCKDB_TO_FEAST.get(t, String), description="CRM attribute")
-                for c, t in crm.items()] or [Field(name="_no_crm_attributes", dtype=Int64)])
+    sources = {"customer_features": (customer, data_sources.customer_features(ws), ttl),
+               "item_stats": (item, data_sources.item_features(ws), ttl),
+               "customer_profile": (customer, data_sources.customer_profile(ws), timedelta(0))}
     if any(ws.segments.glob("*.parquet")):  # registered once `propel segments` has written them
-        views["customer_segments"] = FeatureView(
-            name="customer_segments", entities=[customer], ttl=ttl, online=True,
-            description=FEATURE_VIEWS["customer_segments"], source=data_sources.customer_segments(ws),
-            schema=[Field(name=f.name, dtype=FEAST_TYPES[f.dtype], description=f.description) for f in SEGMENT_FEATURES])
+        sources["customer_segments"] = (customer, data_sources.customer_segments(ws), ttl)
+    crm = [Field(name=c, dtype=DUCKDB_TO_FEAST.get(t, String), description="CRM attribute")
+           for c, t in catalog["profile_columns"].items()] or [Field(name="_no_crm_attributes", dtype=Int64)]
+    views = {}
+    for name, (entity, source, view_ttl) in sources.items():
+        description = "; ".join(d for v, d in FEATURE_GROUPS.values() if v == name)
+        schema = crm if name == "customer_profile" else [
+            Field(name=f.name, dtype=FEAST_TYPES[f.dtype], description=f.description) for f in view_features(name)]
+        views[name] = FeatureView(name=name, entities=[entity], ttl=view_ttl, description=description, online=True,
+                                  source=source, schema=schema)
     return views
 
 

@@ -57,7 +57,10 @@ def apply(ws: Workspace, online: str | None = None) -> list[str]:
 
     store = feature_store(ws, online)
     objects = definitions(ws)
-    store.apply(objects)
+    names = {o.name for o in objects}
+    # views no longer defined (e.g. renamed) are deleted with their online tables, or materialize would keep them
+    stale = [v for v in store.list_feature_views() if v.name not in names]
+    store.apply(objects, objects_to_delete=stale, partial=not stale)
     return [o.name for o in objects]
 
 

@@ -37,13 +37,13 @@ def contract_tables() -> str:
 
 
 def feature_tables() -> str:
-    from features.definitions import (CUSTOMER_FEATURES, FEATURE_SERVICES, FEATURE_VIEWS, ITEM_FEATURES,
+    from features.definitions import (CUSTOMER_FEATURES, FEATURE_GROUPS, FEATURE_SERVICES, ITEM_FEATURES,
                                       SEGMENT_FEATURES)
 
     out = []
-    for view, description in FEATURE_VIEWS.items():
-        feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES, *SEGMENT_FEATURES) if f.view == view]
-        out += [f"### `{view}`", "", description + ".", ""]
+    for group, (view, description) in FEATURE_GROUPS.items():
+        feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES, *SEGMENT_FEATURES) if f.group == group]
+        out += [f"### `{group}`", "", f"{description}. Feast view `{view}`.", ""]
         if not feats:
             out += ["Every extra column of the `customers` table (minus PII columns), with its type, discovered "
                     "when features are built; timestamp = signup (or first event).", ""]
@@ -51,10 +51,10 @@ def feature_tables() -> str:
         out += ["| feature | type | default | description |", "|---|---|---|---|"]
         out += [f"| `{f.name}` | {f.dtype} | {f.default.strip(chr(39))} | {f.description} |" for f in feats]
         out.append("")
-        if view == "customer_segments":
+        if group == "customer_segments":
             out += segment_rules()
-    out += ["### Feature services", "", "| service | views |", "|---|---|"]
-    out += [f"| `{name}` | {', '.join(f'`{v}`' for v in views)} |" for name, views in FEATURE_SERVICES.items()]
+    out += ["### Feature services", "", "| service | feature groups |", "|---|---|"]
+    out += [f"| `{name}` | {', '.join(f'`{g}`' for g in groups)} |" for name, groups in FEATURE_SERVICES.items()]
     return "\n".join(out)
 
 

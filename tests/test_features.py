@@ -140,3 +140,29 @@ def test_materialize_is_incremental(generated_features):
     fstore.materialize(ws)
     again = fstore.materialize(ws)
     assert list(again["views"]) == ["customer_profile"], "snapshot views already up to date are not reloaded"
+
+
+def test_services_pick_their_groups_and_apply_drops_stale_views(generated_features):
+    from feast import FeatureView, Field
+    from feast.types import Int64
+
+    from feature_repo.data_sources import customer_features
+    from feature_repo.entities import customer
+    from features.definitions import FEATURE_GROUPS
+
+    ws = generated_features
+    fstore.apply(ws)
+    store = fstore.feature_store(ws)
+    # the recommender reads only its groups out of the one customer snapshot view
+    rec = {f.split(":")[1] for f in fstore.service_features(store, "recommender_v1") if f.startswith("customer_features:")}
+    assert rec == {f.name for f in CUSTOMER_FEATURES if f.group in ("customer_rfm", "customer_preferences")}
+    assert len(fstore.service_features(store, "churn_v1")) > len(CUSTOMER_FEATURES)  # all of them plus CRM columns
+    # a view left over from an older definition (e.g. before views were merged) is removed with its table
+    old = FeatureView(name="customer_rfm", entities=[customer], source=customer_features(ws),
+                      schema=[Field(name="purchases_7d", dtype=Int64)])
+    store.apply([customer, old])
+    fstore.apply(ws)
+    names = {v.name for v in fstore.feature_store(ws).list_feature_views()}
+    assert names == {view for view, _ in FEATURE_GROUPS.values()} - {"customer_segments"}
+    materialized = fstore.materialize(ws)
+    assert "customer_rfm" not in materialized["views"]
