@@ -15,7 +15,7 @@ from features.ingest import ingest
 from features.lake import Lake
 from propel.config import Workspace
 from training import churn, labels, oracle, pipeline, propensity, registry, uplift
-from training.model import model_input
+from training.model import PlattCalibrator, model_input
 from training.evaluate import gains_table, qini_coefficient, top_share
 from training.pipeline import NotEligible
 from tests.conftest import FAST_TRAIN as FAST, NOW, write
@@ -93,6 +93,16 @@ def test_metric_functions_against_hand_computed_values():
     assert qini_coefficient(y2, t2, np.array([6, 5, 4, 3, 2, 1.0])) > qini_coefficient(y2, t2, np.array([1, 2, 3, 4, 5, 6.0]))
 
 
+def test_calibration_keeps_the_ranking_and_fixes_the_probabilities():
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.01, 0.99, 20_000)
+    y = (rng.random(raw.size) < raw / (raw + 3 * (1 - raw))).astype(int)  # raw overstates (e.g. positives upweighted)
+    calibrated = PlattCalibrator.fit(raw, y).predict(raw)
+    assert (np.diff(calibrated[np.argsort(raw)]) > 0).all(), "strictly increasing: no ties, the booster's ROC AUC"
+    assert np.mean((calibrated - y) ** 2) < np.mean((raw - y) ** 2) - 0.02
+    assert calibrated.mean() == pytest.approx(y.mean(), abs=0.005)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, generated):
     ws = Workspace.resolve(tmp_path_factory.mktemp("train") / "ws")
@@ -114,6 +124,7 @@ def test_churn_run_logs_everything_and_becomes_champion(trained):
                 "heuristic_days_since_last_purchase_roc_auc", "lightgbm_uncalibrated_brier", "oracle_roc_auc"):
         assert key in m, key
     assert 0.5 < m["roc_auc"] <= 1 and run.data.params["data_hash"]
+    assert m["roc_auc"] == pytest.approx(m["lightgbm_uncalibrated_roc_auc"], abs=1e-12), "calibration ties no rows"
     assert run.data.tags["propel.feature_service"] == "churn_v1"
     artifacts = {f.path for d in ("plots", "tables") for f in client.list_artifacts(first.run_id, d)}
     assert {"plots/roc.png", "plots/pr.png", "plots/gains.png", "plots/calibration.png", "plots/importance.png",

@@ -22,7 +22,6 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 from sklearn.pipeline import make_pipeline
@@ -34,7 +33,7 @@ from propel.config import TrainSettings, Workspace
 from training import registry
 from training.evaluate import classification_metrics, gains_table, plot_curves, plot_importance
 from training.labels import time_split
-from training.model import PropelClassifier, decile_edges, model_input, prepare
+from training.model import PlattCalibrator, PropelClassifier, decile_edges, model_input, prepare
 
 log = logging.getLogger(__name__)
 NOT_FEATURES = {"customer_id", "event_timestamp", "label", "group", "campaign_id", "split", "request_ts"}
@@ -117,7 +116,7 @@ def lgb_params(cfg: TrainSettings, pos_rate: float) -> dict:
 
 def fit_classifier(frame: Frame, train: pd.DataFrame, valid: pd.DataFrame, cfg: TrainSettings, task: str,
                    params: dict | None = None) -> Fitted:
-    """LightGBM with early stopping on the validation split, then isotonic calibration on it."""
+    """LightGBM with early stopping on the validation split, then Platt calibration on it."""
     categories = {c: sorted(train[c].dropna().unique().tolist()) for c in frame.categorical}
     xt, xv = prepare(train, frame.features, categories), prepare(valid, frame.features, categories)
     params = params or lgb_params(cfg, float(train["label"].mean()))
@@ -125,7 +124,7 @@ def fit_classifier(frame: Frame, train: pd.DataFrame, valid: pd.DataFrame, cfg: 
                         num_boost_round=cfg.max_rounds,
                         valid_sets=[lgb.Dataset(xv, valid["label"], categorical_feature=frame.categorical or "auto")],
                         callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
-    calibrator = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(booster.predict(xv), valid["label"])
+    calibrator = PlattCalibrator.fit(booster.predict(xv), valid["label"])
     model = PropelClassifier(booster, calibrator, frame.features, categories, task, frame.feature_service)
     model.decile_edges = decile_edges(model.score(train))
     return Fitted(model, params={**params, "best_iteration": booster.best_iteration})
