@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import struct
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -41,7 +42,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 log = logging.getLogger(__name__)
 
 SQLITE_BATCH = 50_000  # entities per transaction
+ENCODE_ROWS = 50_000  # entities encoded per step for Redis (bounds memory: ~1 GB of value objects at 100 features)
 REDIS_BATCH = 500  # entities per script call: ~25 ms of server time at 40 features, which other clients wait out
+READ_BATCH = 5_000  # keys per timestamp-read call (~5 ms of server time)
 
 # Feast value type -> (ValueProto field, the conversion Feast applies, Arrow column types Feast converts cleanly)
 _SCALARS = {
@@ -254,34 +257,43 @@ def _write_redis(store: FeatureStore, view: FeatureView, table: pa.Table) -> Non
     fields = np.array([_mmh3(f"{view.name}:{f.name}") for f in view.features], dtype=object)
 
     def batches():
-        for s in range(0, table.num_rows, REDIS_BATCH):
-            batch, batch_keys = table.slice(s, REDIS_BATCH), keys[s:s + REDIS_BATCH]
-            args = np.empty((batch.num_rows, 2 + 2 * len(fields)), dtype=object)  # field, value, field, value...
-            args[:, 0], args[:, 1], args[:, 2::2] = ts_field, stamp_bytes[s:s + REDIS_BATCH], fields
+        # values are encoded ENCODE_ROWS at a time (per-call overhead), then sent REDIS_BATCH entities per call
+        for c in range(0, table.num_rows, ENCODE_ROWS):
+            chunk, chunk_keys = table.slice(c, ENCODE_ROWS), keys[c:c + ENCODE_ROWS]
+            args = np.empty((chunk.num_rows, 2 + 2 * len(fields)), dtype=object)  # field, value, field, value...
+            args[:, 0], args[:, 1], args[:, 2::2] = ts_field, stamp_bytes[c:c + ENCODE_ROWS], fields
             for j, f in enumerate(view.features):
-                args[:, 3 + 2 * j] = _encode(batch.column(f.name), f.dtype.to_value_type(), False)[0]
+                args[:, 3 + 2 * j] = _encode(chunk.column(f.name), f.dtype.to_value_type(), False)[0]
             if not online.skip_dedup:
-                stored = np.array([_stamp_nanos(b) for b in read(keys=batch_keys.tolist(), args=[ts_field])], np.int64)
-                newer = (stored == 0) | (stamp_nanos[s:s + REDIS_BATCH] > stored)
-                batch_keys, args = batch_keys[newer], args[newer]
-            if len(batch_keys):
-                yield batch_keys.tolist(), [args.shape[1], online.key_ttl_seconds or 0, *args.ravel().tolist()]
+                # stored timestamps, read in calls of READ_BATCH keys: each waits behind at most one write call
+                stored = np.array([_stamp_nanos(b) for r in range(0, len(chunk_keys), READ_BATCH)
+                                   for b in read(keys=chunk_keys[r:r + READ_BATCH].tolist(), args=[ts_field])], np.int64)
+                newer = (stored == 0) | (stamp_nanos[c:c + ENCODE_ROWS] > stored)
+                chunk_keys, args = chunk_keys[newer], args[newer]
+            for s in range(0, len(chunk_keys), REDIS_BATCH):
+                batch = args[s:s + REDIS_BATCH]
+                yield chunk_keys[s:s + REDIS_BATCH].tolist(), [batch.shape[1], online.key_ttl_seconds or 0,
+                                                                *batch.ravel().tolist()]
 
-    _overlapped(batches(), lambda batch_keys, args: write(keys=batch_keys, args=args))
+    _overlapped(batches(), lambda batch_keys, args: write(keys=batch_keys, args=args),
+                depth=max(2, 2 * ENCODE_ROWS // REDIS_BATCH))
 
 
-def _overlapped(batches: Iterator[tuple], send: Callable[..., object]) -> None:
-    """Send each batch from a thread while the next one is encoded, so the Redis server's work (the socket
-    wait releases the GIL) overlaps ours instead of following it: ~10-15% less wall time. (SQLite's
-    executemany keeps the GIL while binding, so its writes gain nothing from this and run inline.)"""
-    with ThreadPoolExecutor(1) as sender:
-        pending = None
+def _overlapped(batches: Iterator[tuple], send: Callable[..., object], depth: int) -> None:
+    """Send batches from two threads (two connections) while the next ones are encoded, so the Redis server
+    always has the next call queued while it runs one (the socket waits release the GIL), and its work
+    overlaps ours instead of following it: 1.4x less wall time than one sender at 200k customers, with the
+    server ~85% busy. Up to `depth` batches wait to be sent: a whole encoded chunk, so the server stays busy
+    while the next chunk is encoded. (SQLite's executemany keeps the GIL while binding, so its writes gain
+    nothing from this and run inline.)"""
+    with ThreadPoolExecutor(2) as sender:
+        pending: deque = deque()
         for batch in batches:
-            if pending is not None:
-                pending.result()
-            pending = sender.submit(send, *batch)
-        if pending is not None:
-            pending.result()
+            if len(pending) >= depth:
+                pending.popleft().result()
+            pending.append(sender.submit(send, *batch))
+        while pending:
+            pending.popleft().result()
 
 
 # Run server-side per batch: the stored `_ts:<view>` of each key; and HSET (+ EXPIRE) of each key's

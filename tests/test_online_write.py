@@ -267,6 +267,8 @@ def _check_tiny(tmp_path, monkeypatch, online: str, dump, use_stock=lambda: None
     stock, fast = Workspace.resolve(tmp_path / "stock"), Workspace.resolve(tmp_path / "fast")
     monkeypatch.setattr(online_write, "SQLITE_BATCH", 2)  # batch edges inside the data, e.g. a null in another batch
     monkeypatch.setattr(online_write, "REDIS_BATCH", 2)
+    monkeypatch.setattr(online_write, "ENCODE_ROWS", 5)  # Redis: encoding chunks and timestamp reads split too
+    monkeypatch.setattr(online_write, "READ_BATCH", 3)
     use_stock()
     expected, _ = _run_tiny(stock, online, fast=False)
     expected_dump = dump(stock)
