@@ -2,6 +2,7 @@
 
     python bench/materialize.py WORKSPACE [sqlite|redis ...]     time the workspace as built (fast path)
     python bench/materialize.py --synthetic N DIR [--stock]     N synthetic customers, both stores (and stock)
+    python bench/materialize.py --sqlite-floor WORKSPACE         SQLite's own insert time for Feast's layout
 
 `measure(ws, online)` empties the online store first (Feast teardown + apply, not timed), so every
 figure is a full load. The synthetic workspace is a small real build whose latest customer snapshot
@@ -65,6 +66,35 @@ def _stock_materialize(ws: Workspace, online: str) -> None:
         store.materialize(start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=end, feature_views=[view.name])
 
 
+def sqlite_floor(ws: Workspace, sample: int = 50_000) -> dict:
+    """The least any writer can take for Feast's SQLite layout: SQLite itself copying the first `sample`
+    materialized customers' rows (sorted, one row per feature, Feast's table and indexes) into an empty
+    copy of the table, with no Python in the loop. Run after `measure(ws, "sqlite")`."""
+    import sqlite3
+    import tempfile
+
+    store = fstore.feature_store(ws, "sqlite")
+    table = f"{store.config.project}_customer_features"
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(Path(tmp) / "floor.db")
+        db.execute("ATTACH DATABASE ? AS src", (str(store.config.online_store.path),))
+        for (ddl,) in db.execute("SELECT sql FROM src.sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL",
+                                 (table,)).fetchall():
+            db.execute(ddl)  # CREATE TABLE / CREATE INDEX without a schema name land in main
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute(f"CREATE TEMP TABLE rows AS SELECT * FROM src.{table} WHERE entity_key IN "
+                   f"(SELECT DISTINCT entity_key FROM src.{table} ORDER BY entity_key LIMIT {sample}) "
+                   "ORDER BY entity_key, feature_name")
+        n = db.execute("SELECT count(*) FROM rows").fetchone()[0]
+        started = time.perf_counter()
+        with db:
+            db.execute(f"INSERT INTO main.{table} SELECT * FROM rows")
+        seconds = time.perf_counter() - started
+    return {"online": "sqlite", "path": "floor (SQLite inserting pre-encoded rows)", "entities": sample, "rows": n,
+            "seconds": round(seconds, 2), "rows_per_s": round(n / seconds), "seconds_per_1m_entities":
+            round(seconds * 1_000_000 / sample, 1)}
+
+
 def synthetic(root: Path, customers: int) -> Workspace:
     """A workspace whose latest snapshot and profile hold `customers` rows copied from a small real build."""
     from features.generate import generate
@@ -88,6 +118,11 @@ def synthetic(root: Path, customers: int) -> Workspace:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--sqlite-floor"]:
+        out = json.dumps(sqlite_floor(Workspace.resolve(argv[1])))
+        (Path(argv[1]) / "bench_sqlite_floor.json").write_text(out)
+        print(out, flush=True)
+        return
     if argv[:1] == ["--synthetic"]:
         ws = synthetic(Path(argv[2]), int(argv[1]))
         paths = (False, True) if "--stock" in argv else (False,)

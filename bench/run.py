@@ -122,6 +122,9 @@ def feature_stages(name: str, ws: Path, propel: list, env: dict) -> list[dict]:
     for online in ("sqlite", "redis"):
         rows.append(run(f"{name} features apply {online}", [*propel, "features", "apply", "--online", online], env))
         rows.append(run(f"{name} materialize {online}", [*propel, "features", "materialize", "--online", online], env))
+    # the least SQLite itself needs for Feast's layout, to read the SQLite materialization figure against
+    floor = run(f"{name} sqlite insert floor", [sys.executable, ROOT / "bench" / "materialize.py", "--sqlite-floor", ws])
+    rows.append({**floor, **json.loads((ws / "bench_sqlite_floor.json").read_text())})
     rows.append(run(f"{name} online reads + training set", [sys.executable, ROOT / "bench" / "feature_reads.py", ws],
                     env))
     extra = ws / "bench_feature_reads.json"
