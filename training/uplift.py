@@ -38,8 +38,12 @@ def train(ws: Workspace, tune_seconds: float = 0, truth_dir=None) -> TrainResult
     arm = {g: {s: d[d["group"] == g] for s, d in parts.items()} for g in ("treatment", "control")}
     for g in arm:
         check_eligible(arm[g]["train"], cfg, f"uplift ({g} group)")
-    treated = fit_classifier(frame, arm["treatment"]["train"], arm["treatment"]["valid"], cfg, "uplift_treated")
-    control = fit_classifier(frame, arm["control"]["train"], arm["control"]["valid"], cfg, "uplift_control")
+    # no refit: uplift is a difference of two calibrated probabilities, so each arm keeps the booster its
+    # calibration was fitted on (refitted arms dropped the demo's Qini from 0.24 to 0.03)
+    treated = fit_classifier(frame, arm["treatment"]["train"], arm["treatment"]["valid"], cfg, "uplift_treated",
+                             refit=False)
+    control = fit_classifier(frame, arm["control"]["train"], arm["control"]["valid"], cfg, "uplift_control",
+                             refit=False)
     model = PropelUplift(treated.model, control.model, SERVICE)
     model.decile_edges = decile_edges(model.predict(None, parts["train"])["score"])
     test = parts["test"]
