@@ -1,8 +1,11 @@
-"""Helpers the benchmark scripts share: running `propel`, the demo-size workspace, loopback ports."""
+"""Helpers the benchmark scripts (and the serving tests) share: running `propel`, the demo-size workspace,
+loopback ports, starting and stopping a server."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,3 +53,38 @@ def wait_for_port(port: int, tries: int = 200) -> None:
                 return
         time.sleep(0.05)
     raise SystemExit(f"[bench] nothing listens on 127.0.0.1:{port} after {tries * 0.05:.0f} s")
+
+
+def start_server(command: list, log: Path, probe: str, timeout: float, env: dict | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """`command --port <free port>` in its own session (output in `log`); returns (process, base URL) once
+    `probe` answers 200, polled within `timeout` seconds (no blind sleep). RuntimeError with the end of the
+    log if the server exits or never answers."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([*map(str, command), "--port", str(port)], cwd=ROOT, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + probe, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    stop_server(proc)
+    raise RuntimeError(f"server did not answer {probe} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the server's session (arbiter and workers), SIGKILL if it has not stopped within `timeout`."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

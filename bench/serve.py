@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import BIN, ROOT, demo_workspace, free_port, wait_for_port  # bench/common.py
+from common import BIN, ROOT, demo_workspace, free_port, start_server, stop_server, wait_for_port  # bench/common.py
 
 sys.path.insert(0, str(ROOT))
 SECONDS = float(os.environ.get("SERVE_BENCH_SECONDS", 10))  # per wrk run
@@ -109,24 +108,12 @@ def in_process(s: dict) -> dict[str, dict]:
 
 
 def start(ws: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
     args = ["--workers", WORKERS] if WORKERS else []
-    proc = subprocess.Popen([BIN / "propel", "--workspace", ws, "serve", "--port", str(port), *args],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    import httpx
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"[bench-serve] server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit("[bench-serve] server did not become ready within 300 s")
+    try:
+        proc, url = start_server([BIN / "propel", "--workspace", ws, "serve", *args], log, "/readyz", 300)
+    except RuntimeError as exc:
+        raise SystemExit(f"[bench-serve] {exc}") from None
+    return proc, int(url.rsplit(":", 1)[1])
 
 
 def server_cpu_seconds(root_pid: int) -> float:
@@ -263,8 +250,7 @@ def load(base: Path) -> list[dict]:
                              **r, "in_process_p50_ms": floor[name]["p50_ms"], "in_process_p99_ms": floor[name]["p99_ms"]})
                 print(json.dumps(rows[-1]), flush=True)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+            stop_server(proc, timeout=60)
         rows += control(Path(tmp))
     workers = WORKERS or json.loads(subprocess.run([sys.executable, "-c", "from propel.config import Workspace; "
                                                     f"print(Workspace.resolve('{ws}').settings().serve.workers)"],
@@ -293,8 +279,7 @@ def control(tmp: Path) -> list[dict]:
             print(json.dumps(row), flush=True)
         return rows
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_server(proc)
 
 
 def stages(base: Path, run) -> list[dict]:

@@ -103,6 +103,19 @@ bpr_iterations = 30
 
 
 @pytest.fixture(scope="session")
+def built_features(tmp_path_factory, generated) -> Workspace:
+    """`generated` ingested and built (6 weekly snapshots), nothing applied: tests copy it before they apply or
+    materialize (read-only)."""
+    from features.build import build
+    from features.ingest import ingest
+
+    ws = Workspace.resolve(tmp_path_factory.mktemp("built") / "ws")
+    ingest(generated, ws)
+    build(ws, every_days=7, snapshots=6)
+    return ws
+
+
+@pytest.fixture(scope="session")
 def champions(tmp_path_factory, generated) -> Workspace:
     """A read-only workspace with features built, applied, materialized (SQLite) and a champion per task.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 
 import numpy as np
@@ -115,13 +116,11 @@ def _check_online_matches_latest_snapshot(ws, online: str):
 
 
 @pytest.fixture(scope="module")
-def generated_features(tmp_path_factory, generated):
+def generated_features(tmp_path_factory, built_features):
+    """A copy of the session's built features that this module applies and materializes."""
     from propel.config import Workspace
 
-    ws = Workspace.resolve(tmp_path_factory.mktemp("feat") / "ws")
-    ingest(generated, ws)
-    build(ws, every_days=7, snapshots=6)
-    return ws
+    return Workspace.resolve(shutil.copytree(built_features.root, tmp_path_factory.mktemp("feat") / "ws"))
 
 
 def test_online_equals_latest_offline_sqlite(generated_features):

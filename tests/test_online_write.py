@@ -29,8 +29,7 @@ from feast.types import Bool, Float32, Float64, Int64, String
 from features import online_write
 from features.online_read import OnlineReader
 from features import store as fstore
-from features.build import CUSTOMER_DIR, ITEM_DIR, build, load_catalog
-from features.ingest import ingest
+from features.build import CUSTOMER_DIR, ITEM_DIR, load_catalog
 from propel.config import Workspace
 
 UTC = timezone.utc
@@ -130,15 +129,6 @@ def _intervals(ws: Workspace, online: str) -> dict:
 
 # --- the real feature set -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, generated):
-    """A small built feature set (3 snapshots), copied into a stock and a fast workspace per test."""
-    ws = Workspace.resolve(tmp_path_factory.mktemp("built") / "ws")
-    ingest(generated, ws)
-    build(ws, every_days=7, snapshots=3)
-    return ws
-
-
 def _stock_materialize(ws: Workspace, online: str) -> None:
     """Feast's own materialize, view by view, over the same interval features.store.materialize uses."""
     store = fstore.feature_store(ws, online)
@@ -176,8 +166,8 @@ def _check_built(built: Workspace, tmp_path, online: str, use_stock=lambda: None
     return stock, fast
 
 
-def test_built_features_sqlite_identical_to_feast(built, tmp_path):
-    stock, fast = _check_built(built, tmp_path, "sqlite")
+def test_built_features_sqlite_identical_to_feast(built_features, tmp_path):
+    stock, fast = _check_built(built_features, tmp_path, "sqlite")
     expected, got = _sqlite_dump(stock), _sqlite_dump(fast)
     assert got.keys() == expected.keys() and sum(map(len, got.values())) > 10_000
     for table in expected:
@@ -187,9 +177,9 @@ def test_built_features_sqlite_identical_to_feast(built, tmp_path):
 
 
 @pytest.mark.redis
-def test_built_features_redis_identical_to_feast(built, tmp_path, redis_url, monkeypatch):
+def test_built_features_redis_identical_to_feast(built_features, tmp_path, redis_url, monkeypatch):
     use_stock, use_fast = _redis_db(monkeypatch, redis_url, 1), _redis_db(monkeypatch, redis_url, 2)
-    stock, fast = _check_built(built, tmp_path, "redis", use_stock, use_fast)
+    stock, fast = _check_built(built_features, tmp_path, "redis", use_stock, use_fast)
     use_stock()
     expected = _redis_dump(stock)
     use_fast()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
+from bench.common import start_server, stop_server as stop
 from features import store as fstore
 from features.build import CUSTOMER_DIR
 from propel.config import Workspace
@@ -41,41 +40,12 @@ BIN = Path(sys.executable).parent
 KEY = "test-key-123"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(command: list, log: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """`command --port <free port>` (`propel serve` or `bentoml serve`) in its own session; returns once
-    /healthz answers (bounded wait, no blind sleep)."""
-    port = free_port()
-    out = log.open("w")
-    proc = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop(proc)
-    pytest.fail(f"server did not answer /healthz within 180 s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # the session we started: arbiter and its worker
+    """`command --port <free port>` (`propel serve` or `bentoml serve`); returns once /healthz answers."""
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        return start_server(command, log, "/healthz", 180, env)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
