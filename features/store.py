@@ -118,10 +118,25 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     fs = store.get_feature_service(service)
     if any(p.name == "request_context" for p in fs.feature_view_projections) and "request_ts" not in df:
         df["request_ts"] = df["event_timestamp"]
-    parts = [store.get_historical_features(entity_df=df.iloc[i:i + chunk_rows], features=fs).to_df()
-             for i in range(0, max(len(df), 1), chunk_rows)]
+    try:
+        parts = [store.get_historical_features(entity_df=df.iloc[i:i + chunk_rows], features=fs).to_df()
+                 for i in range(0, max(len(df), 1), chunk_rows)]
+    finally:
+        _release_offline_connection()
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     out = out.sort_values("_entity_row").reset_index(drop=True)
     if len(out) != len(df) or not (out["_entity_row"].to_numpy() == df["_entity_row"].to_numpy()).all():
         raise RuntimeError(f"feature retrieval returned {len(out)} rows for {len(df)} entity rows")
     return out.drop(columns="_entity_row")
+
+
+def _release_offline_connection() -> None:
+    """Feast's DuckDB offline store runs on ibis's process-wide default backend, which keeps the entity
+    frames registered on it. Closing it after a retrieval frees them, and without it DuckDB prints a wall of
+    "nanobind: leaked ..." lines when the process exits (an open connection at interpreter shutdown)."""
+    import ibis
+
+    backend = ibis.options.default_backend
+    if backend is not None:
+        backend.disconnect()
+        ibis.options.default_backend = None

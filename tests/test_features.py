@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from datetime import datetime
 
 import numpy as np
@@ -95,6 +97,12 @@ def test_training_set_one_row_per_entity_row_in_order(small_lake):
     assert got.loc[1, "tier"] == "gold" and got.loc[0, "city_tier"] == 2
     # large entity frames are fetched in parts (bounded memory); the parts join up to the same frame
     pd.testing.assert_frame_equal(fstore.historical_features(store, "churn_v1", entity, chunk_rows=4), got)
+    # a process that retrieved a training set exits quietly (no DuckDB connection left open at shutdown)
+    script = ("import pandas as pd, sys; from features import store; from propel.config import Workspace; "
+              "ws = Workspace.resolve(sys.argv[1]); store.historical_features(store.feature_store(ws), 'churn_v1', "
+              "pd.DataFrame({'customer_id': ['C1'], 'event_timestamp': [pd.Timestamp('2025-03-20')]}))")
+    done = subprocess.run([sys.executable, "-c", script, str(ws.root)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "leaked" not in done.stderr, done.stderr[-2000:]
 
 
 def _check_online_matches_latest_snapshot(ws, online: str):
