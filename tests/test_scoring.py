@@ -163,13 +163,25 @@ def test_reason_codes_name_a_planted_driver(champions, base):
     for f in model.features:
         typical[f] = base[f].mode().iloc[0] if f in model.categories else base[f].median()
     gain = pd.Series(model.booster.feature_importance("gain"), index=model.features)
-    driver = gain.drop(list(model.categories)).idxmax()
-    # plant the value of the driver that makes this customer riskiest, everything else typical
-    values = base[driver].quantile(np.linspace(0, 1, 21)).unique()
-    variants = pd.concat([typical.assign(**{driver: v}) for v in values], ignore_index=True)
-    risky = variants.iloc[[int(np.argmax(batch.predict(champion, variants)["score"]))]]
-    assert batch.predict(champion, risky)["score"].iloc[0] > batch.predict(champion, typical)["score"].iloc[0]
-    assert reasons(champion, risky, 3)[0].startswith(f"{driver} (+")
+    typical_score = batch.predict(champion, typical)["score"].iloc[0]
+    # the most important numeric feature that moves this typical customer's score (a small model's top
+    # feature may be flat around the typical customer): plant its riskiest value, everything else typical
+    for driver in gain.drop(list(model.categories)).sort_values(ascending=False).index:
+        values = base[driver].quantile(np.linspace(0, 1, 21)).unique()
+        variants = pd.concat([typical.assign(**{driver: v}) for v in values], ignore_index=True)
+        risky = variants.iloc[[int(np.argmax(batch.predict(champion, variants)["score"]))]]
+        if batch.predict(champion, risky)["score"].iloc[0] > typical_score:
+            break
+    else:
+        pytest.fail("no numeric feature changes the typical customer's churn score")
+    def contributions(row) -> dict[str, float]:
+        text = reasons(champion, row, len(model.features))[0]
+        return {name: float(v.rstrip(")")) for name, v in (p.rsplit(" (", 1) for p in text.split("; ") if p)}
+
+    # the planted value is what the reasons pick up: the driver's contribution grew the most, and it is a top-3 reason
+    risky_c, typical_c = contributions(risky), contributions(typical)
+    assert max(risky_c, key=lambda f: risky_c[f] - typical_c.get(f, 0.0)) == driver
+    assert driver in reasons(champion, risky, 3)[0]
     # every customer's reasons: model features with positive contributions, largest first
     for text in reasons(champion, base.head(200), 3):
         parts = [p.rsplit(" (", 1) for p in text.split("; ") if p]

@@ -97,7 +97,7 @@ def test_calibration_keeps_the_ranking_and_fixes_the_probabilities():
     rng = np.random.default_rng(0)
     raw = rng.uniform(0.01, 0.99, 20_000)
     y = (rng.random(raw.size) < raw / (raw + 3 * (1 - raw))).astype(int)  # raw overstates (e.g. positives upweighted)
-    calibrated = PlattCalibrator.fit(raw, y).predict(raw)
+    calibrated = PlattCalibrator().fit(raw, y).predict(raw)
     assert (np.diff(calibrated[np.argsort(raw)]) > 0).all(), "strictly increasing: no ties, the booster's ROC AUC"
     assert np.mean((calibrated - y) ** 2) < np.mean((raw - y) ** 2) - 0.02
     assert calibrated.mean() == pytest.approx(y.mean(), abs=0.005)

@@ -112,10 +112,11 @@ class PlattCalibrator:
         p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
         return np.log(p / (1 - p))
 
-    @classmethod
-    def fit(cls, scores, labels) -> PlattCalibrator:
-        lr = LogisticRegression(C=1e6, max_iter=1000).fit(cls._log_odds(scores)[:, None], np.asarray(labels))
-        return cls(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+    def fit(self, scores, labels) -> PlattCalibrator:
+        """Fit in place (scikit-learn's convention, like IsotonicRegression) and return self."""
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(self._log_odds(scores)[:, None], np.asarray(labels))
+        self.a, self.b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        return self
 
     def predict(self, scores) -> np.ndarray:
         return 1 / (1 + np.exp(-(self.a * self._log_odds(scores) + self.b)))

@@ -22,6 +22,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 from sklearn.pipeline import make_pipeline
@@ -115,8 +116,8 @@ def lgb_params(cfg: TrainSettings, pos_rate: float) -> dict:
 
 
 def fit_classifier(frame: Frame, train: pd.DataFrame, valid: pd.DataFrame, cfg: TrainSettings, task: str,
-                   params: dict | None = None, refit: bool = True) -> Fitted:
-    """LightGBM with early stopping on the validation split, then Platt calibration on it.
+                   params: dict | None = None, refit: bool = True, isotonic: bool = False) -> Fitted:
+    """LightGBM with early stopping on the validation split, then Platt (or isotonic) calibration on it.
 
     With `refit`, the final booster is trained again on train + validation rows (the most recent before the
     test) for the early-stopped number of rounds, scaled to the larger set; the calibration fitted on the
@@ -130,7 +131,8 @@ def fit_classifier(frame: Frame, train: pd.DataFrame, valid: pd.DataFrame, cfg: 
     booster = lgb.train(params, lgb.Dataset(xt, train["label"], categorical_feature=cat),
                         num_boost_round=cfg.max_rounds, valid_sets=[lgb.Dataset(xv, valid["label"], categorical_feature=cat)],
                         callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
-    calibrator = PlattCalibrator.fit(booster.predict(xv), valid["label"])
+    calibrator = (IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1) if isotonic else PlattCalibrator()
+                  ).fit(booster.predict(xv), valid["label"])
     best, rounds = booster.best_iteration, booster.best_iteration
     if refit:
         rounds = max(1, round(best * (len(train) + len(valid)) / len(train)))
