@@ -45,6 +45,7 @@ SQLITE_BATCH = 50_000  # entities per transaction
 ENCODE_ROWS = 50_000  # entities encoded per step for Redis (bounds memory: ~1 GB of value objects at 100 features)
 REDIS_BATCH = 500  # entities per script call: ~25 ms of server time at 40 features, which other clients wait out
 READ_BATCH = 5_000  # keys per timestamp-read call (~5 ms of server time)
+REDIS_SENDERS = 2  # connections sending write calls at once (see _overlapped)
 
 # Feast value type -> (ValueProto field, the conversion Feast applies, Arrow column types Feast converts cleanly)
 _SCALARS = {
@@ -286,7 +287,7 @@ def _overlapped(batches: Iterator[tuple], send: Callable[..., object], depth: in
     server ~85% busy. Up to `depth` batches wait to be sent: a whole encoded chunk, so the server stays busy
     while the next chunk is encoded. (SQLite's executemany keeps the GIL while binding, so its writes gain
     nothing from this and run inline.)"""
-    with ThreadPoolExecutor(2) as sender:
+    with ThreadPoolExecutor(REDIS_SENDERS) as sender:
         pending: deque = deque()
         for batch in batches:
             if len(pending) >= depth:
