@@ -93,6 +93,18 @@ def test_metric_functions_against_hand_computed_values():
     assert qini_coefficient(y2, t2, np.array([6, 5, 4, 3, 2, 1.0])) > qini_coefficient(y2, t2, np.array([1, 2, 3, 4, 5, 6.0]))
 
 
+def test_logistic_baseline_learns_from_a_seeded_sample_of_large_frames(monkeypatch):
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"x": rng.normal(size=400), "tier": rng.choice(["a", "b", None], size=400)})
+    data["label"] = (data["x"] + rng.normal(size=400) > 0).astype(int)
+    frame = pipeline.Frame(data, ["x", "tier"], ["tier"], "test_v1", "derived", len(data))
+    full = pipeline.logistic_baseline(frame, data, data, seed=1)
+    monkeypatch.setattr(pipeline, "LOGISTIC_MAX_ROWS", 60)
+    sampled = [pipeline.logistic_baseline(frame, data, data, seed=1) for _ in range(2)]
+    np.testing.assert_array_equal(sampled[0], sampled[1])  # the same sample every time
+    assert not np.allclose(sampled[0], full) and np.corrcoef(sampled[0], full)[0, 1] > 0.9
+
+
 def test_calibration_keeps_the_ranking_and_fixes_the_probabilities():
     rng = np.random.default_rng(0)
     raw = rng.uniform(0.01, 0.99, 20_000)
