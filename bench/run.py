@@ -44,6 +44,7 @@ MEMORY = {"features-1m": "4.5GB"}
 
 def run(label: str, cmd: list[str], env: dict | None = None) -> dict:
     """Run one stage; return wall seconds and the child's peak RSS."""
+    os.sync()  # the previous stage's dirty pages (e.g. a 25 GB SQLite store) are written back on its time
     print(f"[bench] {label}: {' '.join(map(str, cmd))}", flush=True)
     started = time.perf_counter()
     proc = subprocess.Popen([str(c) for c in cmd], env={**os.environ, **(env or {})})
