@@ -281,7 +281,7 @@ def _write_redis(store: FeatureStore, view: FeatureView, table: pa.Table) -> Non
 
 
 def _overlapped(batches: Iterator[tuple], send: Callable[..., object], depth: int) -> None:
-    """Send batches from two threads (two connections) while the next ones are encoded, so the Redis server
+    """Send batches from REDIS_SENDERS threads (one connection each) while the next ones are encoded, so the Redis server
     always has the next call queued while it runs one (the socket waits release the GIL), and its work
     overlaps ours instead of following it: 1.4x less wall time than one sender at 200k customers, with the
     server ~85% busy. Up to `depth` batches wait to be sent: a whole encoded chunk, so the server stays busy

@@ -11,6 +11,7 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 
@@ -123,11 +124,12 @@ class PlattCalibrator:
 
 
 class PropelClassifier(mlflow.pyfunc.PythonModel):
-    """LightGBM + Platt calibration. predict() -> DataFrame with `score` (a calibrated probability)."""
+    """LightGBM + calibration (Platt; isotonic for the uplift arms). predict() -> DataFrame with `score`
+    (a calibrated probability)."""
 
     decile_edges: list[float] | None = None  # see `decile_edges()`; None on models logged before it existed
 
-    def __init__(self, booster: lgb.Booster, calibrator: PlattCalibrator | None, features: list[str],
+    def __init__(self, booster: lgb.Booster, calibrator: PlattCalibrator | IsotonicRegression | None, features: list[str],
                  categories: dict[str, list[str]], task: str, feature_service: str):
         self.booster_text = booster.model_to_string()
         self.calibrator, self.features, self.categories = calibrator, features, categories
