@@ -73,8 +73,10 @@ def sqlite_floor(ws: Workspace, sample: int = 50_000) -> dict:
     import sqlite3
     import tempfile
 
+    from feast.infra.online_stores.helpers import compute_table_id
+
     store = fstore.feature_store(ws, "sqlite")
-    table = f"{store.config.project}_customer_features"
+    table = compute_table_id(store.config.project, store.get_feature_view("customer_features"))
     with tempfile.TemporaryDirectory() as tmp:
         db = sqlite3.connect(Path(tmp) / "floor.db")
         db.execute("ATTACH DATABASE ? AS src", (str(store.config.online_store.path),))
