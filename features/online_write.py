@@ -4,8 +4,9 @@ Feast's stock path reads through the offline store, builds one ValueProto per va
 runs one SQLite upsert per (entity, feature): about 1,500 entities/s, 11 minutes for 1M customers.
 Here DuckDB picks the newest row per entity straight from the view's Parquet files, values are
 serialised a column at a time (each distinct value once, by protobuf itself; doubles with numpy),
-and rows go to SQLite as one multi-row upsert per entity, sorted by key, or to Redis as HSETs run
-by a small server-side script per batch of entities. What lands is what Feast's own writers would
+and rows go to SQLite as one multi-row upsert per entity, sorted by key, with every blob bound as a
+bytearray (which Python's sqlite3 binds without an adapter lookup), or to Redis as HSETs run by a
+small server-side script per batch of entities. What lands is what Feast's own writers would
 store (same tables, keys, bytes, timestamps), so Feast's read path is unchanged;
 tests/test_online_write.py checks that against stock Feast.
 
@@ -19,7 +20,7 @@ import logging
 import sqlite3
 import struct
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import lru_cache
@@ -173,47 +174,57 @@ def _event_times(view: FeatureView, table: pa.Table) -> tuple[np.ndarray, list[d
     return codes, [_coerce_datetime(t) for t in distinct]
 
 
-def _encode(column: pa.ChunkedArray, value_type: ValueType, texts: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Serialised ValueProtos of a column (b"" for null) and, if asked, SQLite's value_text (None for null).
+def _encode(column: pa.ChunkedArray, value_type: ValueType, sqlite: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Serialised ValueProtos of a column (empty for null) and, for SQLite, value_text (None for null).
 
     Starts from the same numpy array Feast converts (nullable ints arrive as floats, NaN is null).
     Each distinct value is serialised once by protobuf and value_text taken from Feast's own helper;
-    doubles, mostly distinct, are laid out with numpy in the wire format instead.
+    doubles, mostly distinct, are laid out with numpy in the wire format instead. For SQLite the
+    blobs are bytearrays: Python's sqlite3 binds those as they are, while for each bytes object it
+    first looks for an adapter (raising and clearing an AttributeError), which took a quarter to a
+    third of the write time. Redis takes bytes only.
     """
+    blob = bytearray if sqlite else bytes
     values = column.to_numpy(zero_copy_only=False)
     if value_type == ValueType.DOUBLE:
         null = np.isnan(values)
         wire = np.empty(len(values), dtype=[("tag", "u1"), ("value", "<f8")])
         wire["tag"], wire["value"] = DOUBLE_TAG, values
-        blobs = np.empty(len(values), dtype=object)
-        blobs[:] = wire.view("V9").tolist()
-        blobs[null] = b""
-        text = None
-        if texts:
-            text = np.empty(len(values), dtype=object)
-            text[:] = [str(v) for v in values.tolist()]  # str(float), as extract_text_and_num does
-            text[null] = None
+        wire_bytes = wire.view("V9").tolist()
+        blobs = _objects(map(bytearray, wire_bytes) if sqlite else wire_bytes, len(values))
+        blobs[null] = _objects([blob()])
+        if not sqlite:
+            return blobs, None
+        text = _objects(map(str, values.tolist()), len(values))  # str(float), as extract_text_and_num does
+        text[null] = None
         return blobs, text
     field, convert, _ = _SCALARS[value_type]
     codes, distinct = pd.factorize(values)
     protos = [Value(**{field: convert(v)}) for v in distinct]
-    blobs = np.array([p.SerializeToString() for p in protos] + [b""], dtype=object)[codes]
-    if not texts:
+    blobs = _objects([blob(p.SerializeToString()) for p in protos] + [blob()])[codes]
+    if not sqlite:
         return blobs, None
-    return blobs, np.array([extract_text_and_num(p, False)[0] for p in protos] + [None], dtype=object)[codes]
+    return blobs, _objects([extract_text_and_num(p, False)[0] for p in protos] + [None])[codes]
+
+
+def _objects(items: Iterable, count: int = -1) -> np.ndarray:
+    """A 1-D object array of `items` (np.array would turn equal-length bytearrays into rows of ints)."""
+    return np.fromiter(items, dtype=object, count=count)
 
 
 def _write_sqlite(store: FeatureStore, view: FeatureView, table: pa.Table) -> None:
     """Upsert as Feast's SqliteOnlineStore does, but one multi-row statement per entity (~2x fewer
     CPU cycles than a statement per value) and in primary-key order (entity key bytes, then feature
     name), so SQLite appends to its B-trees instead of splitting pages all over them (~2.5x).
+    Parameters go to `executemany` as one tuple per entity, zipped from the encoded columns as it
+    binds them, with blobs as bytearrays (see `_encode`); the rest is SQLite's own insert work.
     """
     cfg = store.config
     keys = pa.array(_entity_keys(view, table), pa.binary())
     order = pc.sort_indices(keys)
-    table, keys = table.take(order), keys.take(order).to_pylist()
+    table, keys = table.take(order), list(map(bytearray, keys.take(order).to_pylist()))
     codes, times = _event_times(view, table)
-    stamps = np.array([sqlite3.adapt(to_naive_utc(t)) for t in times], dtype=object)[codes]
+    stamps = np.array([sqlite3.adapt(to_naive_utc(t)) for t in times], dtype=object)[codes].tolist()
     feats = sorted(view.features, key=lambda f: f.name)
     rows_sql = ", ".join(f"(?1, {_literal(f.name)}, ?{3 + 2 * j}, ?{4 + 2 * j}, ?2, NULL)" for j, f in enumerate(feats))
     sql = (f"INSERT INTO {_ident(compute_table_id(cfg.project, view))} "
@@ -225,13 +236,11 @@ def _write_sqlite(store: FeatureStore, view: FeatureView, table: pa.Table) -> No
         db.execute("PRAGMA synchronous = OFF")  # the store is rebuilt from Parquet if a crash ever corrupts it
         for s in range(0, table.num_rows, SQLITE_BATCH):
             batch = table.slice(s, SQLITE_BATCH)
-            rows = np.empty((batch.num_rows, 2 + 2 * len(feats)), dtype=object)
-            rows[:, 0] = keys[s:s + SQLITE_BATCH]
-            rows[:, 1] = stamps[s:s + SQLITE_BATCH]
-            for j, f in enumerate(feats):
-                rows[:, 2 + 2 * j], rows[:, 3 + 2 * j] = _encode(batch.column(f.name), f.dtype.to_value_type(), True)
+            columns = [keys[s:s + SQLITE_BATCH], stamps[s:s + SQLITE_BATCH]]
+            for f in feats:
+                columns += (c.tolist() for c in _encode(batch.column(f.name), f.dtype.to_value_type(), True))
             with db:
-                db.executemany(sql, rows.tolist())
+                db.executemany(sql, zip(*columns))
     finally:
         db.close()
 

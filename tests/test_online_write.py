@@ -46,6 +46,7 @@ def _view(value_type: ValueType, entities=()) -> FeatureView:
 
 @pytest.mark.parametrize("value_type, values", [
     (ValueType.DOUBLE, [0.0, -0.0, 1.5, 0.1, 1 / 3, 1e16, 1e-300, 5e-324, math.inf, -math.inf, math.nan, None, -2.5]),
+    (ValueType.DOUBLE, [1.0, 2.0]),  # equal-length blobs and no null: still one object per value
     (ValueType.INT64, [0, 1, -1, 300, 2**62, -(2**63), 9999, 0]),
     (ValueType.INT64, [0, None, -7, 2**53 + 1]),  # with a null, Feast sees floats: 2**53 + 1 becomes 2**53
     (ValueType.STRING, ["", "a", "é ü 中", None, "x" * 300, "a"]),
@@ -56,9 +57,11 @@ def test_value_encoding_matches_feast(value_type, values):
     column = pa.array(values, from_pandas=False)
     table = online_write._nullable_ints_as_floats(_view(value_type), pa.table({"c": column}))
     protos = python_values_to_proto_values(table.column("c").to_numpy(zero_copy_only=False), value_type)
-    blobs, texts = online_write._encode(table.column("c"), value_type, True)
-    assert list(blobs) == [p.SerializeToString() for p in protos]
-    assert list(texts) == [extract_text_and_num(p, False)[0] for p in protos]
+    for sqlite, blob in ((True, bytearray), (False, bytes)):  # sqlite3 binds bytearrays as they are; Redis takes bytes
+        blobs, texts = online_write._encode(table.column("c"), value_type, sqlite)
+        assert blobs.shape == (len(values),) and {type(b) for b in blobs} == {blob}
+        assert list(blobs) == [p.SerializeToString() for p in protos]
+        assert list(texts) == [extract_text_and_num(p, False)[0] for p in protos] if sqlite else texts is None
 
 
 @pytest.mark.parametrize("value_type, values", [
@@ -81,7 +84,8 @@ def _sqlite_dump(ws: Workspace) -> dict:
     """Every row of every online table, all columns (rowids aside), and the schema with its indexes."""
     db = sqlite3.connect(ws.feast_data / "online_store.db")
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-    cols = "entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts, typeof(event_ts)"
+    cols = ("entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts, "
+            "typeof(value), typeof(value_text), typeof(event_ts)")
     rows = {t: db.execute(f'SELECT {cols} FROM "{t}" ORDER BY entity_key, feature_name').fetchall() for t in tables}
     schema = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
     return {**rows, "schema": schema}
