@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import CUSTOMER_DIR, build, load_catalog
-from features.definitions import CUSTOMER_FEATURES, NEVER_DAYS
+from features.build import CUSTOMER_DIR, _states, build, load_catalog
+from features.definitions import CUSTOMER_FEATURES, NEVER_DAYS, Feature
 from features.ingest import ingest
 from features import store as fstore
+from propel.config import Workspace
 from tests.conftest import NOW, write
 
 EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_type,item_id,quantity,revenue,session_id"
@@ -64,6 +65,35 @@ def test_snapshot_uses_only_events_strictly_before_the_cutoff(small_lake, raw):
     after = _snapshot(ws, "2025-03-14")
     pd.testing.assert_frame_equal(before, after)
     assert _snapshot(ws, "2025-03-21").loc["C1", "revenue_30d"] == 119, "the later snapshot does see them"
+
+
+def test_snapshots_reached_step_by_step_equal_snapshots_built_from_scratch(built_features, tmp_path):
+    """The build keeps running sums from cutoff to cutoff; a cutoff built first (from scratch) or after a
+    longer step (windows entering and leaving overlap) must give the very same rows."""
+    weekly = load_catalog(built_features)["cutoffs"]
+    ws = Workspace.resolve(shutil.copytree(built_features.root, tmp_path / "ws"))
+    build(ws, every_days=21, snapshots=2)
+    assert load_catalog(ws)["cutoffs"] == [weekly[-4], weekly[-1]]
+    for day in (weekly[-4], weekly[-1]):
+        stepped, alone = _snapshot(built_features, day), _snapshot(ws, day)
+        assert len(alone) > 1000 and (alone["purchases_7d"] > 0).any() and (alone["revenue_365d"] > 0).any()
+        pd.testing.assert_frame_equal(stepped, alone)
+
+
+def test_an_aggregate_the_build_cannot_keep_running_is_refused():
+    with pytest.raises(ValueError, match="median_basket: `median\\(quantity\\)`.*derived feature"):
+        _states(Feature("median_basket", "float", "median basket", "customer_rfm", "median(quantity)"))
+
+
+def test_a_sum_out_of_range_names_the_columns_to_check(small_lake, raw):
+    write(raw, "events_huge.csv", f"""
+        {EVENTS}
+        h1,2025-03-02T10:00:00Z,,,C1,web,purchase,I1,1,900000000000,s1
+        h2,2025-03-03T10:00:00Z,,,C1,web,purchase,I1,1,900000000000,s1
+    """)
+    ingest(raw, small_lake, now=NOW)
+    with pytest.raises(ValueError, match="out of range.*revenue and quantity"):
+        build(small_lake, every_days=7, snapshots=4)
 
 
 def test_new_customer_gets_defaults_not_nan(small_lake):
@@ -126,8 +156,6 @@ def _check_online_matches_latest_snapshot(ws, online: str):
 @pytest.fixture(scope="module")
 def generated_features(tmp_path_factory, built_features):
     """A copy of the session's built features that this module applies and materializes."""
-    from propel.config import Workspace
-
     return Workspace.resolve(shutil.copytree(built_features.root, tmp_path_factory.mktemp("feat") / "ws"))
 
 
