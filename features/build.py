@@ -38,7 +38,7 @@ _DTYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR"}
 # Per-customer daily sources; features aggregate them with `day < T`.
 _SOURCES = {
     "daily": f"""
-        SELECT customer_id, CAST(ts AS DATE) AS day, count(*) AS n_events,
+        SELECT customer_id, CAST(ts AS DATE) AS day, min(ts) AS first_ts, count(*) AS n_events,
           {', '.join(f"count(*) FILTER (WHERE channel = '{c}') AS n_{c}" for c in FEATURE_CHANNELS)},
           count(*) FILTER (WHERE event_type = 'product_view') AS n_views,
           count(*) FILTER (WHERE event_type = 'add_to_cart') AS n_carts,
@@ -305,15 +305,22 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
     (tmp / CUSTOMER_DIR).mkdir(parents=True)
     (tmp / ITEM_DIR).mkdir(parents=True)
     with steps(progress, "features", len(_SOURCES) + len(cuts) + 1) as advance:
-        # Everyone known: customers, and anonymous profiles with events; `since` = signup or first event.
-        # `pid` numbers them in customer_id order: sources keyed by it are smaller and join faster.
+        # Everyone known: customers, and anonymous profiles with events; `since` = signup or first event
+        # (from the daily source, which saves a scan of the events). `pid` numbers them in customer_id
+        # order: sources keyed by it are smaller and join faster.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE daily_by_id AS {_SOURCES['daily']}")
         con.execute("CREATE OR REPLACE TEMP TABLE people AS SELECT customer_id, row_number() OVER (ORDER BY customer_id) "
                     "AS pid, least(min(c.signup_at), min(e.ts)) AS since FROM (SELECT customer_id, signup_at FROM customers) c "
-                    "FULL JOIN (SELECT customer_id, min(ts) AS ts FROM events GROUP BY 1) e USING (customer_id) GROUP BY 1")
+                    "FULL JOIN (SELECT customer_id, min(first_ts) AS ts FROM daily_by_id GROUP BY 1) e USING (customer_id) "
+                    "GROUP BY 1")
         for name, sql in _SOURCES.items():
+            if name == "daily":
+                sql = "SELECT * EXCLUDE (first_ts) FROM daily_by_id"
             if name != "item_daily":  # a customer source: people who are not known have no snapshot rows
                 sql = f"SELECT p.pid, s.* EXCLUDE (customer_id) FROM ({sql}) s JOIN people p USING (customer_id)"
             con.execute(f"CREATE OR REPLACE TEMP TABLE src_{name} AS {sql} ORDER BY day")
+            if name == "daily":
+                con.execute("DROP TABLE daily_by_id")
             advance(f"source {name}")
         rows = [0, 0]
         entities = ((_Snapshots(con, CUSTOMER_FEATURES, "pid", "customer_id"), CUSTOMER_DIR),
