@@ -150,7 +150,8 @@ def compute(ws: Workspace, cutoffs: list[date] | None = None, progress: bool = F
     settings = ws.settings().analytics
     cutoffs = cutoffs or _cutoffs(ws)
     con = duckdb.connect()
-    snaps = {t: con.execute(f"SELECT * FROM read_parquet('{_snapshot_path(ws, t)}')").df() for t in cutoffs}
+    snaps = {t: con.execute(f"SELECT * FROM read_parquet('{_snapshot_path(ws, t)}') ORDER BY customer_id").df()
+             for t in cutoffs}  # a fixed row order: k-means' seeded start depends on it
     scores = churn_scores(ws, snaps)
     clusterer = Clusterer(settings.clusters, settings.seed)
     with steps(progress, "segments", len(cutoffs)) as advance:

@@ -22,7 +22,7 @@ EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_typ
 
 
 def _snapshot(ws, day: str) -> pd.DataFrame:
-    return pd.read_parquet(ws.features / CUSTOMER_DIR / f"{day}.parquet").set_index("customer_id")
+    return pd.read_parquet(ws.features / CUSTOMER_DIR / f"{day}.parquet").set_index("customer_id").sort_index()
 
 
 @pytest.fixture
