@@ -36,12 +36,12 @@ def main(ws_dir: str) -> None:
     ids = pd.read_parquet(ws.features / CUSTOMER_DIR / f"{latest}.parquet", columns=["customer_id"])["customer_id"]
     rng = np.random.default_rng(0)
     out = {}
-    for online in ("sqlite", "redis"):
+    for online in ("redis", "sqlite"):  # Redis first: SQLite's 25 GB file at 1M churns the page cache
         store = fstore.feature_store(ws, online)
         one = lambda: fstore.online_features(store, SERVICE, [ids.iloc[rng.integers(len(ids))]])  # noqa: E731
         hundred = lambda: fstore.online_features(store, SERVICE, list(ids.iloc[rng.integers(len(ids), size=100)]))  # noqa: E731
         out[f"online_1_{online}"] = p99_ms(one, 300)
-        out[f"online_100_{online}"] = p99_ms(hundred, 100)
+        out[f"online_100_{online}"] = p99_ms(hundred, 300)  # a p99 of fewer calls is their slowest one or two
     n = min(1_000_000, len(ids) * 4)
     cutoffs = pd.to_datetime(load_catalog(ws)["cutoffs"][-4:])
     entity = pd.DataFrame({"customer_id": ids.sample(n, replace=True, random_state=0).to_numpy(),
