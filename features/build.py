@@ -180,10 +180,10 @@ def _step(states: list[_State], table: str, source: str, keys: str, prev: str, T
                       f"GROUP BY {keys}")
     names = [f"moved{i}" for i in range(len(slices))]
     ctes = [f"{n} AS MATERIALIZED ({sql})" for n, sql in zip(names, slices)]
-    ctes.append("changed AS (" + " UNION ".join(f"SELECT {keys} FROM {n}" for n in names) + ")")
+    ctes.append("moved_keys AS (" + " UNION ".join(f"SELECT {keys} FROM {n}" for n in names) + ")")
     joins = " ".join(f"LEFT JOIN {n} USING ({keys})" for n in names)
-    return (f"WITH {', '.join(ctes)} SELECT * FROM {table} ANTI JOIN changed USING ({keys}) UNION ALL "
-            f"SELECT {keys}, {_updates(states)} FROM changed LEFT JOIN {table} o USING ({keys}) {joins}")
+    return (f"WITH {', '.join(ctes)} SELECT * FROM {table} ANTI JOIN moved_keys USING ({keys}) UNION ALL "
+            f"SELECT {keys}, {_updates(states)} FROM moved_keys LEFT JOIN {table} o USING ({keys}) {joins}")
 
 
 def _updates(states: list[_State]) -> str:
