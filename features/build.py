@@ -219,19 +219,23 @@ class _Snapshots:
             states, self.sql[f.name] = _states(f)
             cols = self.by_source.setdefault(f.source, [])
             cols += [st for st in states if st not in cols]
-        self.pairs = sorted({f.source for f in features if f.source in _PAIRS})
+        # per pair source, its running columns: the pair's sums over the window and its number of rows in it
+        self.pairs = {name: [*(_State(c, _EXACT["float"], "sum", f"CAST({c} AS {_EXACT['float']})", leave=p.days)
+                               for c in p.sums), _State("n_rows", "BIGINT", "sum", "1", leave=p.days)]
+                      for name, p in sorted(_PAIRS.items()) if any(f.source == name for f in features)}
         sources = [*self.by_source, *(_PAIRS[p].source for p in self.pairs)]
         days = [d for d, in (con.execute(f"SELECT min(day) FROM src_{s}").fetchone() for s in sources) if d]
         self.cutoff = f"DATE '{min(days, default=date.max).isoformat()}'"  # before any row: the first step starts here
         for source, states in self.by_source.items():
-            cols = ", ".join(f"CAST(NULL AS {st.sql_type}) AS {st.column}" for st in states)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE st_{source} AS SELECT {key}, {cols} FROM src_{source} LIMIT 0")
-        for name in self.pairs:
-            p = _PAIRS[name]
-            cols = ", ".join(f"CAST(NULL AS {_EXACT['float']}) AS {c}" for c in p.sums)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_{name} AS SELECT {key}, {p.key}, {cols}, "
-                        f"CAST(NULL AS BIGINT) AS n_rows FROM src_{p.source} LIMIT 0")
+            self._empty(f"st_{source}", key, source, states)
+        for name, states in self.pairs.items():
+            self._empty(f"pairs_{name}", f"{key}, {_PAIRS[name].key}", _PAIRS[name].source, states)
             con.execute(f"CREATE OR REPLACE TEMP TABLE pf_{name} AS {self._pair_features(name, 'WHERE false')}")
+
+    def _empty(self, table: str, keys: str, source: str, states: list[_State]) -> None:
+        """A state table with no rows yet: the source's key columns and the states' typed columns."""
+        cols = ", ".join(f"CAST(NULL AS {st.sql_type}) AS {st.column}" for st in states)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {keys}, {cols} FROM src_{source} LIMIT 0")
 
     def _pair_features(self, name: str, where: str) -> str:
         """SQL of the features over a pair source, per entity, from the pair rows matching `where`."""
@@ -247,10 +251,8 @@ class _Snapshots:
         for source, states in self.by_source.items():
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE st_{source} AS "
                              f"{_step(states, f'st_{source}', source, key, prev, t_sql)}")
-        for name in self.pairs:
+        for name, states in self.pairs.items():
             p = _PAIRS[name]
-            states = [_State(c, _EXACT["float"], "sum", f"CAST({c} AS {_EXACT['float']})", leave=p.days)
-                      for c in p.sums] + [_State("n_rows", "BIGINT", "sum", "1", leave=p.days)]
             step = _step(states, f"pairs_{name}", p.source, f"{key}, {p.key}", prev, t_sql)
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_{name} AS SELECT * FROM ({step}) WHERE n_rows > 0")
             # features change only for entities with rows entering or leaving the window: recompute just those
