@@ -174,6 +174,7 @@ def test_built_features_sqlite_identical_to_feast(built_features, tmp_path):
     stock, fast = _check_built(built_features, tmp_path, "sqlite")
     expected, got = _sqlite_dump(stock), _sqlite_dump(fast)
     assert got.keys() == expected.keys() and sum(map(len, got.values())) > 10_000
+    assert sum(sql.endswith("WITHOUT ROWID") for *_, sql in got["schema"] if sql) == 3, "apply clusters every table"
     for table in expected:
         assert got[table] == expected[table], table
     again = fstore.materialize(fast, "sqlite")
@@ -211,7 +212,7 @@ def _snapshot(path, people, stamps, n, x, s, b, m):
 def _tiny(ws: Workspace, float32: bool = False) -> list:
     """Three snapshot files of a string-keyed view and one file of an int-keyed view; the Feast objects."""
     folder = ws.features / "tiny"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     _snapshot(folder / "0.parquet", ["a", "b", "c", "é-中", "d"], [T0] * 5, [1, 2, 3, 4, 5],
               [0.5, None, -0.0, math.inf, 2.0], ["old", None, "", "ü", "d0"], [True, None, False, True, False],
               [None, 1, 2**53 + 1, 4, 5])
@@ -291,6 +292,22 @@ def test_tiny_view_redis_identical_to_feast(tmp_path, redis_url, monkeypatch):
     got = _check_tiny(tmp_path, monkeypatch, "redis", _redis_dump, _redis_db(monkeypatch, redis_url, 3),
                       _redis_db(monkeypatch, redis_url, 4))
     assert got[2][0]["n"] == [100, 2**62, 3, 4, 0, 200, None]
+
+
+def test_sqlite_tables_converted_to_clustered_layout(tmp_path):
+    """A store in Feast's layout is rebuilt WITHOUT ROWID with its rows; Feast re-applies, writes and reads it."""
+    ws = Workspace.resolve(tmp_path / "ws")
+    feast_reads, _ = _run_tiny(ws, "sqlite", fast=False)
+    feast_layout = _sqlite_dump(ws)
+    assert not any("WITHOUT ROWID" in (sql or "") for *_, sql in feast_layout["schema"])
+    fstore._cluster_sqlite_tables(fstore.feature_store(ws, "sqlite"))
+    clustered = _sqlite_dump(ws)
+    assert {k: v for k, v in clustered.items() if k != "schema"} == {k: v for k, v in feast_layout.items() if k != "schema"}
+    reads, _ = _run_tiny(ws, "sqlite", fast=False)  # Feast's apply, materialize and reads on the new layout
+    assert reads[-1][:2] == feast_reads[-1][:2]
+    schema = {name: sql for _, name, _, sql in _sqlite_dump(ws)["schema"]}
+    for table in ("propel_tiny", "propel_shops"):
+        assert schema[table].endswith("WITHOUT ROWID") and schema[f"{table}_ek"].endswith("WHERE 0"), schema
 
 
 def test_unsupported_view_falls_back_to_feast(tmp_path, caplog):
