@@ -2,7 +2,7 @@
 
     python bench/materialize.py WORKSPACE [sqlite|redis ...]     time the workspace as built (fast path)
     python bench/materialize.py --synthetic N DIR [--stock]     N synthetic customers, both stores (and stock)
-    python bench/materialize.py --sqlite-floor WORKSPACE         SQLite's own insert time for Feast's layout
+    python bench/materialize.py --sqlite-floor WORKSPACE         SQLite's own insert time for the store's layout
 
 `measure(ws, online)` empties the online store first (Feast teardown + apply, not timed), so every
 figure is a full load. The synthetic workspace is a small real build whose latest customer snapshot
@@ -67,8 +67,8 @@ def _stock_materialize(ws: Workspace, online: str) -> None:
 
 
 def sqlite_floor(ws: Workspace, sample: int = 50_000) -> dict:
-    """The least any writer can take for Feast's SQLite layout: SQLite itself copying the first `sample`
-    materialized customers' rows (sorted, one row per feature, Feast's table and indexes) into an empty
+    """The least any writer can take for the SQLite layout: SQLite itself copying the first `sample`
+    materialized customers' rows (sorted, one row per feature, the store's table and indexes) into an empty
     copy of the table, with no Python in the loop. Run after `measure(ws, "sqlite")`."""
     import sqlite3
     import tempfile
