@@ -8,6 +8,7 @@ default; `online="redis"` (or `[feast] online = "redis"` in propel.toml) uses Re
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
@@ -25,6 +26,8 @@ from features import online_write
 from features.online_read import OnlineReader
 from features.build import load_catalog
 from propel.config import Workspace
+
+log = logging.getLogger(__name__)
 
 REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
 ONLINE_STORES = ("sqlite", "redis")
@@ -88,6 +91,8 @@ def _cluster_sqlite_tables(store: FeatureStore) -> None:
             if ddl is None or ddl[0].rstrip().upper().endswith("WITHOUT ROWID"):
                 continue
             quoted, old = f'"{table}"', f'"{table}__rowid"'
+            if db.execute(f"SELECT EXISTS (SELECT 1 FROM {quoted})").fetchone()[0]:
+                log.warning("online store: moving %s to the clustered layout, rows included (once)", table)
             with db:
                 db.execute(f"ALTER TABLE {quoted} RENAME TO {old}")
                 db.execute(f"{ddl[0]} WITHOUT ROWID")

@@ -294,13 +294,15 @@ def test_tiny_view_redis_identical_to_feast(tmp_path, redis_url, monkeypatch):
     assert got[2][0]["n"] == [100, 2**62, 3, 4, 0, 200, None]
 
 
-def test_sqlite_tables_converted_to_clustered_layout(tmp_path):
+def test_sqlite_tables_converted_to_clustered_layout(tmp_path, caplog):
     """A store in Feast's layout is rebuilt WITHOUT ROWID with its rows; Feast re-applies, writes and reads it."""
     ws = Workspace.resolve(tmp_path / "ws")
     feast_reads, _ = _run_tiny(ws, "sqlite", fast=False)
     feast_layout = _sqlite_dump(ws)
     assert not any("WITHOUT ROWID" in (sql or "") for *_, sql in feast_layout["schema"])
-    fstore._cluster_sqlite_tables(fstore.feature_store(ws, "sqlite"))
+    with caplog.at_level(logging.WARNING, logger="features.store"):
+        fstore._cluster_sqlite_tables(fstore.feature_store(ws, "sqlite"))
+    assert "moving propel_tiny to the clustered layout" in caplog.text
     clustered = _sqlite_dump(ws)
     assert {k: v for k, v in clustered.items() if k != "schema"} == {k: v for k, v in feast_layout.items() if k != "schema"}
     reads, _ = _run_tiny(ws, "sqlite", fast=False)  # Feast's apply, materialize and reads on the new layout
