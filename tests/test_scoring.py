@@ -19,7 +19,7 @@ from features.build import load_catalog
 from features.lake import Lake
 from propel.cli import app
 from propel.config import Workspace
-from serving import batch
+from serving import batch, served_log
 from serving.audience import Top, where_sql
 from serving.batch import Audience, Campaign, load_champion, predict, reasons, snapshot
 from serving.scoring import CustomerScorer
@@ -246,10 +246,13 @@ def recommender(champions):
 
 
 def test_batch_recommendations(champions, recommender, refused, tmp_path):
+    ws = Workspace.resolve(shutil.copytree(champions.root, tmp_path / "ws"))  # the export logs its lists there
     out = tmp_path / "recs.parquet"
-    result = cli(champions, "recommender", "--k", "5", "--where", "city_tier = 1", "--out", str(out))
+    result = cli(ws, "recommender", "--k", "5", "--where", "city_tier = 1", "--out", str(out))
     assert result.exit_code == 0, result.output
     df = read(out)
+    assert set(served_log.read(ws)["recommendation_id"]) == set(df["recommendation_id"])
+    assert served_log.read(champions) is None, "the shared workspace is left as it was"
     assert len(df) and not df["customer_id"].isin(refused).any() and df.groupby("customer_id")["rank"].max().max() <= 5
     want = recommender.batch(df["customer_id"].unique().tolist(), 5)
     pd.testing.assert_frame_equal(df[["customer_id", "rank", "item_id", "score"]].reset_index(drop=True),
