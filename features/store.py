@@ -8,8 +8,6 @@ default; `online="redis"` (or `[feast] online = "redis"` in propel.toml) uses Re
 from __future__ import annotations
 
 import functools
-import logging
-import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,16 +16,12 @@ import pandas as pd
 import yaml
 
 from feast import FeatureStore
-from feast.infra.online_stores.helpers import compute_table_id
-from feast.infra.online_stores.sqlite import SqliteOnlineStore
 from feast.repo_config import RepoConfig
 
 from features import online_write
 from features.online_read import OnlineReader
 from features.build import load_catalog
 from propel.config import Workspace
-
-log = logging.getLogger(__name__)
 
 REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
 ONLINE_STORES = ("sqlite", "redis")
@@ -68,39 +62,8 @@ def apply(ws: Workspace, online: str | None = None) -> list[str]:
     stale = [v for v in store.list_feature_views() if v.name not in names]
     store.apply(objects, objects_to_delete=stale, partial=not stale)
     if store.config.online_store.type == "sqlite":
-        _cluster_sqlite_tables(store)
+        online_write.cluster_sqlite_tables(store)
     return [o.name for o in objects]
-
-
-def _cluster_sqlite_tables(store: FeatureStore) -> None:
-    """Keep each view's SQLite rows in their primary key's B-tree only: 0.6x the materialization time.
-
-    Feast creates a rowid table with a (entity_key, feature_name) primary key and a separate
-    entity_key index, so every stored value goes into three B-trees. Rebuilt WITHOUT ROWID from
-    Feast's own DDL, the rows live in the primary key, whose entity_key prefix also serves Feast's
-    reads; Feast's `_ek` index is kept as an empty partial index (WHERE 0), so the CREATE INDEX IF
-    NOT EXISTS of its next apply finds it and adds nothing. Columns, keys and values are Feast's.
-    A store made before this layout is converted once, rows included.
-    """
-    cfg = store.config
-    db = sqlite3.connect(SqliteOnlineStore._get_db_path(cfg))
-    try:
-        for view in store.list_feature_views():
-            table = compute_table_id(cfg.project, view, cfg.registry.enable_online_feature_view_versioning)
-            ddl = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-            if ddl is None or ddl[0].rstrip().upper().endswith("WITHOUT ROWID"):
-                continue
-            quoted, old = f'"{table}"', f'"{table}__rowid"'
-            if db.execute(f"SELECT EXISTS (SELECT 1 FROM {quoted})").fetchone()[0]:
-                log.warning("online store: moving %s to the clustered layout, rows included (once)", table)
-            with db:
-                db.execute(f"ALTER TABLE {quoted} RENAME TO {old}")
-                db.execute(f"{ddl[0]} WITHOUT ROWID")
-                db.execute(f"INSERT INTO {quoted} SELECT * FROM {old} ORDER BY entity_key, feature_name")
-                db.execute(f"DROP TABLE {old}")  # and Feast's _ek index with it
-                db.execute(f'CREATE INDEX "{table}_ek" ON {quoted} (entity_key) WHERE 0')
-    finally:
-        db.close()
 
 
 def materialize(ws: Workspace, online: str | None = None) -> dict:

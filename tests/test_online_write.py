@@ -300,8 +300,8 @@ def test_sqlite_tables_converted_to_clustered_layout(tmp_path, caplog):
     feast_reads, _ = _run_tiny(ws, "sqlite", fast=False)
     feast_layout = _sqlite_dump(ws)
     assert not any("WITHOUT ROWID" in (sql or "") for *_, sql in feast_layout["schema"])
-    with caplog.at_level(logging.WARNING, logger="features.store"):
-        fstore._cluster_sqlite_tables(fstore.feature_store(ws, "sqlite"))
+    with caplog.at_level(logging.WARNING, logger="features.online_write"):
+        online_write.cluster_sqlite_tables(fstore.feature_store(ws, "sqlite"))
     assert "moving propel_tiny to the clustered layout" in caplog.text
     clustered = _sqlite_dump(ws)
     assert {k: v for k, v in clustered.items() if k != "schema"} == {k: v for k, v in feast_layout.items() if k != "schema"}
