@@ -75,8 +75,12 @@ demo: $(STAMP) ## Run the whole pipeline on generated demo data
 	$(MAKE) --no-print-directory report
 
 .PHONY: test
-test: $(STAMP) ## Run the test suite
+test: $(STAMP) ## Run the whole test suite, as CI does
 	$(BIN)/python -m pytest -q
+
+.PHONY: test-fast
+test-fast: $(STAMP) ## Run the fast tier: unit and data tests, no trained models or built features (about a minute)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 .PHONY: docs
 docs: $(STAMP) ## Regenerate the generated sections of docs/ from the code
@@ -92,4 +96,4 @@ bench-serve: $(STAMP) ## Load-test the HTTP service on loopback (wrk) against th
 
 .PHONY: clean
 clean: ## Remove generated data and runs (keeps .venv)
-	rm -rf data feature_repo/data mlruns/*.db mlruns/[0-9]*
+	rm -rf data mlruns/*.db mlruns/[0-9]*

@@ -2,7 +2,7 @@
 
     python bench/build_profile.py WORKSPACE [SNAPSHOTS]   -> WORKSPACE/bench_build_profile.json
 
-Runs `features.build.build` with every SQL statement timed (summed per target table, e.g. `st_daily`
+Runs `propel.features.build.build` with every SQL statement timed (summed per target table, e.g. `st_daily`
 for the activity running sums, `copy customer_id` for writing customer snapshots), then measures
 the output floor: the built snapshots loaded back into memory and written to Parquet again, the
 part of a build that no faster feature computation can remove.
@@ -17,8 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from features import build as fb
-from features.lake import Lake, connect_duckdb
+from propel.features import build as fb
+from propel.lake.tables import Lake, connect_duckdb
 from propel.config import Workspace
 
 _TARGET = re.compile(r"\s*(?:CREATE OR REPLACE TEMP TABLE (\w+)|COPY \(SELECT (\w+)|(\w+))")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import store as fstore
-from features.build import CUSTOMER_DIR, load_catalog
+from propel.featurestore import store as fstore
+from propel.features.build import CUSTOMER_DIR, load_catalog
 from propel.config import Workspace
 
 SERVICE = "churn_v1"

@@ -1,4 +1,4 @@
-"""Materialization throughput: `features.online_write` against Feast's stock path, SQLite and Redis.
+"""Materialization throughput: `propel.featurestore.online_write` against Feast's stock path, SQLite and Redis.
 
     python bench/materialize.py WORKSPACE [sqlite|redis ...]     time the workspace as built (fast path)
     python bench/materialize.py --synthetic N DIR [--stock]     N synthetic customers, both stores (and stock)
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import duckdb
 
-from features import store as fstore
-from features.build import CUSTOMER_DIR, PROFILE, build, load_catalog
+from propel.featurestore import store as fstore
+from propel.features.build import CUSTOMER_DIR, PROFILE, build, load_catalog
 from propel.config import Workspace
 
 
@@ -59,7 +59,7 @@ def _redis_cpu(ws: Workspace) -> float:
 
 
 def _stock_materialize(ws: Workspace, online: str) -> None:
-    """Feast's own `materialize`, view by view, over the interval features.store.materialize uses."""
+    """Feast's own `materialize`, view by view, over the interval propel.featurestore.store.materialize uses."""
     store = fstore.feature_store(ws, online)
     end = datetime.fromisoformat(load_catalog(ws)["cutoffs"][-1]).replace(tzinfo=timezone.utc) + timedelta(seconds=1)
     for view in store.list_feature_views():
@@ -99,8 +99,8 @@ def sqlite_floor(ws: Workspace, sample: int = 50_000) -> dict:
 
 def synthetic(root: Path, customers: int) -> Workspace:
     """A workspace whose latest snapshot and profile hold `customers` rows copied from a small real build."""
-    from features.generate import generate
-    from features.ingest import ingest
+    from propel.demo.generate import generate
+    from propel.lake.ingest import ingest
 
     shutil.rmtree(root, ignore_errors=True)
     generate(root / "raw", customers=1500, days=120, seed=3, fmt="parquet")

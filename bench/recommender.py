@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from propel.config import RecommendSettings  # noqa: E402
-from training.interactions import Histories, Interactions  # noqa: E402
-from training.rec_models import ALS  # noqa: E402
-from training.recommend import Recommender  # noqa: E402
+from propel.training.interactions import Histories, Interactions  # noqa: E402
+from propel.training.rec_models import ALS  # noqa: E402
+from propel.training.recommender_model import Recommender  # noqa: E402
 
 CUSTOMERS, ITEMS, PER_CUSTOMER, CATEGORIES = 1_000_000, 50_000, 24, 20  # 24 draws -> ~20M distinct pairs
 CALLS = 3_000  # recommend() calls per latency figure

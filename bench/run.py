@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import score as score_bench  # bench/score.py
-from common import free_port, wait_for_port  # bench/common.py
+from common import free_port, machine, wait_for_port  # bench/common.py
 import recommender as recommender_bench  # bench/recommender.py
 import serve as serve_bench  # bench/serve.py
 
@@ -74,14 +73,6 @@ def redis_server(workdir: Path):
         proc.wait(timeout=30)
 
 
-def machine() -> dict:
-    mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), 0)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "cpu": cpu, "python": platform.python_version()}
-
-
 def lake_events(ws: Path) -> int:
     manifests = sorted((ws / "data" / "lake" / "manifests").glob("*.json"))
     return sum(json.loads(m.read_text())["tables"].get("events", {}).get("input", 0) for m in manifests)
@@ -96,7 +87,7 @@ def bench_scale(name: str) -> list[dict]:
     if os.environ.get("BENCH_REUSE_LAKE") and (ws / "data" / "lake").exists():
         # re-measure the later stages on the lake of an earlier run (a 50M-event ingest takes many minutes)
         print(f"[bench] {name}: reusing the lake in {ws}; feature tables and online stores start empty", flush=True)
-        for state in (ws / "data" / "features", ws / "feature_repo" / "data"):
+        for state in (ws / "data" / "features", ws / "data" / "feast"):
             shutil.rmtree(state, ignore_errors=True)
     else:
         if not (raw / "_truth").exists():

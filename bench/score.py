@@ -56,10 +56,10 @@ def big_workspace(demo: Path, ws: Path, n: int) -> None:
     and the demo's churn champion."""
     import mlflow
 
-    from features.build import CATALOG, CUSTOMER_DIR, PROFILE, load_catalog
-    from features.lake import Lake
+    from propel.features.build import CATALOG, CUSTOMER_DIR, PROFILE, load_catalog
+    from propel.lake.tables import Lake
     from propel.config import Workspace
-    from training import registry
+    from propel.training import registry
 
     src, dst = Workspace.resolve(demo), Workspace.resolve(ws)
     shutil.rmtree(ws, ignore_errors=True)

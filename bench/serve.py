@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import BIN, ROOT, demo_workspace, free_port, start_server, stop_server, wait_for_port  # bench/common.py
+from common import BIN, ROOT, demo_workspace, free_port, machine, start_server, stop_server, wait_for_port  # bench/common.py
 
 sys.path.insert(0, str(ROOT))
 SECONDS = float(os.environ.get("SERVE_BENCH_SECONDS", 10))  # per wrk run
@@ -51,7 +51,7 @@ def setup(base: Path) -> Path:
 def samples(ws: Path) -> dict:
     """Known customers and items, and the contact context the contact models need."""
     from propel.config import Workspace
-    from serving.runtime import Runtime
+    from propel.serving.runtime import Runtime
 
     rt = Runtime(Workspace.resolve(ws))
     rt.refresh()
@@ -60,7 +60,7 @@ def samples(ws: Path) -> dict:
         raise SystemExit(f"[bench-serve] models missing in {ws}: {missing}")
     import duckdb
 
-    from features.build import CUSTOMER_DIR
+    from propel.features.build import CUSTOMER_DIR
 
     path = ws / "data" / "features" / CUSTOMER_DIR / "*.parquet"
     customers = [r[0] for r in duckdb.sql(f"SELECT DISTINCT customer_id FROM read_parquet('{path}') "
@@ -302,12 +302,10 @@ def main() -> None:
         rows = load(base)
         (base / "serve_bench.json").write_text(json.dumps(rows, indent=2))
         if what == "all":
-            import run as bench_run  # bench/run.py: the machine description
-
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             out = ROOT / "bench" / "results" / f"serve-{stamp.replace(':', '')}.json"
             out.parent.mkdir(exist_ok=True)
-            out.write_text(json.dumps({"when": stamp, "machine": bench_run.machine(), "rows": rows}, indent=2))
+            out.write_text(json.dumps({"when": stamp, "machine": machine(), "rows": rows}, indent=2))
             print(f"[bench-serve] wrote {out}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,9 +24,9 @@ class UserError(Exception):
 
 
 def ingest_errors() -> tuple[type[Exception], ...]:
-    """IngestError once features.ingest is loaded (only it raises one): importing it up front would add
+    """IngestError once propel.lake.ingest is loaded (only it raises one): importing it up front would add
     ~1 s (pandas, SciPy) to the start-up of every command."""
-    module = sys.modules.get("features.ingest")
+    module = sys.modules.get("propel.lake.ingest")
     return (module.IngestError,) if module else ()
 
 
@@ -60,6 +60,13 @@ def main(
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = Workspace.resolve(workspace)
+    from propel.lake.schema import check_settings
+
+    try:
+        check_settings(ctx.obj.settings())
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -75,7 +82,7 @@ def generate(
     clean: Annotated[bool, typer.Option("--clean", help="No injected dirty rows.")] = False,
 ) -> None:
     """Write a realistic synthetic retailer (customers, identities, events, campaigns) as raw files."""
-    from features.generate import DirtyRates, generate as run
+    from propel.demo.generate import DirtyRates, generate as run
 
     if fmt not in ("csv", "parquet"):
         raise UserError(f"--format must be csv or parquet, not '{fmt}'")
@@ -93,7 +100,7 @@ def ingest(
     now: Annotated[Optional[datetime], typer.Option(help="Reference time for future-timestamp checks (default: now).")] = None,
 ) -> None:
     """Validate, clean and append new raw files to the lake; resolve identities."""
-    from features.ingest import ingest as run
+    from propel.lake.ingest import ingest as run
 
     ws: Workspace = ctx.obj
     report = run(raw_dir, ws, now=now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None, progress=True)
@@ -117,8 +124,8 @@ def forget(
     online: OnlineOption = None,
 ) -> None:
     """Remove people from the lake, feature tables, online store and served-recommendations log, and keep them out of future loads."""
-    from features.forget import forget as run
-    from serving import served_log
+    from propel.forget import forget as run
+    from propel.serving import served_log
 
     report = run(ctx.obj, customer_ids, online)
     logged = served_log.forget(ctx.obj, set(customer_ids) | set(report.customers))
@@ -140,7 +147,7 @@ def features_build(
     snapshots: Annotated[Optional[int], typer.Option(min=1, help="Number of snapshots (default: [features] snapshots, 52).")] = None,
 ) -> None:
     """Compute point-in-time customer and item feature snapshots from the lake (DuckDB)."""
-    from features.build import build
+    from propel.features.build import build
 
     ws: Workspace = ctx.obj
     cfg = ws.settings().features
@@ -154,7 +161,7 @@ def features_apply(ctx: typer.Context, online: OnlineOption = None) -> None:
     """Register entities, feature views and feature services in the Feast registry."""
     import time
 
-    from features.store import apply
+    from propel.featurestore.store import apply
 
     started = time.perf_counter()
     names = apply(ctx.obj, online)
@@ -165,7 +172,7 @@ def features_apply(ctx: typer.Context, online: OnlineOption = None) -> None:
 @friendly
 def features_materialize(ctx: typer.Context, online: OnlineOption = None) -> None:
     """Load the newest feature snapshot into the online store (incremental)."""
-    from features.store import materialize
+    from propel.featurestore.store import materialize
 
     report = materialize(ctx.obj, online)
     console.print(f"[green]features materialize[/] {len(report['views'])} views up to {report['up_to']} ({report['seconds']}s)")
@@ -186,15 +193,20 @@ def train(
     beats the champion."""
     import importlib
 
-    from training.pipeline import NotEligible
+    from propel.training.pipeline import NotEligible
 
+    oracle = None
+    if truth:
+        from propel.demo.oracle import Oracle
+
+        oracle = Oracle(truth)
     tasks = TASKS if task == "all" else (task,)
     if not set(tasks) <= set(TASKS):
         raise UserError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}, or all")
     failed = False
     for name in tasks:
         try:
-            result = importlib.import_module(f"training.{name}").train(ctx.obj, tune_seconds, truth)
+            result = importlib.import_module(f"propel.training.{name}").train(ctx.obj, tune_seconds, oracle)
         except NotEligible as exc:
             console.print(f"[bold red]not trained:[/] {exc}")
             failed = True
@@ -214,7 +226,7 @@ def models_list(ctx: typer.Context) -> None:
     """Every registered version, its selection metric and which one is champion."""
     from rich.table import Table
 
-    from training.registry import list_models
+    from propel.training.registry import list_models
 
     table = Table("task", "version", "champion", "created", "metric", "value")
     for r in list_models(ctx.obj):
@@ -228,7 +240,7 @@ def models_list(ctx: typer.Context) -> None:
 def models_promote(ctx: typer.Context, task: Annotated[str, typer.Argument(help="Model name (task).")],
                    version: Annotated[int, typer.Argument(help="Version to make champion.")]) -> None:
     """Make a version the champion by hand (recorded in the alias history)."""
-    from training.registry import set_champion
+    from propel.training.registry import set_champion
 
     entry = set_champion(ctx.obj, task, version, "manual promotion")
     console.print(f"[green]models promote[/] {task}: champion v{entry['from_version']} -> v{entry['to_version']}")
@@ -238,7 +250,7 @@ def models_promote(ctx: typer.Context, task: Annotated[str, typer.Argument(help=
 @friendly
 def models_rollback(ctx: typer.Context, task: Annotated[str, typer.Argument(help="Model name (task).")]) -> None:
     """Give the champion alias back to the previous champion."""
-    from training.registry import rollback
+    from propel.training.registry import rollback
 
     entry = rollback(ctx.obj, task)
     console.print(f"[green]models rollback[/] {task}: champion v{entry['from_version']} -> v{entry['to_version']}")
@@ -280,8 +292,9 @@ def score(
                                              "(master: [score] spark_master in propel.toml).")] = "local",
 ) -> None:
     """Score customers (or an audience) with a task's champion and export them with deciles, ranks and reasons."""
-    from serving.audience import Top
-    from serving.batch import ScoreRequest, Selection, describe, execute
+    from propel.serving.audience import Top
+    from propel.serving.batch import Selection, describe
+    from propel.serving.export import ScoreRequest, execute
 
     selection = Selection(where, Top.parse(top), min_score, persuadables, not ignore_consent)
     req = ScoreRequest(task, out, as_of.date() if as_of else None, selection, channel, offer, campaign, campaigns,
@@ -295,7 +308,7 @@ def score(
 @friendly
 def segments(ctx: typer.Context, online: OnlineOption = None) -> None:
     """Segment every feature snapshot (RFM, lifecycle, value tier, behavioural clusters) and load them into Feast."""
-    from analytics import segments as run
+    from propel.analytics import segments as run
 
     report = run.build(ctx.obj, progress=True)
     run.publish(ctx.obj, online)
@@ -313,7 +326,7 @@ def attribution(
     """Credit orders to channels and campaigns under every model, with cost, ROI and CAC (saved as CSV)."""
     from rich.table import Table
 
-    from analytics.attribution import LEVELS, attribute
+    from propel.analytics.attribution import LEVELS, attribute
 
     if level not in LEVELS:
         raise UserError(f"--level must be one of {', '.join(LEVELS)}, not '{level}'")
@@ -350,7 +363,7 @@ def serve(
     console.print(f"[green]serve[/] {ws.root} on http://{host}:{port} ({workers or cfg.workers} workers; /docs for the API)")
     bentoml = Path(sys.executable).parent / "bentoml"
     root = Path(__file__).resolve().parents[1]
-    os.execve(bentoml, [str(bentoml), "serve", "serving.service:Propel", "--working-dir", str(root), "--host", host,
+    os.execve(bentoml, [str(bentoml), "serve", "propel.serving.service:Propel", "--working-dir", str(root), "--host", host,
                         "--port", str(port), "--arg", f"workers={workers or cfg.workers}"],
               {**os.environ, "PROPEL_HOME": str(ws.root)})
 
@@ -363,7 +376,7 @@ def monitor(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON result (default data/reports/monitor.json).")] = None,
 ) -> None:
     """Check feature and score drift, data freshness and daily KPIs; exit 1 when an alert fires."""
-    from analytics import monitor as run
+    from propel.analytics import monitor as run
 
     ws: Workspace = ctx.obj
     result = run.check(ws, now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None)
@@ -383,7 +396,7 @@ def report(
     now: Annotated[Optional[datetime], typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="Reference time for monitoring, UTC (default: now).")] = None,
 ) -> None:
     """Write one self-contained HTML report: KPIs, segments, attribution, A/B tests, recommendations, model cards, monitoring."""
-    from analytics.report import write_report
+    from propel.analytics.report import write_report
 
     path = write_report(ctx.obj, out, now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None)
     console.print(f"[green]report[/] {path} ({path.stat().st_size / 1e6:.1f} MB)")

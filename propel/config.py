@@ -14,8 +14,6 @@ import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from features.schema import EVENT_TYPES, IDENTITY_TYPES
-
 
 @dataclass
 class IngestSettings:
@@ -40,13 +38,6 @@ class IdentitySettings:
                                  "device_id": 30, "cookie_id": 30}
     )
     max_ids_per_session: int = 6  # sessions with more distinct identifiers are not used for linking
-
-    def __post_init__(self) -> None:
-        for name in ("per_person", "max_links"):
-            unknown = set(getattr(self, name)) - set(IDENTITY_TYPES)
-            if unknown:
-                raise ValueError(f"identity.{name}: unknown identifier types {sorted(unknown)}; "
-                                 f"use {list(IDENTITY_TYPES)}")
 
 
 @dataclass
@@ -120,10 +111,6 @@ class RecommendSettings:
     threads: int = 2  # CPU threads for fitting and batch scoring
 
     def __post_init__(self) -> None:
-        unknown = (set(self.event_weights) | set(self.relevant_events)) - set(EVENT_TYPES)
-        if unknown:
-            raise ValueError(f"recommend: unknown event types {sorted(unknown)} in event_weights/relevant_events; "
-                             f"use {list(EVENT_TYPES)}")
         if self.confidence not in ("log", "linear"):
             raise ValueError(f"recommend.confidence must be 'log' or 'linear', not {self.confidence!r}")
         metrics = [f"{m}_at_{k}" for m in ("ndcg", "recall", "precision", "map", "hit_rate") for k in (10, 20)]
@@ -266,7 +253,7 @@ class Workspace:
 
     @property
     def feast_data(self) -> Path:
-        return self.root / "feature_repo" / "data"
+        return self.data / "feast"  # Feast registry and SQLite online store
 
     @property
     def mlruns(self) -> Path:

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from features.schema import BLOCKED_VALUE_PATTERN, IDENTITY_TYPES, TABLES
+from propel.lake.schema import BLOCKED_VALUE_PATTERN, IDENTITY_TYPES, TABLES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -37,7 +37,7 @@ def contract_tables() -> str:
 
 
 def feature_tables() -> str:
-    from features.definitions import (CUSTOMER_FEATURES, FEATURE_GROUPS, FEATURE_SERVICES, ITEM_FEATURES,
+    from propel.features.definitions import (CUSTOMER_FEATURES, FEATURE_GROUPS, FEATURE_SERVICES, ITEM_FEATURES,
                                       SEGMENT_FEATURES)
 
     out = []
@@ -62,7 +62,7 @@ def segment_rules() -> list[str]:
     """The segment rule tables, first match wins, with the settings' default values filled in."""
     from dataclasses import asdict
 
-    from features.definitions import SEGMENT_RULES
+    from propel.features.definitions import SEGMENT_RULES
     from propel.config import AnalyticsSettings
 
     values = {k: f"{v} (analytics.{k})" for k, v in asdict(AnalyticsSettings()).items()}

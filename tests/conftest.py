@@ -1,16 +1,18 @@
-"""Shared fixtures: every test works in its own temporary workspace, never the developer's data/."""
+"""Shared fixtures: every test works in its own temporary workspace, never the developer's data/.
+
+The expensive session workspaces (`generated`, `built_features`, `champions`) are shared read-only; a test
+that writes takes a copy with the `copy_of` factory. Tests that use them are marked `slow` automatically,
+so `make test-fast` (`-m "not slow"`) runs only what needs no trained models or built features."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
+from propel.demo.oracle import Oracle
 from propel.config import Workspace
-
-NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)  # reference "now" for hand-made data
+from tests.helpers import FAST_TRAIN, copy_workspace
 
 
 @pytest.fixture
@@ -25,27 +27,14 @@ def raw(tmp_path: Path) -> Path:
     return path
 
 
-def write(raw_dir: Path, name: str, text: str) -> Path:
-    """Write a raw CSV from a dedented literal (first line = header)."""
-    path = raw_dir / name
-    path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
-    return path
-
-
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory) -> Path:
     """A small generated data set (CSV), shared read-only by the tests that need realistic data."""
-    from features.generate import generate
+    from propel.demo.generate import generate
 
     out = tmp_path_factory.mktemp("gen") / "raw"
     generate(out, customers=1500, days=90, seed=11, fmt="csv")
     return out
-
-
-def lake_frame(ws: Workspace, sql: str) -> pd.DataFrame:
-    from features.lake import Lake
-
-    return Lake(ws).connect().execute(sql).df()
 
 
 @pytest.fixture(scope="session")
@@ -87,27 +76,12 @@ def redis_url(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-FAST_TRAIN = """
-[train]
-min_positives = 8
-min_negatives = 8
-churn_horizon_days = 21
-churn_lookback_days = 60
-max_rounds = 150
-early_stopping = 20
-
-[recommend]
-seq_seconds = 15
-bpr_iterations = 30
-"""
-
-
 @pytest.fixture(scope="session")
 def built_features(tmp_path_factory, generated) -> Workspace:
     """`generated` ingested and built (6 weekly snapshots), nothing applied: tests copy it before they apply or
     materialize (read-only)."""
-    from features.build import build
-    from features.ingest import ingest
+    from propel.features.build import build
+    from propel.lake.ingest import ingest
 
     ws = Workspace.resolve(tmp_path_factory.mktemp("built") / "ws")
     ingest(generated, ws)
@@ -121,10 +95,10 @@ def champions(tmp_path_factory, generated) -> Workspace:
 
     Shared by the serving, batch-scoring and analytics tests; tests that change the registry make their own.
     """
-    from features import store
-    from features.build import build
-    from features.ingest import ingest
-    from training import churn, propensity, recommender, uplift
+    from propel.featurestore import store
+    from propel.features.build import build
+    from propel.lake.ingest import ingest
+    from propel.training import churn, propensity, recommender, uplift
 
     ws = Workspace.resolve(tmp_path_factory.mktemp("champions") / "ws")
     ingest(generated, ws)
@@ -133,5 +107,24 @@ def champions(tmp_path_factory, generated) -> Workspace:
     store.apply(ws)
     store.materialize(ws)
     for task in (churn, propensity, uplift, recommender):
-        assert task.train(ws, truth_dir=generated / "_truth").promoted
+        assert task.train(ws, oracle=Oracle(generated / "_truth")).promoted
     return ws
+
+
+SLOW_FIXTURES = {"generated", "built_features", "champions", "redis_url"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path):
+    """Factory: `copy_of(champions)` is a private copy of a shared workspace (the only way tests write to one)."""
+    made = iter(range(1_000))
+
+    def copy(source: Workspace, name: str | None = None) -> Workspace:
+        return copy_workspace(source, tmp_path / (name or f"copy{next(made)}") / "ws")
+    return copy

@@ -8,7 +8,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from propel.cli import app
-from tests.conftest import write
+from tests.helpers import write
 
 runner = CliRunner()
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features import store as fstore
-from features.build import build
-from features.forget import forget
-from features.ingest import ingest
-from tests.conftest import NOW, lake_frame, write
+from propel.featurestore import store as fstore
+from propel.features.build import build
+from propel.forget import forget
+from propel.lake.ingest import ingest
+from tests.helpers import NOW, lake_frame, write
 
 EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_type,item_id,quantity,revenue,session_id"
 

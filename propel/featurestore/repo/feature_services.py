@@ -1,0 +1,26 @@
+"""One feature service per model, versioned (`churn_v1`): training and serving ask for it by name."""
+
+from __future__ import annotations
+
+from feast import FeatureService, FeatureView
+
+from propel.featurestore.repo.feature_views import request_context
+from propel.features.definitions import FEATURE_GROUPS, FEATURE_SERVICES, view_features
+
+WITH_REQUEST_CONTEXT = {"propensity_v1", "recommender_v1"}
+
+
+def feature_services(views: dict[str, FeatureView]) -> list[FeatureService]:
+    """Each service's groups as projections of the views holding them (a whole view when every feature is in)."""
+    services = []
+    for name, groups in FEATURE_SERVICES.items():
+        names = {FEATURE_GROUPS[g][0] for g in groups}
+        if not names <= views.keys():
+            continue
+        picked = {f.name for v in names for f in view_features(v) if f.group in groups}
+        projections = [views[v] if not view_features(v) or picked >= {f.name for f in views[v].features}
+                       else views[v][[f.name for f in views[v].features if f.name in picked]]
+                       for v in dict.fromkeys(FEATURE_GROUPS[g][0] for g in groups)]
+        services.append(FeatureService(name=name, features=projections
+                                       + ([request_context] if name in WITH_REQUEST_CONTEXT else [])))
+    return services

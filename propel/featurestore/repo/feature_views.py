@@ -1,0 +1,55 @@
+"""Feature views generated from `propel.features.definitions`, plus one on-demand view."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from feast import FeatureView, Field, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Bool, Float64, Int64, String, UnixTimestamp
+
+from propel.featurestore.repo import data_sources
+from propel.featurestore.repo.entities import customer, item
+from propel.features import request_features
+from propel.features.build import load_catalog
+from propel.features.definitions import FEATURE_GROUPS, view_features
+from propel.config import Workspace
+
+FEAST_TYPES = {"int": Int64, "float": Float64, "string": String}
+DUCKDB_TO_FEAST = {"BIGINT": Int64, "INTEGER": Int64, "DOUBLE": Float64, "FLOAT": Float64, "BOOLEAN": Bool,
+                   "VARCHAR": String}
+
+
+def feature_views(ws: Workspace) -> dict[str, FeatureView]:
+    """One view per feature table (its description lists the groups in it); a snapshot is valid for two
+    build intervals."""
+    catalog = load_catalog(ws)
+    ttl = timedelta(days=2 * catalog["every_days"])
+    sources = {"customer_features": (customer, data_sources.customer_features(ws), ttl),
+               "item_stats": (item, data_sources.item_features(ws), ttl),
+               "customer_profile": (customer, data_sources.customer_profile(ws), timedelta(0))}
+    if any(ws.segments.glob("*.parquet")):  # registered once `propel segments` has written them
+        sources["customer_segments"] = (customer, data_sources.customer_segments(ws), ttl)
+    crm = [Field(name=c, dtype=DUCKDB_TO_FEAST.get(t, String), description="CRM attribute")
+           for c, t in catalog["profile_columns"].items()] or [Field(name="_no_crm_attributes", dtype=Int64)]
+    views = {}
+    for name, (entity, source, view_ttl) in sources.items():
+        description = "; ".join(d for v, d in FEATURE_GROUPS.values() if v == name)
+        schema = crm if name == "customer_profile" else [
+            Field(name=f.name, dtype=FEAST_TYPES[f.dtype], description=f.description) for f in view_features(name)]
+        views[name] = FeatureView(name=name, entities=[entity], ttl=view_ttl, description=description, online=True,
+                                  source=source, schema=schema)
+    return views
+
+
+request_time = RequestSource(name="request_time", schema=[Field(name="request_ts", dtype=UnixTimestamp)],
+                             description="When the features are asked for (serving time, or send time in training)")
+
+
+# the function is Feast-free (propel.features.request_features) so batch scoring can call it without importing Feast
+request_context = on_demand_feature_view(
+    sources=[request_time],
+    schema=[Field(name="request_hour", dtype=Int64), Field(name="request_dow", dtype=Int64),
+            Field(name="request_is_weekend", dtype=Int64)],
+    description="Calendar context of the request, computed at request time",
+)(request_features.request_context)

@@ -1,0 +1,135 @@
+"""Score customers with the champion of a task, in process: the one place that turns customer ids into
+a probability (or uplift), its decile against the training scores, reason codes and the model version.
+
+The HTTP service calls it per request and batch jobs can call it per chunk, so an answer does not
+depend on the path it took. Features come from the online store (`propel.featurestore.store.online_reader`);
+the transform and the scores are the champion's own (`PropelClassifier` / `PropelUplift`). Only what
+a request adds is supplied here: what is sent (campaign channel, offer type) for the contact models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from propel.config import Workspace
+from propel.training import registry
+from propel.training.labels import CONTEXT_COLUMNS
+
+TASKS = ("churn", "propensity", "uplift")
+
+
+class NoChampion(LookupError):
+    """The task has no champion model yet."""
+
+
+class BadContext(ValueError):
+    """A request's campaign context is missing or names a value the champion never saw."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A task's champion, pinned to its version (a promotion later does not change it)."""
+
+    task: str
+    version: str
+    run_id: str | None
+    model: object  # propel.training.model.PropelClassifier or PropelUplift
+
+    @property
+    def feature_service(self) -> str:
+        return self.model.feature_service
+
+    @property
+    def levels(self) -> dict[str, list[str]]:
+        """Category levels the model knows, per categorical input (the treated arm's for uplift)."""
+        return getattr(self.model, "treated", self.model).categories
+
+    @property
+    def context_fields(self) -> list[str]:
+        """Inputs that describe what is sent, so the caller must give them (not in the feature store)."""
+        return [c for c in CONTEXT_COLUMNS if c in self.model.features]
+
+    def deciles(self, scores: np.ndarray) -> np.ndarray | None:
+        """Decile 1 (top 10% of training scores) .. 10, or None for a model logged without its edges."""
+        edges = getattr(self.model, "decile_edges", None)
+        if not edges:
+            return None
+        return 1 + len(edges) - np.searchsorted(np.asarray(edges[::-1]), scores, side="right")
+
+
+def load_champion(ws: Workspace, task: str) -> Champion:
+    client = registry.tracking(ws)
+    found = registry.champion_version(client, task)
+    if found is None:
+        raise NoChampion(f"no champion model for '{task}' yet: train one (`propel train {task}`) or promote a "
+                         f"version (`propel models promote {task} VERSION`)")
+    model = mlflow.pyfunc.load_model(f"models:/{task}/{found.version}").unwrap_python_model()
+    return Champion(task, str(found.version), found.run_id, model)
+
+
+def check_context(champion: Champion, given: dict[str, str | None]) -> dict[str, str]:
+    """The campaign context the champion needs, validated against the levels it was trained on."""
+    out = {}
+    for name in champion.context_fields:
+        value, known = given.get(name), champion.levels.get(name, [])
+        if value is None:
+            raise BadContext(name, f"{champion.task} scores depend on what is sent: give {name} (one of {', '.join(known)})")
+        if value not in known:
+            raise BadContext(name, f"{name} '{value}' was not seen in training; use one of {', '.join(known)}")
+        out[name] = value
+    return out
+
+
+class CustomerScorer:
+    """Scores customers by id: online features -> champion -> result rows. Thread-safe (read only)."""
+
+    def __init__(self, ws: Workspace, champion: Champion, store=None):
+        from propel.featurestore import store as fstore  # Feast: imported by the online path only (batch scoring does not need it)
+
+        self.champion, self.store = champion, store or fstore.feature_store(ws)
+        self.reader = fstore.online_reader(self.store, champion.feature_service)
+
+    def score(self, customer_ids: list[str], context: dict[str, str] | None = None, reasons: int = 3,
+              request_ts: datetime | None = None) -> list[dict]:
+        """One result per id, in order: `status` 200 with the scores, or 404 for an id the online store
+        does not know (the others are still scored). `context` must pass `check_context`."""
+        features, missing = self.reader.read(customer_ids, request_ts)
+        unknown = set(missing)
+        known = [i for i, c in enumerate(customer_ids) if c not in unknown]
+        rows = {}
+        if known:
+            found = features if len(known) == len(customer_ids) else features.iloc[known]
+            rows = dict(zip(known, self.score_frame(found, context, reasons)))
+        return [rows.get(i) or {"customer_id": c, "status": 404, "error": "unknown customer: no features in the online store"}
+                for i, c in enumerate(customer_ids)]
+
+    def score_frame(self, features: pd.DataFrame, context: dict[str, str] | None, reasons: int) -> list[dict]:
+        """Result rows for feature rows (customer_id plus the champion's features)."""
+        champ, model = self.champion, self.champion.model
+        ids = features["customer_id"].tolist()
+        if context:
+            features = features.assign(**context)
+        if champ.task == "uplift":
+            pred = model.predict(None, features)
+            score = pred["score"].to_numpy()
+            extra = {"p_treated": pred["p_treated"].to_numpy(), "p_control": pred["p_control"].to_numpy()}
+            name = "uplift"
+        else:
+            features = model.matrix(features)  # encoded once for score() and explain()
+            score, extra, name = model.score(features), {}, "probability"
+        deciles = champ.deciles(score)
+        why = model.explain(features, reasons) if reasons else [[] for _ in ids]
+        return [{"customer_id": ids[i], "status": 200, name: float(score[i]),
+                 **{k: float(v[i]) for k, v in extra.items()},
+                 "decile": int(deciles[i]) if deciles is not None else None,
+                 "reasons": [{"feature": f, "contribution": round(c, 6)} for f, c in why[i]],
+                 "model_version": champ.version} for i in range(len(ids))]

@@ -1,0 +1,35 @@
+"""`propel train churn`: who is about to stop buying. Derived labels, or the workspace's explicit ones."""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import partial
+
+from propel.features.build import load_catalog
+from propel.lake.tables import Lake
+from propel.config import Workspace
+from propel.training import labels
+from propel.training.pipeline import TrainResult, build_frame, train_classifier
+
+SERVICE = "churn_v1"
+
+
+def entity_rows(ws: Workspace) -> tuple:
+    """(rows, label source, label window in days): explicit `churn` labels win over derived ones."""
+    cfg = ws.settings().train
+    con = Lake(ws).connect()
+    explicit = labels.explicit(con, "churn")
+    if explicit is not None:
+        return explicit, "explicit", 0.0
+    cutoffs = [date.fromisoformat(c) for c in load_catalog(ws)["cutoffs"]]
+    return labels.churn(con, cutoffs, cfg.churn_lookback_days, cfg.churn_horizon_days), "derived", cfg.churn_horizon_days
+
+
+def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
+    """`oracle`: the generator's ground truth (propel.demo.oracle.Oracle), for oracle metrics on demo data."""
+    cfg = ws.settings().train
+    entity, source, gap = entity_rows(ws)
+    frame = build_frame(ws, entity, SERVICE, source, cfg, gap, cfg.churn_test_periods)
+    oracle_fn = partial(oracle.churn_metrics, horizon_days=cfg.churn_horizon_days) if oracle else None
+    # Baseline heuristic: the longer since the last purchase, the likelier the churn (RFM recency rank).
+    return train_classifier(ws, "churn", frame, cfg, tune_seconds, "days_since_last_purchase", oracle_fn)

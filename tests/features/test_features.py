@@ -1,0 +1,201 @@
+"""Feature store: no leakage, point-in-time training sets, defaults, offline/online consistency."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from propel.features.build import CUSTOMER_DIR, _states, build, load_catalog
+from propel.features.definitions import CUSTOMER_FEATURES, NEVER_DAYS, Feature
+from propel.lake.ingest import ingest
+from propel.featurestore import store as fstore
+from tests.helpers import NOW, write, copy_workspace
+
+EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_type,item_id,quantity,revenue,session_id"
+
+
+def _snapshot(ws, day: str) -> pd.DataFrame:
+    return pd.read_parquet(ws.features / CUSTOMER_DIR / f"{day}.parquet").set_index("customer_id").sort_index()
+
+
+@pytest.fixture
+def small_lake(ws, raw):
+    write(raw, "customers.csv", """
+        customer_id,signup_at,tier,city_tier
+        C1,2025-01-01,gold,1
+        C2,2025-02-01,,2
+        NEW,2025-03-15,silver,
+    """)
+    write(raw, "items.csv", "item_id,category,brand,price\nI1,shoes,nike,10\nI2,books,penguin,5")
+    write(raw, "events.csv", f"""
+        {EVENTS}
+        e1,2025-03-01T10:00:00Z,,,C1,web,product_view,I1,,,s1
+        e2,2025-03-01T10:01:00Z,,,C1,web,purchase,I1,1,10,s1
+        e3,2025-03-10T09:00:00Z,,,C1,store,purchase,I2,2,10,
+        e4,2025-03-20T10:02:00Z,,,C2,app,product_view,I2,,,s2
+    """)
+    ingest(raw, ws, now=NOW)
+    return ws
+
+
+def test_snapshot_uses_only_events_strictly_before_the_cutoff(small_lake, raw):
+    ws = small_lake
+    build(ws, every_days=7, snapshots=4)
+    # four asked for; 2025-02-28 would precede the first event (2025-03-01), so it is not built
+    assert load_catalog(ws)["cutoffs"] == ["2025-03-07", "2025-03-14", "2025-03-21"]
+    before = _snapshot(ws, "2025-03-14")
+    assert before.loc["C1", "purchases_30d"] == 2 and before.loc["C1", "days_since_last_purchase"] == 4
+    # Events at the cutoff instant and after it must not change that snapshot.
+    write(raw, "events_late.csv", f"""
+        {EVENTS}
+        e5,2025-03-14T00:00:00Z,,,C1,web,purchase,I1,1,99,s9
+        e6,2025-03-16T00:00:00Z,,,C2,web,purchase,I1,1,99,s9
+        e7,2025-03-27T00:00:00Z,,,C2,web,page_view,,,,s9
+    """)
+    ingest(raw, ws, now=NOW)
+    build(ws, every_days=7, snapshots=4)
+    assert load_catalog(ws)["cutoffs"][-1] == "2025-03-28"
+    after = _snapshot(ws, "2025-03-14")
+    pd.testing.assert_frame_equal(before, after)
+    assert _snapshot(ws, "2025-03-21").loc["C1", "revenue_30d"] == 119, "the later snapshot does see them"
+
+
+def test_snapshots_reached_step_by_step_equal_snapshots_built_from_scratch(built_features, tmp_path, copy_of):
+    """The build keeps running sums from cutoff to cutoff; a cutoff built first (from scratch) or after a
+    longer step (windows entering and leaving overlap) must give the very same rows."""
+    weekly = load_catalog(built_features)["cutoffs"]
+    ws = copy_of(built_features)
+    build(ws, every_days=21, snapshots=2)
+    assert load_catalog(ws)["cutoffs"] == [weekly[-4], weekly[-1]]
+    for day in (weekly[-4], weekly[-1]):
+        stepped, alone = _snapshot(built_features, day), _snapshot(ws, day)
+        assert len(alone) > 1000 and (alone["purchases_7d"] > 0).any() and (alone["revenue_365d"] > 0).any()
+        pd.testing.assert_frame_equal(stepped, alone)
+
+
+def test_an_aggregate_the_build_cannot_keep_running_is_refused():
+    with pytest.raises(ValueError, match="median_basket: `median\\(quantity\\)`.*derived feature"):
+        _states(Feature("median_basket", "float", "median basket", "customer_rfm", "median(quantity)"))
+
+
+def test_a_sum_out_of_range_names_the_columns_to_check(small_lake, raw):
+    write(raw, "events_huge.csv", f"""
+        {EVENTS}
+        h1,2025-03-02T10:00:00Z,,,C1,web,purchase,I1,1,900000000000,s1
+        h2,2025-03-03T10:00:00Z,,,C1,web,purchase,I1,1,900000000000,s1
+    """)
+    ingest(raw, small_lake, now=NOW)
+    with pytest.raises(ValueError, match="out of range.*revenue and quantity"):
+        build(small_lake, every_days=7, snapshots=4)
+
+
+def test_new_customer_gets_defaults_not_nan(small_lake):
+    build(small_lake, every_days=7, snapshots=4)
+    snap = _snapshot(small_lake, "2025-03-21")
+    new = snap.loc["NEW"]
+    assert not new.isna().any(), new[new.isna()]
+    assert new["days_since_last_purchase"] == NEVER_DAYS and new["purchases_365d"] == 0
+    assert new["preferred_channel_90d"] == "none" and new["top_category_365d"] == "none"
+    assert new["tenure_days"] == 6
+    assert "NEW" not in _snapshot(small_lake, "2025-03-14").index, "no row before the customer existed"
+    assert list(snap.columns) == ["event_timestamp"] + [f.name for f in CUSTOMER_FEATURES]
+
+
+def test_training_set_one_row_per_entity_row_in_order(small_lake):
+    ws = small_lake
+    build(ws, every_days=7, snapshots=4)
+    fstore.apply(ws)
+    store = fstore.feature_store(ws)
+    entity = pd.DataFrame({
+        "customer_id": ["C2", "C1", "C1", "C1", "ghost", "C1"],
+        "event_timestamp": [datetime(2025, 3, 21), datetime(2025, 3, 14), datetime(2025, 3, 16, 12),
+                            datetime(2025, 3, 14), datetime(2025, 3, 14), datetime(2025, 3, 13, 23, 59)],
+    })
+    got = fstore.historical_features(store, "churn_v1", entity)
+    assert got["customer_id"].tolist() == entity["customer_id"].tolist()
+    assert got["event_timestamp"].dt.tz_localize(None).tolist() == entity["event_timestamp"].tolist()
+    # 03-14 and 03-16 read the 03-14 snapshot; 03-13 23:59 still reads 03-07's.
+    assert got["purchases_30d"].tolist()[1:4] == [2, 2, 2] and got["purchases_30d"].tolist()[5] == 1
+    assert np.isnan(got.loc[4, "purchases_30d"]), "an unknown customer is not invented"
+    assert got.loc[1, "tier"] == "gold" and got.loc[0, "city_tier"] == 2
+    # large entity frames are fetched in parts (bounded memory); the parts join up to the same frame
+    pd.testing.assert_frame_equal(fstore.historical_features(store, "churn_v1", entity, chunk_rows=4), got)
+    # a process that retrieved a training set exits quietly (no DuckDB connection left open at shutdown)
+    script = ("import pandas as pd, sys; from propel.featurestore import store; from propel.config import Workspace; "
+              "ws = Workspace.resolve(sys.argv[1]); store.historical_features(store.feature_store(ws), 'churn_v1', "
+              "pd.DataFrame({'customer_id': ['C1'], 'event_timestamp': [pd.Timestamp('2025-03-20')]}))")
+    done = subprocess.run([sys.executable, "-c", script, str(ws.root)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "leaked" not in done.stderr, done.stderr[-2000:]
+
+
+def _check_online_matches_latest_snapshot(ws, online: str):
+    fstore.apply(ws, online)
+    fstore.materialize(ws, online)
+    store = fstore.feature_store(ws, online)
+    latest = load_catalog(ws)["cutoffs"][-1]
+    offline = pd.read_parquet(ws.features / CUSTOMER_DIR / f"{latest}.parquet").set_index("customer_id")
+    sample = sorted(offline.sample(min(60, len(offline)), random_state=1).index) + ["no-such-customer"]
+    online_df, missing = fstore.online_features(store, "churn_v1", sample)
+    assert missing == ["no-such-customer"]
+    online_df = online_df.set_index("customer_id").loc[sample[:-1]]
+    for f in CUSTOMER_FEATURES:
+        a, b = online_df[f.name].to_numpy(), offline.loc[sample[:-1], f.name].to_numpy()
+        if f.dtype == "string":
+            assert (a == b).all(), f.name
+        else:
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-9, err_msg=f.name)
+
+
+@pytest.fixture(scope="module")
+def generated_features(tmp_path_factory, built_features):
+    """A copy of the session's built features that this module applies and materializes."""
+    return copy_workspace(built_features, tmp_path_factory.mktemp("feat") / "ws")
+
+
+def test_online_equals_latest_offline_sqlite(generated_features):
+    _check_online_matches_latest_snapshot(generated_features, "sqlite")
+
+
+@pytest.mark.redis
+def test_online_equals_latest_offline_redis(generated_features, redis_url, monkeypatch):
+    monkeypatch.setenv("PROPEL_REDIS_URL", redis_url)
+    _check_online_matches_latest_snapshot(generated_features, "redis")
+
+
+def test_materialize_is_incremental(generated_features):
+    ws = generated_features
+    fstore.apply(ws)
+    fstore.materialize(ws)
+    again = fstore.materialize(ws)
+    assert list(again["views"]) == ["customer_profile"], "snapshot views already up to date are not reloaded"
+
+
+def test_services_pick_their_groups_and_apply_drops_stale_views(generated_features):
+    from feast import FeatureView, Field
+    from feast.types import Int64
+
+    from propel.featurestore.repo.data_sources import customer_features
+    from propel.featurestore.repo.entities import customer
+    from propel.features.definitions import FEATURE_GROUPS
+
+    ws = generated_features
+    fstore.apply(ws)
+    store = fstore.feature_store(ws)
+    # the recommender reads only its groups out of the one customer snapshot view
+    rec = {f.split(":")[1] for f in fstore.service_features(store, "recommender_v1") if f.startswith("customer_features:")}
+    assert rec == {f.name for f in CUSTOMER_FEATURES if f.group in ("customer_rfm", "customer_preferences")}
+    assert len(fstore.service_features(store, "churn_v1")) > len(CUSTOMER_FEATURES)  # all of them plus CRM columns
+    # a view left over from an older definition (e.g. before views were merged) is removed with its table
+    old = FeatureView(name="customer_rfm", entities=[customer], source=customer_features(ws),
+                      schema=[Field(name="purchases_7d", dtype=Int64)])
+    store.apply([customer, old])
+    fstore.apply(ws)
+    names = {v.name for v in fstore.feature_store(ws).list_feature_views()}
+    assert names == {view for view, _ in FEATURE_GROUPS.values()} - {"customer_segments"}
+    materialized = fstore.materialize(ws)
+    assert "customer_rfm" not in materialized["views"]
