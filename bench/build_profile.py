@@ -58,7 +58,7 @@ def profile(ws: Workspace, snapshots: int = 52) -> dict:
 def _parquet_floor(ws: Workspace) -> float:
     """Seconds to write every customer snapshot to Parquet from memory, as the build writes them."""
     con, spent = connect_duckdb(ws), 0.0
-    for path in sorted((ws.features / fb.CUSTOMER_DIR).glob("*.parquet")):
+    for path in sorted(ws.customer_snapshots.glob("*.parquet")):
         con.execute(f"CREATE OR REPLACE TEMP TABLE snap AS SELECT * FROM read_parquet('{path}')")
         started = time.perf_counter()
         con.execute(f"COPY snap TO '{ws.features / 'floor.parquet'}' (FORMAT parquet)")

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 from propel.featurestore import store as fstore
-from propel.features.build import CUSTOMER_DIR, load_catalog
+from propel.features.build import load_catalog
 from propel.config import Workspace
+from propel.training.tasks import SERVICES
 
-SERVICE = "churn_v1"
+SERVICE = SERVICES["churn"]
 
 
 def p99_ms(fn, calls: int) -> dict:
@@ -33,7 +34,7 @@ def p99_ms(fn, calls: int) -> dict:
 def main(ws_dir: str) -> None:
     ws = Workspace.resolve(ws_dir)
     latest = load_catalog(ws)["cutoffs"][-1]
-    ids = pd.read_parquet(ws.features / CUSTOMER_DIR / f"{latest}.parquet", columns=["customer_id"])["customer_id"]
+    ids = pd.read_parquet(ws.customer_snapshot(latest), columns=["customer_id"])["customer_id"]
     rng = np.random.default_rng(0)
     out = {}
     for online in ("redis", "sqlite"):  # Redis first: SQLite's 25 GB file at 1M churns the page cache

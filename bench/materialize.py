@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 
 from propel.featurestore import store as fstore
-from propel.features.build import CUSTOMER_DIR, PROFILE, build, load_catalog
+from propel.features.build import build, load_catalog
 from propel.config import Workspace
 
 
@@ -32,7 +32,7 @@ def measure(ws: Workspace, online: str, stock: bool = False) -> dict:
     CPU seconds (this process, and the Redis server's own) are there for a shared machine, where
     wall time depends on the neighbours.
     """
-    if fstore.registry_path(ws, online).exists():
+    if ws.feast_registry(online).exists():
         fstore.feature_store(ws, online).teardown()
     fstore.apply(ws, online)
     server_cpu = _redis_cpu(ws) if online == "redis" else 0.0
@@ -42,7 +42,7 @@ def measure(ws: Workspace, online: str, stock: bool = False) -> dict:
     else:
         fstore.materialize(ws, online)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    latest = ws.features / CUSTOMER_DIR / f"{load_catalog(ws)['cutoffs'][-1]}.parquet"
+    latest = ws.customer_snapshot(load_catalog(ws)['cutoffs'][-1])
     entities = duckdb.sql(f"SELECT count(*) FROM read_parquet('{latest}')").fetchall()[0][0]
     features = sum(len(v.features) for v in fstore.feature_store(ws, online).list_feature_views())
     out = {"online": online, "path": "stock" if stock else "fast", "entities": entities, "features": features,
@@ -107,8 +107,8 @@ def synthetic(root: Path, customers: int) -> Workspace:
     ws = Workspace.resolve(root / "ws")
     ingest(root / "raw", ws)
     build(ws, every_days=7, snapshots=1)
-    latest = ws.features / CUSTOMER_DIR / f"{load_catalog(ws)['cutoffs'][-1]}.parquet"
-    for path in (latest, ws.features / PROFILE):
+    latest = ws.customer_snapshot(load_catalog(ws)['cutoffs'][-1])
+    for path in (latest, ws.profile):
         tmp = path.with_suffix(".tmp")
         duckdb.sql(f"""COPY (SELECT printf('S%09d', i) AS customer_id, s.* EXCLUDE (customer_id, k)
                             FROM range({customers}) r(i)

@@ -56,25 +56,25 @@ def big_workspace(demo: Path, ws: Path, n: int) -> None:
     and the demo's churn champion."""
     import mlflow
 
-    from propel.features.build import CATALOG, CUSTOMER_DIR, PROFILE, load_catalog
+    from propel.features.build import load_catalog
     from propel.lake.tables import Lake
     from propel.config import Workspace
     from propel.training import registry
 
     src, dst = Workspace.resolve(demo), Workspace.resolve(ws)
     shutil.rmtree(ws, ignore_errors=True)
-    (dst.features / CUSTOMER_DIR).mkdir(parents=True)
+    (dst.customer_snapshots).mkdir(parents=True)
     (dst.lake / "customers").mkdir(parents=True)
     catalog = load_catalog(src)
     latest = catalog["cutoffs"][-1]
     con = Lake(src).connect()
-    snap = src.features / CUSTOMER_DIR / f"{latest}.parquet"
+    snap = src.customer_snapshot(latest)
     rows = con.execute(f"SELECT count(*) FROM read_parquet('{snap}')").fetchall()[0][0]
     con.execute(f"""CREATE TEMP TABLE ids AS SELECT printf('B%07d', g.range) AS customer_id, s.customer_id AS src
                     FROM range({n}) g JOIN (SELECT customer_id, row_number() OVER (ORDER BY customer_id) - 1 AS r
                                             FROM read_parquet('{snap}')) s ON s.r = g.range % {rows}""")
-    for path, out in ((snap, dst.features / CUSTOMER_DIR / f"{latest}.parquet"),
-                      (src.features / PROFILE, dst.features / PROFILE)):
+    for path, out in ((snap, dst.customer_snapshot(latest)),
+                      (src.profile, dst.profile)):
         con.execute(f"""COPY (SELECT ids.customer_id, t.* EXCLUDE (customer_id) FROM ids
                               JOIN read_parquet('{path}') t ON t.customer_id = ids.src ORDER BY ids.customer_id)
                         TO '{out}' (FORMAT parquet)""")
@@ -84,7 +84,7 @@ def big_workspace(demo: Path, ws: Path, n: int) -> None:
                     TO '{dst.lake / "customers" / "L000001.parquet"}' (FORMAT parquet)""")
     con.execute(f"""COPY (SELECT 'customer_id' AS identity_type, customer_id AS identity_value, customer_id FROM ids)
                     TO '{Lake(dst).identity_map_path}' (FORMAT parquet)""")
-    (dst.features / CATALOG).write_text(json.dumps({**catalog, "cutoffs": [latest], "customer_rows": n}, indent=2))
+    (dst.catalog).write_text(json.dumps({**catalog, "cutoffs": [latest], "customer_rows": n}, indent=2))
     registry.tracking(src)
     loaded = mlflow.pyfunc.load_model("models:/churn@champion")
     registry.tracking(dst)

@@ -60,9 +60,7 @@ def samples(ws: Path) -> dict:
         raise SystemExit(f"[bench-serve] models missing in {ws}: {missing}")
     import duckdb
 
-    from propel.features.build import CUSTOMER_DIR
-
-    path = ws / "data" / "features" / CUSTOMER_DIR / "*.parquet"
+    path = Workspace.resolve(ws).customer_snapshots / "*.parquet"
     customers = [r[0] for r in duckdb.sql(f"SELECT DISTINCT customer_id FROM read_parquet('{path}') "
                                           "USING SAMPLE 200 ROWS (reservoir, 7)").fetchall()]
     rec = rt.tasks["recommender"].model

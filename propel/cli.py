@@ -178,7 +178,6 @@ def features_materialize(ctx: typer.Context, online: OnlineOption = None) -> Non
     console.print(f"[green]features materialize[/] {len(report['views'])} views up to {report['up_to']} ({report['seconds']}s)")
 
 
-TASKS = ("churn", "propensity", "uplift", "recommender")
 
 
 @app.command()
@@ -194,6 +193,7 @@ def train(
     import importlib
 
     from propel.training.pipeline import NotEligible
+    from propel.training.tasks import TASKS
 
     oracle = None
     if truth:

@@ -252,12 +252,51 @@ class Workspace:
         return self.data / "features"
 
     @property
+    def customer_snapshots(self) -> Path:
+        return self.features / "customer_features"  # one Parquet per weekly cutoff, <YYYY-MM-DD>.parquet
+
+    def customer_snapshot(self, cutoff) -> Path:
+        return self.customer_snapshots / f"{cutoff}.parquet"
+
+    @property
+    def item_snapshots(self) -> Path:
+        return self.features / "item_features"
+
+    @property
+    def profile(self) -> Path:
+        return self.features / "customer_profile.parquet"  # CRM attributes, one row per customer
+
+    @property
+    def catalog(self) -> Path:
+        return self.features / "catalog.json"  # cutoffs, CRM columns and types, the lake load used
+
+    @property
+    def tombstones(self) -> Path:
+        return self.lake / "tombstones.parquet"  # hashes of forgotten identifiers
+
+    @property
     def feast_data(self) -> Path:
         return self.data / "feast"  # Feast registry and SQLite online store
+
+    def feast_registry(self, online: str) -> Path:
+        # one registry per online store: Feast records materialization progress in it
+        return self.feast_data / ("registry.db" if online == "sqlite" else f"registry_{online}.db")
+
+    @property
+    def online_store_db(self) -> Path:
+        return self.feast_data / "online_store.db"
 
     @property
     def mlruns(self) -> Path:
         return self.root / "mlruns"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.mlruns / "mlflow.db"  # MLflow tracking and registry (artifacts beside it)
+
+    @property
+    def served_log(self) -> Path:
+        return self.data / "served_recommendations"  # every /recommend answer, for the impact report
 
     @property
     def segments(self) -> Path:

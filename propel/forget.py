@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from propel.features.build import CUSTOMER_DIR, PROFILE
 from propel.lake.tables import Lake
-from propel.lake.tombstones import TOMBSTONES
 from propel.lake.schema import TABLES
 from propel.config import Workspace
 
@@ -71,7 +69,7 @@ def forget(ws: Workspace, customer_ids: list[str], online: str | None = None) ->
 
     stones = con.execute("SELECT sha256(identity_type || ':' || identity_value) AS key FROM gone").df()
     stones["forgotten_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
-    path = lake.root / TOMBSTONES
+    path = lake.ws.tombstones
     if path.exists():
         stones = pd.concat([pd.read_parquet(path), stones], ignore_index=True).drop_duplicates("key")
     stones.to_parquet(path, index=False)
@@ -101,7 +99,7 @@ def forget(ws: Workspace, customer_ids: list[str], online: str | None = None) ->
         ids = "SELECT identity_value FROM gone WHERE identity_type = 'customer_id' UNION SELECT id FROM forgotten"
         report.lake_rows["identity_merges"] = _rewrite(
             con, lake.merges_path, f"merged_id NOT IN ({ids}) AND into_id NOT IN ({ids})")
-    feature_files = (sorted((ws.features / CUSTOMER_DIR).glob("*.parquet")) + [ws.features / PROFILE]
+    feature_files = (sorted(ws.customer_snapshots.glob("*.parquet")) + [ws.profile]
                      + sorted(ws.segments.glob("*.parquet")))
     report.feature_rows = sum(_rewrite(con, p, people_sql) for p in feature_files if p.exists())
     report.online_rows = _forget_online(ws, people, online)
@@ -115,10 +113,10 @@ def _forget_online(ws: Workspace, people: list[str], online: str | None) -> int:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from propel.featurestore.store import feature_store, registry_path
+    from propel.featurestore.store import feature_store
 
     store = feature_store(ws, online)
-    if not registry_path(ws, store.config.online_store.type).exists():
+    if not ws.feast_registry(store.config.online_store.type).exists():
         return 0
     cfg = store.config
     keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=p)]) for p in people]

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from propel.analytics import champions
-from propel.features.build import CUSTOMER_DIR, load_catalog
+from propel.features.build import load_catalog
 from propel.lake.tables import Lake
 from propel.config import MonitorSettings, Workspace
 
@@ -67,7 +67,7 @@ def drift(ws: Workspace, cfg: MonitorSettings) -> dict:
     fitted = rows[rows["split"].isin(["train", "valid"])][["customer_id", "event_timestamp"]]
     reference = champions.score(ws, model, fitted.sample(min(len(fitted), cfg.sample_rows), random_state=0))
     newest = load_catalog(ws)["cutoffs"][-1]
-    snap = pd.read_parquet(ws.features / CUSTOMER_DIR / f"{newest}.parquet", columns=["customer_id", "days_since_last_purchase"])
+    snap = pd.read_parquet(ws.customer_snapshot(newest), columns=["customer_id", "days_since_last_purchase"])
     active = snap.loc[snap["days_since_last_purchase"] <= ws.settings().train.churn_lookback_days, ["customer_id"]]
     active = active.sample(min(len(active), cfg.sample_rows), random_state=0).assign(event_timestamp=pd.Timestamp(newest))
     current = champions.score(ws, model, active)

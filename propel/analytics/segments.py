@@ -25,7 +25,7 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
 from propel.analytics import champions
-from propel.features.build import CUSTOMER_DIR, load_catalog
+from propel.features.build import load_catalog
 from propel.features.definitions import SEGMENT_FEATURES
 from propel.config import AnalyticsSettings, Workspace
 from propel.progress import steps
@@ -113,7 +113,7 @@ def _cutoffs(ws: Workspace) -> list[date]:
 
 
 def _snapshot_path(ws: Workspace, cutoff: date) -> Path:
-    return ws.features / CUSTOMER_DIR / f"{cutoff.isoformat()}.parquet"
+    return ws.customer_snapshot(cutoff.isoformat())
 
 
 def churn_scores(ws: Workspace, snaps: dict[date, pd.DataFrame]) -> dict[date, pd.Series]:

@@ -32,7 +32,6 @@ from propel.lake.schema import PII_COLUMNS, TABLES
 from propel.config import Workspace
 from propel.progress import steps
 
-CUSTOMER_DIR, ITEM_DIR, PROFILE, CATALOG = "customer_features", "item_features", "customer_profile.parquet", "catalog.json"
 _DTYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR"}
 
 # Per-customer daily sources; features aggregate them with `day < T`.
@@ -305,8 +304,11 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
     out = ws.features
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / CUSTOMER_DIR).mkdir(parents=True)
-    (tmp / ITEM_DIR).mkdir(parents=True)
+    def staged(path: Path) -> Path:  # where a workspace path is written until the build is swapped in
+        return tmp / path.relative_to(out)
+
+    staged(ws.customer_snapshots).mkdir(parents=True)
+    staged(ws.item_snapshots).mkdir(parents=True)
     with steps(progress, "features", len(_SOURCES) + len(cuts) + 1) as advance:
         # Everyone known: customers, and anonymous profiles with events; `since` = signup or first event
         # (from the daily source, which saves a scan of the events). `pid` numbers them in customer_id
@@ -326,8 +328,8 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
                 con.execute("DROP TABLE daily_by_id")
             advance(f"source {name}")
         rows = [0, 0]
-        entities = ((_Snapshots(con, CUSTOMER_FEATURES, "pid", "customer_id"), CUSTOMER_DIR),
-                    (_Snapshots(con, ITEM_FEATURES, "item_id", "item_id"), ITEM_DIR))
+        entities = ((_Snapshots(con, CUSTOMER_FEATURES, "pid", "customer_id"), staged(ws.customer_snapshots)),
+                    (_Snapshots(con, ITEM_FEATURES, "item_id", "item_id"), staged(ws.item_snapshots)))
         grids = ("SELECT * FROM people WHERE since < DATE '{T}'", "SELECT item_id, price, category FROM items")
         for T in cuts:
             for i, ((snapshots, sub), grid) in enumerate(zip(entities, grids)):
@@ -337,7 +339,7 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
                     raise ValueError(f"{lake.root}: a running sum for the {T} snapshot is out of range "
                                      f"({str(exc).splitlines()[0]}); feature sums keep up to 10^12 per customer. "
                                      "Check the events' revenue and quantity columns for unit errors.") from None
-                path = tmp / sub / f"{T.isoformat()}.parquet"
+                path = sub / f"{T.isoformat()}.parquet"
                 con.execute(f"COPY ({snapshots.select(grid.format(T=T), T)}) TO '{path}' (FORMAT parquet)")
                 rows[i] += con.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0]
             advance(f"snapshot {T}")
@@ -345,19 +347,19 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
         cols = "".join(f', "{c}"' for c in crm)
         con.execute(f"COPY (SELECT customer_id, since AS event_timestamp{cols} FROM people "
                     "LEFT JOIN customers USING (customer_id)) "
-                    f"TO '{tmp / PROFILE}' (FORMAT parquet)")
+                    f"TO '{staged(ws.profile)}' (FORMAT parquet)")
         advance("profile")
     loads = [m["load_id"] for m in lake.manifests()]
     catalog = {"cutoffs": [c.isoformat() for c in cuts], "every_days": every_days, "lake_load": loads[-1],
                "profile_columns": crm, "customer_rows": rows[0], "item_rows": rows[1]}
-    (tmp / CATALOG).write_text(json.dumps(catalog, indent=2))
+    staged(ws.catalog).write_text(json.dumps(catalog, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return BuildReport(catalog["cutoffs"], rows[0], rows[1], list(crm), time.perf_counter() - started)
 
 
 def load_catalog(ws: Workspace) -> dict:
-    path: Path = ws.features / CATALOG
+    path: Path = ws.catalog
     if not path.exists():
         raise FileNotFoundError(f"{path}: no features built yet. Run `propel features build` first.")
     return json.loads(path.read_text())

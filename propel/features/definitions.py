@@ -222,8 +222,6 @@ FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
                  "customer_profile"),
     "propensity_v1": ("customer_rfm", "customer_channels", "customer_campaigns", "customer_preferences",
                       "customer_trend", "customer_profile"),
-    # rows are (customer_id, item_id) pairs, as a re-ranker scores them
-    "recommender_v1": ("customer_rfm", "customer_preferences", "customer_profile", "item_stats"),
     # not a model: audiences read a customer's segments by this name (registered once `propel segments` ran)
     "segments_v1": ("customer_segments",),
 }

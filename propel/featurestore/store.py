@@ -39,8 +39,8 @@ def repo_config(ws: Workspace, online: str | None = None) -> RepoConfig:
     raw["project"] = settings.project
     # One registry per online store: Feast records materialization progress in the registry, so a
     # shared one would make a fresh Redis look already loaded after SQLite was.
-    raw["registry"] = {"path": str(registry_path(ws, online)), "cache_ttl_seconds": 0}
-    raw["online_store"] = ({"type": "sqlite", "path": str(ws.feast_data / "online_store.db")} if online == "sqlite"
+    raw["registry"] = {"path": str(ws.feast_registry(online)), "cache_ttl_seconds": 0}
+    raw["online_store"] = ({"type": "sqlite", "path": str(ws.online_store_db)} if online == "sqlite"
                            else {"type": "redis", "connection_string": settings.redis_url})
     return RepoConfig(repo_path=ws.root, **raw)
 
@@ -52,10 +52,6 @@ def _move_old_state(ws: Workspace) -> None:
         ws.feast_data.parent.mkdir(parents=True, exist_ok=True)
         old.rename(ws.feast_data)
         logging.getLogger(__name__).warning("moved Feast state from %s to %s (its new home)", old, ws.feast_data)
-
-
-def registry_path(ws: Workspace, online: str) -> Path:
-    return ws.feast_data / ("registry.db" if online == "sqlite" else f"registry_{online}.db")
 
 
 def feature_store(ws: Workspace, online: str | None = None) -> FeatureStore:

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from propel.lake import identity
-from propel.lake.tombstones import TOMBSTONES, tombstone_sql
+from propel.lake.tombstones import tombstone_sql
 from propel.lake.tables import LAKE_TYPES, Lake
 from propel.lake.schema import (
     BLOCKED_VALUE_PATTERN, CLICK_EVENT_TYPES, PII_COLUMNS, PII_TYPES, TABLES, Column, Table,
@@ -334,7 +334,7 @@ class _Loader:
             nodes.append(("linked_type", "linked_value"))
         if "customer_id" in present:
             nodes.append(("'customer_id'", "customer_id"))
-        if not nodes or not (self.lake.root / TOMBSTONES).exists():
+        if not nodes or not self.lake.ws.tombstones.exists():
             return
         hit = " OR ".join(f"sha256({t} || ':' || {v}) IN (SELECT key FROM {tombstone_sql(self.lake)})" for t, v in nodes)
         self.con.execute(f"UPDATE stage SET _dup = 'forgotten' WHERE {hit}")

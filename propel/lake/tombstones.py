@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from propel.lake.tables import Lake
 
-TOMBSTONES = "tombstones.parquet"
-
-
 def tombstone_sql(lake: Lake) -> str:
     """SQL relation of tombstoned identifier hashes (empty when nobody was forgotten)."""
-    path = lake.root / TOMBSTONES
+    path = lake.ws.tombstones
     return f"(SELECT key FROM read_parquet('{path}'))" if path.exists() else "(SELECT NULL::VARCHAR AS key WHERE false)"

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from propel.features.build import CUSTOMER_DIR, PROFILE, load_catalog
+from propel.features.build import load_catalog
 from propel.lake.tables import Lake
 from propel.features.request_features import request_context
 from propel.config import Workspace
@@ -46,7 +46,6 @@ from propel.serving import scoring
 from propel.serving.audience import Top, where_sql
 from propel.serving.scoring import BadContext, Champion, NoChampion, check_context
 
-SCORE_TASKS = ("churn", "propensity", "uplift")
 SEGMENT_COLUMNS = ("segment", "rfm_segment")  # a segment feature, when the feature table has one
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -55,7 +54,7 @@ def load_champion(ws: Workspace, task: str) -> Champion:
     """The task's champion (propel.serving.scoring's, pinned to its version); ValueError when there is none,
     without creating a model registry in a workspace that has none."""
     try:
-        if not (ws.mlruns / "mlflow.db").exists():
+        if not ws.mlflow_db.exists():
             raise NoChampion(f"no champion model for '{task}' yet: train one (`propel train {task}`) or promote a "
                              f"version (`propel models promote {task} VERSION`)")
         return scoring.load_champion(ws, task)
@@ -148,7 +147,7 @@ def snapshot(ws: Workspace, as_of: date | None = None) -> Snapshot:
     if not usable:
         raise ValueError(f"--as-of {as_of}: no feature snapshot on or before it; snapshots cover "
                          f"{days[0]}..{days[-1]} (`propel features build --snapshots N` keeps more)")
-    return Snapshot(usable[-1], days[-1], ws.features / CUSTOMER_DIR / f"{usable[-1].isoformat()}.parquet", catalog)
+    return Snapshot(usable[-1], days[-1], ws.customer_snapshot(usable[-1].isoformat()), catalog)
 
 
 class Audience:
@@ -164,7 +163,7 @@ class Audience:
                                {", s.* EXCLUDE (customer_id, event_timestamp)" if segments.exists() else ""},
                                a.customer_id IS NOT NULL AS _consent
                              FROM read_parquet('{snap.path}') f
-                             LEFT JOIN read_parquet('{ws.features / PROFILE}') p USING (customer_id)
+                             LEFT JOIN read_parquet('{ws.profile}') p USING (customer_id)
                              {f"LEFT JOIN read_parquet('{segments}') s USING (customer_id)" if segments.exists() else ""}
                              LEFT JOIN allowed a USING (customer_id)""")
         self.columns = [r[0] for r in self.con.execute("DESCRIBE base").fetchall() if not r[0].startswith("_")]

@@ -12,7 +12,8 @@ from pathlib import Path
 from propel.config import Workspace
 from propel.lake.tables import Lake
 from propel.serving import nba, recommendations
-from propel.serving.batch import (SCORE_TASKS, Audience, Campaign, Selection, context, load_champion, output_format, run,
+from propel.training.tasks import SCORE_TASKS
+from propel.serving.batch import (Audience, Campaign, Selection, context, load_champion, output_format, run,
                                   score_job, snapshot)
 
 ALL_TASKS = (*SCORE_TASKS, "recommender", "nba")

@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 
 from propel.featurestore import store as fstore
 from propel.config import Workspace
-from propel.serving.scoring import TASKS, CustomerScorer, load_champion
+from propel.serving.scoring import CustomerScorer, load_champion
+from propel.training.tasks import RECOMMENDER, TASKS
 from propel.training import registry
 
 log = logging.getLogger(__name__)
-RECOMMENDER = "recommender"
 PROBE_ID = "__propel_readiness_probe__"  # read from the online store by /readyz; never a real customer
 
 
@@ -53,12 +53,12 @@ class Runtime:
 
     def stamp(self) -> tuple[float, ...]:
         """Modification times of the model registry and the Feast registry (0 when absent)."""
-        db = self.ws.mlruns / "mlflow.db"
+        db = self.ws.mlflow_db
         paths = [db, db.with_name("mlflow.db-wal"), self._feast_registry()]
         return tuple(p.stat().st_mtime if p.exists() else 0.0 for p in paths)
 
     def _feast_registry(self):
-        return fstore.registry_path(self.ws, self.ws.settings().feast.online)
+        return self.ws.feast_registry(self.ws.settings().feast.online)
 
     def refresh(self) -> dict[str, dict]:
         """(Re)load what changed; returns {task: {"from": version, "to": version}} for each change."""
@@ -66,7 +66,7 @@ class Runtime:
         new_store = self._open_store()
         client = registry.tracking(self.ws)
         changes = {}
-        for task in (*TASKS, RECOMMENDER):
+        for task in TASKS:
             current = self.tasks.get(task) or Loaded(task)
             champ = registry.champion_version(client, task)
             version = str(champ.version) if champ else None

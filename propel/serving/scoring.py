@@ -20,7 +20,6 @@ from propel.config import Workspace
 from propel.training import registry
 from propel.training.labels import CONTEXT_COLUMNS
 
-TASKS = ("churn", "propensity", "uplift")
 
 
 class NoChampion(LookupError):

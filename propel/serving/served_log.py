@@ -22,7 +22,6 @@ import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
-from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -40,10 +39,6 @@ COLUMNS = {"recommendation_id": "VARCHAR", "served_at": "TIMESTAMPTZ", "customer
 log = logging.getLogger("propel.serving")
 
 
-def folder(ws: Workspace) -> Path:
-    return ws.data / "served_recommendations"
-
-
 def _row(served_at: float, answer: dict) -> dict:
     """One log line from a /recommend answer (positions are the order of `items`, 1 first)."""
     return {"recommendation_id": answer["recommendation_id"],
@@ -58,7 +53,7 @@ class ServedLog:
     """Appends /recommend answers to this process's log file, off the request path."""
 
     def __init__(self, ws: Workspace, flush_seconds: float = FLUSH_SECONDS):
-        self.folder, self.flush_seconds = folder(ws), flush_seconds
+        self.folder, self.flush_seconds = ws.served_log, flush_seconds
         self.queue: deque = deque()  # (time, answer); append and popleft are thread-safe
         self.stop = threading.Event()
         self.writer: threading.Thread | None = None
@@ -117,15 +112,15 @@ def write_batch(ws: Workspace, recs: pd.DataFrame, run: str, part: int, model: s
         "model": np.where(first["fallback"].notna(), "popular", model), "model_version": [version] * len(starts),
         "fallback": first["fallback"].notna().to_numpy(), "fallback_reason": first["fallback"].to_numpy(object),
         "source": ["batch"] * len(starts)})
-    folder(ws).mkdir(parents=True, exist_ok=True)
-    path = folder(ws) / f"batch-{run}-{part:05d}.parquet"
+    ws.served_log.mkdir(parents=True, exist_ok=True)
+    path = ws.served_log / f"batch-{run}-{part:05d}.parquet"
     pq.write_table(table, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)  # readers never see half a file
 
 
 def read(ws: Workspace) -> pd.DataFrame | None:
     """Every logged recommendation (one row each; `items` in the order shown), or None without a log."""
-    lines, batches = sorted(folder(ws).glob("*.jsonl")), sorted(folder(ws).glob("*.parquet"))
+    lines, batches = sorted(ws.served_log.glob("*.jsonl")), sorted(ws.served_log.glob("*.parquet"))
     if not lines and not batches:
         return None
     types = ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items())
@@ -141,14 +136,14 @@ def forget(ws: Workspace, customer_ids: set[str]) -> int:
     """Remove every recommendation served to these customers from the log (`propel forget`); returns how
     many. A server appending at the same moment may lose that second's lines, never keep the person's."""
     removed = 0
-    for path in sorted(folder(ws).glob("*.jsonl")):
+    for path in sorted(ws.served_log.glob("*.jsonl")):
         lines = path.read_text().splitlines(keepends=True)
         keep = [line for line in lines if _customer(line) not in customer_ids]
         if len(keep) < len(lines):
             path.with_suffix(".tmp").write_text("".join(keep))
             path.with_suffix(".tmp").replace(path)
             removed += len(lines) - len(keep)
-    for path in sorted(folder(ws).glob("*.parquet")):
+    for path in sorted(ws.served_log.glob("*.parquet")):
         table = pq.read_table(path)
         mask = pc.is_in(table["customer_id"], pa.array(sorted(customer_ids), pa.string()))
         if pc.any(mask).as_py():

@@ -47,7 +47,8 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from propel.config import Workspace
-from propel.serving.runtime import RECOMMENDER, Runtime
+from propel.serving.runtime import Runtime
+from propel.training.tasks import RECOMMENDER
 from propel.serving.schemas import (RecommendResponse, ScoreResponse, SimilarItemsResponse, schemas)
 from propel.serving.scoring import BadContext, check_context
 from propel.serving.served_log import ServedLog

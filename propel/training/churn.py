@@ -9,9 +9,10 @@ from propel.features.build import load_catalog
 from propel.lake.tables import Lake
 from propel.config import Workspace
 from propel.training import labels
+from propel.training.tasks import SERVICES
 from propel.training.pipeline import TrainResult, build_frame, train_classifier
 
-SERVICE = "churn_v1"
+SERVICE = SERVICES["churn"]
 
 
 def entity_rows(ws: Workspace) -> tuple:

@@ -8,9 +8,10 @@ from functools import partial
 from propel.lake.tables import Lake
 from propel.config import Workspace
 from propel.training import labels
+from propel.training.tasks import SERVICES
 from propel.training.pipeline import TrainResult, build_frame, train_classifier
 
-SERVICE = "propensity_v1"
+SERVICE = SERVICES["propensity"]
 
 
 def entity_rows(ws: Workspace) -> tuple:

@@ -31,10 +31,11 @@ import scipy.sparse as sp
 
 from propel.config import RecommendSettings, Workspace
 from propel.training.interactions import Histories
+from propel.training.tasks import RECOMMENDER
 from propel.training.rec_models import FactorModel, RecModel
 from propel.training.topk import NormOrder, top_k, top_k_rows
 
-TASK = "recommender"
+TASK = RECOMMENDER
 BATCH_ROWS = 20_000  # customers per chunk in batch scoring (bounds the score blocks' memory)
 
 

@@ -24,7 +24,7 @@ CHAMPION = "champion"
 def tracking(ws: Workspace) -> MlflowClient:
     """Point MLflow at the workspace store and return a client."""
     ws.mlruns.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{ws.mlruns / 'mlflow.db'}"
+    uri = f"sqlite:///{ws.mlflow_db}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, uri)

@@ -17,10 +17,11 @@ from propel.config import Workspace
 from propel.training import labels
 from propel.training.evaluate import plot_qini, qini_coefficient, uplift_at
 from propel.training.model import PropelUplift, decile_edges
+from propel.training.tasks import SERVICES
 from propel.training.pipeline import (TrainResult, build_frame, check_eligible, decide_and_promote, fit_classifier,
                                log_model, tracked_run)
 
-SERVICE = "propensity_v1"
+SERVICE = SERVICES["uplift"]
 
 
 def uplift_metrics(test: pd.DataFrame, uplift: np.ndarray, prefix: str = "") -> dict[str, float]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from propel.features.build import CUSTOMER_DIR, _states, build, load_catalog
+from propel.features.build import _states, build, load_catalog
 from propel.features.definitions import CUSTOMER_FEATURES, NEVER_DAYS, Feature
 from propel.lake.ingest import ingest
 from propel.featurestore import store as fstore
@@ -20,7 +20,7 @@ EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_typ
 
 
 def _snapshot(ws, day: str) -> pd.DataFrame:
-    return pd.read_parquet(ws.features / CUSTOMER_DIR / f"{day}.parquet").set_index("customer_id").sort_index()
+    return pd.read_parquet(ws.customer_snapshot(day)).set_index("customer_id").sort_index()
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def _check_online_matches_latest_snapshot(ws, online: str):
     fstore.materialize(ws, online)
     store = fstore.feature_store(ws, online)
     latest = load_catalog(ws)["cutoffs"][-1]
-    offline = pd.read_parquet(ws.features / CUSTOMER_DIR / f"{latest}.parquet").set_index("customer_id")
+    offline = pd.read_parquet(ws.customer_snapshot(latest)).set_index("customer_id")
     sample = sorted(offline.sample(min(60, len(offline)), random_state=1).index) + ["no-such-customer"]
     online_df, missing = fstore.online_features(store, "churn_v1", sample)
     assert missing == ["no-such-customer"]
@@ -186,9 +186,14 @@ def test_services_pick_their_groups_and_apply_drops_stale_views(generated_featur
     ws = generated_features
     fstore.apply(ws)
     store = fstore.feature_store(ws)
-    # the recommender reads only its groups out of the one customer snapshot view
-    rec = {f.split(":")[1] for f in fstore.service_features(store, "recommender_v1") if f.startswith("customer_features:")}
-    assert rec == {f.name for f in CUSTOMER_FEATURES if f.group in ("customer_rfm", "customer_preferences")}
+    # each service reads only its groups out of the one customer snapshot view
+    from propel.features.definitions import FEATURE_SERVICES
+
+    for service, groups in FEATURE_SERVICES.items():
+        if service == "segments_v1":  # registered once `propel segments` ran
+            continue
+        read = {f.split(":")[1] for f in fstore.service_features(store, service) if f.startswith("customer_features:")}
+        assert read == {f.name for f in CUSTOMER_FEATURES if f.group in groups}, service
     assert len(fstore.service_features(store, "churn_v1")) > len(CUSTOMER_FEATURES)  # all of them plus CRM columns
     # a view left over from an older definition (e.g. before views were merged) is removed with its table
     old = FeatureView(name="customer_rfm", entities=[customer], source=customer_features(ws),

@@ -28,7 +28,7 @@ from feast.types import Bool, Float32, Float64, Int64, String
 from propel.featurestore import online_write
 from propel.featurestore.online_read import OnlineReader
 from propel.featurestore import store as fstore
-from propel.features.build import CUSTOMER_DIR, ITEM_DIR, load_catalog
+from propel.features.build import load_catalog
 from propel.config import Workspace
 from tests.helpers import copy_workspace
 
@@ -82,7 +82,7 @@ def test_entity_keys_match_feast(value_type, values):
 
 def _sqlite_dump(ws: Workspace) -> dict:
     """Every row of every online table, all columns (rowids aside), and the schema with its indexes."""
-    db = sqlite3.connect(ws.feast_data / "online_store.db")
+    db = sqlite3.connect(ws.online_store_db)
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
     cols = ("entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts, "
             "typeof(value), typeof(value_text), typeof(event_ts)")
@@ -143,9 +143,9 @@ def _stock_materialize(ws: Workspace, online: str) -> None:
 
 def _check_built(built: Workspace, tmp_path, online: str, use_stock=lambda: None, use_fast=lambda: None):
     stock, fast = (copy_workspace(built, tmp_path / name) for name in ("stock", "fast"))
-    latest = pd.read_parquet(built.features / CUSTOMER_DIR / f"{load_catalog(built)['cutoffs'][-1]}.parquet")
+    latest = pd.read_parquet(built.customer_snapshot(load_catalog(built)['cutoffs'][-1]))
     customers = [{"customer_id": c} for c in sorted(latest["customer_id"])[:50]] + [{"customer_id": "no-such-customer"}]
-    items = [{"item_id": i} for i in sorted(pd.read_parquet(built.features / ITEM_DIR)["item_id"].unique())[:20]]
+    items = [{"item_id": i} for i in sorted(pd.read_parquet(built.item_snapshots)["item_id"].unique())[:20]]
     results = []
     for ws, use, load in ((stock, use_stock, _stock_materialize), (fast, use_fast, fstore.materialize)):
         use()

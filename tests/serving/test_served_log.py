@@ -58,7 +58,7 @@ def test_log_written_by_workers_and_joined_with_events(ws, raw):
     second.record(answer("r4", ["I9"], model="popular", version="2", fallback="unknown_customer", customer="C2"))
     assert second.flush() == 2 and first.flush() == 0
     first.close()
-    files = sorted(served_log.folder(ws).glob("*.jsonl"))
+    files = sorted(ws.served_log.glob("*.jsonl"))
     assert len(files) == 2, "one file per worker and day"
     with files[0].open("a") as fh:
         fh.write('{"recommendation_id": "torn", "served_at": "20')  # a worker killed mid-write
@@ -94,7 +94,7 @@ def server_ws(champions, tmp_path_factory) -> Workspace:
     """A copy of the read-only champions workspace (the server writes its log into it), without any log that
     other tests' batch runs left there."""
     ws = copy_workspace(champions, tmp_path_factory.mktemp("served_log") / "ws")
-    shutil.rmtree(served_log.folder(ws), ignore_errors=True)
+    shutil.rmtree(ws.served_log, ignore_errors=True)
     with ws.config_file.open("a") as fh:
         fh.write("\n[score]\nchunk_rows = 100\n")  # batch recommendations in several chunks
     return ws

@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from propel.featurestore import store as fstore
-from propel.features.build import CUSTOMER_DIR
 from propel.config import Workspace
 from tests.helpers import BIN, copy_workspace, start, stop
 from propel.serving.scoring import CustomerScorer, load_champion
@@ -68,7 +67,7 @@ def http(server):
 @pytest.fixture(scope="module")
 def customers(champions) -> list[str]:
     """Three customers the online store knows."""
-    path = champions.features / CUSTOMER_DIR / "*.parquet"
+    path = champions.customer_snapshots / "*.parquet"
     return [r[0] for r in duckdb.sql(f"SELECT DISTINCT customer_id FROM read_parquet('{path}') ORDER BY 1 LIMIT 3").fetchall()]
 
 
@@ -250,7 +249,7 @@ def test_fuzzed_requests_never_get_a_5xx(server):
 def test_fast_model_input_equals_the_pandas_path(champions):
     """The service scores through `encode` (NumPy) instead of `prepare` (pandas): same numbers, also for
     missing, unseen and text values."""
-    path = champions.features / CUSTOMER_DIR / "*.parquet"
+    path = champions.customer_snapshots / "*.parquet"
     frame = duckdb.sql(f"SELECT * FROM read_parquet('{path}') USING SAMPLE 300 ROWS (reservoir, 7)").df()
     for task in ("churn", "propensity", "uplift"):
         model = champion_model(champions, task)

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from feast import FileSource
 
-from propel.features.build import CUSTOMER_DIR, ITEM_DIR, PROFILE
 from propel.config import Workspace
 
 
 def customer_features(ws: Workspace) -> FileSource:
-    return FileSource(name="customer_features", path=str(ws.features / CUSTOMER_DIR / "*.parquet"),
+    return FileSource(name="customer_features", path=str(ws.customer_snapshots / "*.parquet"),
                       timestamp_field="event_timestamp", description="Weekly customer snapshots")
 
 
 def item_features(ws: Workspace) -> FileSource:
-    return FileSource(name="item_features", path=str(ws.features / ITEM_DIR / "*.parquet"),
+    return FileSource(name="item_features", path=str(ws.item_snapshots / "*.parquet"),
                       timestamp_field="event_timestamp", description="Weekly item snapshots")
 
 
 def customer_profile(ws: Workspace) -> FileSource:
-    return FileSource(name="customer_profile", path=str(ws.features / PROFILE),
+    return FileSource(name="customer_profile", path=str(ws.profile),
                       timestamp_field="event_timestamp", description="CRM attributes, valid from signup")
 
 

@@ -7,7 +7,7 @@ from feast import FeatureService, FeatureView
 from propel.featurestore.repo.feature_views import request_context
 from propel.features.definitions import FEATURE_GROUPS, FEATURE_SERVICES, view_features
 
-WITH_REQUEST_CONTEXT = {"propensity_v1", "recommender_v1"}
+WITH_REQUEST_CONTEXT = {"propensity_v1"}
 
 
 def feature_services(views: dict[str, FeatureView]) -> list[FeatureService]:
