@@ -12,17 +12,16 @@ records render.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from propel.docs import render as fill_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "bench" / "reference.json"
 DOC = ROOT / "docs" / "benchmarks.md"
-STAGES = {"ingestion": "Ingestion", "featurestore": "Feature store", "training": "Training",
-          "scoring": "Batch scoring", "recommenders": "Recommenders", "serving": "Serving"}
+STAGES = ("ingestion", "featurestore", "training", "scoring", "recommenders", "serving")  # the doc's marker names
 FIELDS = ("stage", "key", "what", "target", "figure", "met", "date", "machine", "command")
 
 
@@ -40,69 +39,74 @@ class Metric:
 
 def num(x: float) -> str:
     """About three significant digits, as the doc writes figures."""
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}" if abs(x) >= 1 else f"{x:.3f}"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def of_row(label: str, figure: Callable[[dict], tuple[str, list]], *fields: str):
+    """A metric's `read` for the run row of one stage label (None without the row or the `fields` it needs)."""
+    return lambda rows: figure(rows[label]) if label in rows and all(f in rows[label] for f in fields) else None
+
+
+def peak(row: dict) -> str:
+    return f"peak {row['peak_rss_gib']:.2f} GiB"
 
 
 def timed(label: str, seconds: float | None = None, gib: float | None = None):
     """Wall time and peak RSS of one `run()` stage, against optional limits."""
-    def read(rows):
-        row = rows.get(label)
-        if row is None:
-            return None
-        figure = f"{num(row['seconds'])} s"
-        if "events_per_s" in row:
-            figure += f" ({num(row['events_per_s'] / 1000)}k events/s)"
-        checks = [("time", row["seconds"] <= seconds)] if seconds else []
-        if gib:
-            checks.append(("memory", row["peak_rss_gib"] <= gib))
-        return f"{figure}, peak {row['peak_rss_gib']:.2f} GiB", checks
-    return read
+    def figure(row):
+        rate = f" ({num(row['events_per_s'] / 1000)}k events/s)" if "events_per_s" in row else ""
+        checks = ([("time", row["seconds"] <= seconds)] if seconds else []) + (
+            [("memory", row["peak_rss_gib"] <= gib)] if gib else [])
+        return f"{num(row['seconds'])} s{rate}, {peak(row)}", checks
+    return of_row(label, figure)
 
 
 def materialized(label: str):
-    """Seconds per 1M entities (the bench's 1M customers come with ~0.55M anonymous profiles)."""
-    def read(rows):
-        row = rows.get(label)
-        if row is None:
-            return None
-        per_1m = row["seconds"] * 1e6 / row.get("entities", 1e6)
-        entities = f" for {row['entities'] / 1e6:.2f}M entities = {num(per_1m)} s per 1M" if "entities" in row else ""
-        return f"{num(row['seconds'])} s{entities}, peak {row['peak_rss_gib']:.2f} GiB", [("time", per_1m <= 120)]
-    return read
+    """Seconds per 1M entities: the bench's 1M customers come with ~0.55M anonymous profiles."""
+    def figure(row):
+        per_1m = row["seconds"] * 1e6 / row["entities"]
+        figure = f"{num(row['seconds'])} s for {row['entities'] / 1e6:.2f}M entities = {num(per_1m)} s per 1M"
+        return f"{figure}, {peak(row)}", [("time", per_1m <= 120)]
+    return of_row(label, figure, "entities")
 
 
 def latency(label: str, field: str, p99_ms: float | None = None):
-    """p50 / p99 of an in-process call recorded under `field` of a run row."""
-    def read(rows):
-        figures = rows.get(label, {}).get(field)
-        if figures is None:
-            return None
-        figure = f"p50 {num(figures['p50_ms'])} / p99 {num(figures['p99_ms'])} ms"
-        return figure, [("p99", figures["p99_ms"] <= p99_ms)] if p99_ms else []
-    return read
+    """p50 / p99 of an in-process call, recorded under `field` of the row."""
+    def figure(row):
+        ms = row[field]
+        checks = [("p99", ms["p99_ms"] <= p99_ms)] if p99_ms else []
+        return f"p50 {num(ms['p50_ms'])} / p99 {num(ms['p99_ms'])} ms", checks
+    return of_row(label, figure, field)
 
 
-def field_seconds(label: str, field: str, seconds: float | None = None, rss: bool = False):
-    """A duration the stage measured itself (`field`, seconds), e.g. the fit inside a process."""
-    def read(rows):
-        row = rows.get(label)
-        if row is None or field not in row:
-            return None
+def inner_seconds(label: str, field: str, seconds: float | None = None, rss: bool = False):
+    """A duration the stage timed itself (`field`), e.g. the fit inside its process."""
+    def figure(row):
         value = row[field]["seconds"] if isinstance(row[field], dict) else row[field]
-        figure = f"{num(value)} s" + (f", peak {row['peak_rss_gib']:.2f} GiB" if rss else "")
-        return figure, [("time", value <= seconds)] if seconds else []
-    return read
+        return f"{num(value)} s" + (f", {peak(row)}" if rss else ""), [("time", value <= seconds)] if seconds else []
+    return of_row(label, figure, field)
 
 
 def scored(label: str, seconds: float | None = None):
-    def read(rows):
-        row = rows.get(label)
-        if row is None:
-            return None
-        figure = (f"{num(row['seconds'])} s ({num(row['in_process_seconds'])} s in process), {row['exported']:,} "
-                  f"exported, peak {row['peak_rss_gib']:.2f} GiB, {num(row['output_mib'])} MiB")
+    """One `propel score` process: its wall time, the job's own time, the rows and bytes it exported."""
+    def figure(row):
+        times = f"{num(row['seconds'])} s ({num(row['in_process_seconds'])} s in process)"
+        figure = f"{times}, {row['exported']:,} exported, {peak(row)}, {num(row['output_mib'])} MiB"
         return figure, [("time", row["seconds"] <= seconds)] if seconds else []
-    return read
+    return of_row(label, figure, "exported")
+
+
+def open_loop(label: str, p99_ms: float | None = None):
+    """A fixed request rate: latency percentiles from each request's scheduled time."""
+    def figure(row):
+        ms = " / ".join(f"{p} {num(row[f'{p}_ms'])}" for p in ("p50", "p95", "p99", "max"))
+        errors = f"; {row['non_2xx']} errors" if row.get("non_2xx") else ""
+        return f"{ms} ms{errors}", [("p99", row["p99_ms"] <= p99_ms)] if p99_ms else []
+    return of_row(label, figure)
+
+
+def insert_floor(row: dict) -> tuple[str, list]:
+    return f"{num(row['seconds_per_1m_entities'])} s per 1M entities", []
 
 
 def closed_loop(prefix: str, min_rps_at_32: float | None = None, p99_ms_at_1: float | None = None):
@@ -116,17 +120,6 @@ def closed_loop(prefix: str, min_rps_at_32: float | None = None, p99_ms_at_1: fl
         figure = f"RPS {rps}; p99 {p99} ms; {errors} errors"
         checks = [("RPS", runs[2]["rps"] >= min_rps_at_32), ("errors", errors == 0)] if min_rps_at_32 else []
         return figure, checks + ([("p99", runs[0]["p99_ms"] <= p99_ms_at_1)] if p99_ms_at_1 else [])
-    return read
-
-
-def open_loop(label: str, p99_ms: float | None = None):
-    def read(rows):
-        r = rows.get(label)
-        if r is None:
-            return None
-        figure = " / ".join(f"{p} {num(r[f'{p}_ms'])}" for p in ("p50", "p95", "p99", "max")) + " ms"
-        errors = r.get("non_2xx", 0)
-        return figure + (f"; {errors} errors" if errors else ""), [("p99", r["p99_ms"] <= p99_ms)] if p99_ms else []
     return read
 
 
@@ -151,15 +144,14 @@ METRICS = [
            "<= 120 s per 1M customers", FM, materialized("features-1m materialize redis")),
     Metric("features-1m sqlite insert floor", "featurestore",
            "SQLite's own insert time for the online table's layout (pre-encoded rows, no Python)", "", FM,
-           lambda rows: (f"{num(rows[k]['seconds_per_1m_entities'])} s per 1M entities", [])
-           if (k := "features-1m sqlite insert floor") in rows else None),
+           of_row("features-1m sqlite insert floor", insert_floor, "seconds_per_1m_entities")),
     *[Metric(f"features-1m online read {n} {store}", "featurestore",
              f"online read of `churn_v1`, {n} customer{'s' if n > 1 else ''}, {label} (1.55M entities)",
              f"p99 <= {limit} ms", FM, latency("features-1m online reads + training set", f"online_{n}_{store}", limit))
       for store, label in (("redis", "Redis"), ("sqlite", "SQLite")) for n, limit in ((1, 2), (100, 20))],
     Metric("features-1m training set", "featurestore",
            "training set of 1M entity rows x 82 features (Feast `get_historical_features`)", "<= 60 s", FM,
-           field_seconds("features-1m online reads + training set", "training_set", 60, rss=True)),
+           inner_seconds("features-1m online reads + training set", "training_set", 60, rss=True)),
     Metric("features-1m train churn", "training", "`propel train churn` at 1M customers (2M-row training frame)", "",
            FM, timed("features-1m train churn")),
     *[Metric(f"score-1m {label}", "scoring", what, target, "score-1m", scored(f"score-1m {label}", limit))
@@ -173,9 +165,9 @@ METRICS = [
            "score 1M customers, `--where` + top 5000 to CSV with 3 reason codes", "", None))],
     Metric("recommender ALS fit", "recommenders",
            "ALS fit (implicit, 32 factors, 15 iterations), 1M customers x 50k items x 20M interactions", "<= 300 s",
-           "recommender", field_seconds("recommender ALS fit", "fit_seconds", 300, rss=True)),
+           "recommender", inner_seconds("recommender ALS fit", "fit_seconds", 300, rss=True)),
     Metric("recommender package", "recommenders", "package the model: fold-in of 1M customers' states + indexes", "",
-           "recommender", field_seconds(REC, "package_seconds")),
+           "recommender", inner_seconds(REC, "package_seconds")),
     Metric("recommender recommend", "recommenders", "`recommend(customer, 10)`, 50k items, in process",
            "p99 <= 1 ms", "recommender", latency(REC, "recommend_top10", 1)),
     Metric("recommender recommend filtered", "recommenders",
@@ -187,7 +179,7 @@ METRICS = [
     Metric("recommender similar_items", "recommenders", "`similar_items(item, 10)`, in process", "", "recommender",
            latency(REC, "similar_items_top10")),
     Metric("recommender batch", "recommenders", "`batch(1M customers, 10)` -> 10M rows", "<= 120 s", "recommender",
-           field_seconds(REC, "batch_top10_seconds", 120)),
+           inner_seconds(REC, "batch_top10_seconds", 120, rss=True)),
     Metric("serve /recommend closed loop", "serving", "`/recommend`, closed loop (wrk) at c = 1 / 8 / 32",
            ">= 1,000 RPS at c = 32, 0 errors", SERVE, closed_loop("serve /recommend", min_rps_at_32=1000)),
     Metric("serve /recommend at 200 RPS", "serving", "`/recommend`, open loop at 200 RPS", "p99 <= 10 ms", SERVE,
@@ -200,7 +192,8 @@ METRICS = [
            SERVE, open_loop("serve /score/churn at 50 RPS", 10)),
     *[Metric(f"serve {name} closed loop", "serving", f"{what}, closed loop at c = 1 / 8 / 32", "", SERVE,
              closed_loop(f"serve {name}"))
-      for name, what in (("/score/propensity", "`/score/propensity` (1 id)"), ("/score/uplift", "`/score/uplift` (1 id)"),
+      for name, what in (("/score/propensity", "`/score/propensity` (1 id)"),
+                         ("/score/uplift", "`/score/uplift` (1 id)"),
                          ("/score/churn (100 ids)", "`/score/churn` (100 ids)"))],
     Metric("serve control closed loop", "serving", "control: a bare uvicorn echo app, closed loop at c = 1 / 8 / 32",
            "", SERVE, closed_loop("control (bare uvicorn echo)")),
@@ -230,7 +223,8 @@ def records(result: dict) -> list[dict]:
         if read is not None:
             figure, checks = read
             out.append({"stage": m.stage, "key": m.key, "what": m.what, "target": m.target, "figure": figure,
-                        "met": verdict(checks), "date": result["when"][:10], "machine": machine_label(result["machine"]),
+                        "met": verdict(checks), "date": result["when"][:10],
+                        "machine": machine_label(result["machine"]),
                         "command": f"`BENCH={m.scale} make bench`"})
     return out
 

@@ -39,8 +39,8 @@ def test_readme_lists_every_doc():
 
 def test_make_targets_in_the_readme_exist_and_make_help_lists_every_target():
     makefile = (ROOT / "Makefile").read_text()
-    targets = set(re.findall(r"^([a-zA-Z_-]+):", makefile, re.M))
-    helped = set(re.findall(r"^([a-zA-Z_-]+):.*?## ", makefile, re.M))  # the pattern `make help` greps for
+    targets = set(re.findall(r"^([a-zA-Z_-]+):", makefile, re.MULTILINE))
+    helped = set(re.findall(r"^([a-zA-Z_-]+):.*?## ", makefile, re.MULTILINE))  # the pattern `make help` greps for
     assert targets - helped == set(), "give every target a `## help` comment"
     named = set(re.findall(r"\bmake ([a-z][a-z-]*)", README))
     assert named - targets == set()
