@@ -94,6 +94,8 @@ def stop_server(proc: subprocess.Popen, timeout: float = 30) -> None:
 def machine() -> dict:
     mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                 if line.startswith("MemTotal")), 0)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "cpu": cpu, "python": platform.python_version()}
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               platform.processor())
+    return {"cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "cpu": cpu,
+            "virtualised": " hypervisor" in cpuinfo, "python": platform.python_version()}

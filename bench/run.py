@@ -1,4 +1,4 @@
-"""`make bench`: throughput and peak memory of each pipeline stage at scale; writes docs/benchmarks.md.
+"""`make bench`: throughput and peak memory of each pipeline stage at scale; updates docs/benchmarks.md.
 
 Each stage runs as its own child process so its wall time and peak RSS are its own. Scales:
   ingest-1m / ingest-10m   ingestion of ~1M and ~10M generated events (target: 10M in <= 60 s, <= 4 GiB)
@@ -7,7 +7,8 @@ Each stage runs as its own child process so its wall time and peak RSS are its o
   serve                    the HTTP service under load on loopback (wrk), demo-size models (bench/serve.py)
   recommender              ALS fit 1M x 50k x 20M, recommend() latency, batch top-10 for 1M (bench/recommender.py)
 Pick with `BENCH=ingest-1m,ingest-10m make bench` (default: all); `BENCH_REUSE_LAKE=1` keeps a scale's lake
-from an earlier run and re-runs only the stages after ingestion. Results: bench/results/<stamp>.json.
+from an earlier run and re-runs only the stages after ingestion. Results: bench/results/<stamp>.json, merged
+into bench/reference.json, from which docs/benchmarks.md's tables are rendered (bench/report.py).
 The machine this ran on is recorded with the figures; compare ratios within one run, not across runs.
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import score as score_bench  # bench/score.py
 from common import free_port, machine, wait_for_port  # bench/common.py
 import recommender as recommender_bench  # bench/recommender.py
+import report  # bench/report.py
 import serve as serve_bench  # bench/serve.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +80,18 @@ def lake_events(ws: Path) -> int:
     return sum(json.loads(m.read_text())["tables"].get("events", {}).get("input", 0) for m in manifests)
 
 
+def latest_entities(ws: Path) -> int:
+    """Rows of the newest customer snapshot: the entities a materialization loads."""
+    import duckdb
+
+    from propel.config import Workspace
+    from propel.features.build import CUSTOMER_DIR, load_catalog
+
+    w = Workspace.resolve(ws)
+    latest = w.features / CUSTOMER_DIR / f"{load_catalog(w)['cutoffs'][-1]}.parquet"
+    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{latest}')").fetchall()[0][0]
+
+
 def bench_scale(name: str) -> list[dict]:
     customers, days = SCALES[name]
     base = WORK / name
@@ -114,6 +128,7 @@ def feature_stages(name: str, ws: Path, propel: list, env: dict) -> list[dict]:
     for online in ("sqlite", "redis"):
         rows.append(run(f"{name} features apply {online}", [*propel, "features", "apply", "--online", online], env))
         rows.append(run(f"{name} materialize {online}", [*propel, "features", "materialize", "--online", online], env))
+        rows[-1]["entities"] = latest_entities(ws)  # the target is per 1M customers
     # the least SQLite itself needs for Feast's layout, to read the SQLite materialization figure against
     floor = run(f"{name} sqlite insert floor", [sys.executable, ROOT / "bench" / "materialize.py", "--sqlite-floor", ws])
     rows.append({**floor, **json.loads((ws / "bench_sqlite_floor.json").read_text())})
@@ -141,7 +156,8 @@ def main() -> None:
     out = RESULTS / f"{result['when'].replace(':', '')}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    print(f"[bench] wrote {out}; update docs/benchmarks.md from it")
+    report.update(result)
+    print(f"[bench] wrote {out}, merged it into {report.REFERENCE} and rendered {report.DOC}")
 
 
 if __name__ == "__main__":

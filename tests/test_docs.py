@@ -1,5 +1,8 @@
-"""Docs generated from code must be committed up to date (`make docs`)."""
+"""Docs generated from code or records must be committed up to date (`make docs`, `python bench/report.py`)."""
 
+import copy
+
+from bench import report
 from propel.docs import DOCS, SECTIONS, render
 
 
@@ -7,3 +10,95 @@ def test_generated_doc_sections_are_current():
     for doc, sections in SECTIONS.items():
         text = (DOCS / doc).read_text()
         assert render(text, sections) == text, f"docs/{doc} is stale: run `make docs`"
+
+
+def test_benchmarks_doc_is_what_the_reference_records_render():
+    text = report.DOC.read_text()
+    assert report.render(report.load(), text) == text, "docs/benchmarks.md is stale: run `python bench/report.py`"
+
+
+def test_reference_records_of_bench_rows_describe_them_as_the_bench_does():
+    """A row `make bench` measures keeps the bench's wording and target, so a run replaces it in place."""
+    metrics = {m.key: m for m in report.METRICS}
+    recs = report.load()
+    assert all(set(r) == set(report.FIELDS) and r["stage"] in report.STAGES for r in recs)
+    assert len({r["key"] for r in recs}) == len(recs)
+    drifted = [r["key"] for r in recs if r["key"] in metrics
+               and (r["stage"], r["what"], r["target"]) != (metrics[r["key"]].stage, metrics[r["key"]].what,
+                                                            metrics[r["key"]].target)]
+    assert drifted == []
+    assert set(metrics) <= {r["key"] for r in recs}, "every row the bench measures has a reference figure"
+
+
+def test_a_bench_run_replaces_its_rows_newest_first_and_the_tables_show_it():
+    machine = {"cores": 8, "memory_gib": 31.2, "cpu": "Some CPU", "virtualised": False, "python": "3.11.9"}
+    wrk = {"p50_ms": 1.0, "p95_ms": 2.0, "max_ms": 9.0, "non_2xx": 0, "socket_errors": 0}
+    run = {"when": "2030-01-02T03:04:05+00:00", "machine": machine, "rows": [
+        {"stage": "ingest-10m ingest", "seconds": 71.234, "peak_rss_gib": 3.2, "events": 9_288_915,
+         "events_per_s": 130_400},
+        {"stage": "features-1m materialize sqlite", "seconds": 150.0, "peak_rss_gib": 2.9, "entities": 1_500_000},
+        *[{"stage": f"serve /recommend c={c}", "rps": rps, "p99_ms": p99, **wrk}
+          for c, rps, p99 in ((1, 1500, 1.5), (8, 2500, 7.25), (32, 900, 30.0))],
+        {"stage": "not a row of the reference", "seconds": 1.0, "peak_rss_gib": 0.1}]}
+    new = {r["key"]: r for r in report.records(run)}
+    assert set(new) == {"ingest-10m ingest", "features-1m materialize sqlite", "serve /recommend closed loop"}
+    ingest = new["ingest-10m ingest"]
+    assert (ingest["figure"], ingest["met"]) == ("71.2 s (130k events/s), peak 3.20 GiB", "no (time)")
+    assert (ingest["date"], ingest["machine"]) == ("2030-01-02", "8 cores (Some CPU), 31.2 GiB")
+    assert ingest["command"] == "`BENCH=ingest-10m make bench`"
+    assert new["features-1m materialize sqlite"]["figure"].startswith("150 s for 1.50M entities = 100 s per 1M")
+    assert new["features-1m materialize sqlite"]["met"] == "yes"
+    assert new["serve /recommend closed loop"]["figure"] == "RPS 1,500 / 2,500 / 900; p99 1.5 / 7.25 / 30 ms; 0 errors"
+    assert new["serve /recommend closed loop"]["met"] == "no (RPS)"
+
+    old = report.load()
+    merged = report.merge(old, list(new.values()))
+    assert [r["key"] for r in merged] == [r["key"] for r in old]  # rows keep their place
+    assert {r["key"]: r for r in merged}["ingest-10m ingest"] == ingest
+    stale = copy.deepcopy(ingest) | {"date": "2001-01-01", "figure": "1 s"}
+    assert report.merge(merged, [stale]) == merged  # an older figure never replaces a newer one
+
+    text = report.render(merged, report.DOC.read_text())
+    assert "| 71.2 s (130k events/s), peak 3.20 GiB | no (time) | 2030-01-02 | 8 cores (Some CPU), 31.2 GiB |" in text
+    assert "33.1 / 50.6 / 44.8 s" not in text
+    assert text.count("| ingest ~9.3M events") == 1
+
+
+def test_every_bench_row_is_read_from_a_whole_run():
+    """Rows of every kind `bench/run.py` writes (shapes as its stages record them) give every metric a figure."""
+    timed = lambda label, **kw: {"stage": label, "seconds": 12.345, "peak_rss_gib": 1.5, **kw}
+    lat = {"p50_ms": 0.5, "p99_ms": 1.25}
+    wrk = {"rps": 1234, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "max_ms": 9.0, "non_2xx": 0, "socket_errors": 0}
+    reads = "features-1m online reads + training set"
+    rows = [*[timed(f"{s} {stage}", events_per_s=84_000) for s in ("ingest-1m", "ingest-10m", "features-1m")
+              for stage in ("generate", "ingest")],
+            *[timed(f"features-1m {stage}", entities=1_552_000) for stage in
+              ("features build", "materialize sqlite", "materialize redis", "train churn")],
+            timed("features-1m sqlite insert floor", seconds_per_1m_entities=40.5),
+            timed(reads, **{f"online_{n}_{s}": lat for n in (1, 100) for s in ("redis", "sqlite")},
+                  training_set={"rows": 1_000_000, "columns": 84, "seconds": 23.5}),
+            *[timed(f"score-1m {label}", exported=929_674, in_process_seconds=4.8, output_mib=11.0) for label in
+              ("all customers -> parquet, no reasons", "all customers -> csv, no reasons",
+               "top 10% -> csv with 3 reasons", "where + top 5000 -> csv with 3 reasons")],
+            timed("recommender ALS fit", fit_seconds=268.0),
+            timed("recommender package + recommend() + batch top-10", package_seconds=11.6, batch_top10_seconds=43.0,
+                  **{f: lat for f in ("recommend_top10", "recommend_top10_category_price",
+                                      "recommend_top10_fold_in_3_fresh", "similar_items_top10")}),
+            *[{"stage": f"{prefix} c={c}", **wrk} for c in (1, 8, 32) for prefix in
+              ("control (bare uvicorn echo)", *(f"serve {n}" for n in ("/recommend", "/similar_items", "/score/churn",
+                                                                       "/score/propensity", "/score/uplift",
+                                                                       "/score/churn (100 ids)")))],
+            *[{"stage": label, **wrk} for label in ("serve /recommend at 200 RPS", "serve /score/churn at 50 RPS",
+                                                    "control (bare uvicorn echo) at 200 RPS",
+                                                    "control (bare uvicorn echo) at 50 RPS")]]
+    machine = {"cores": 2, "memory_gib": 23.5, "cpu": "AMD EPYC", "virtualised": True}
+    recs = {r["key"]: r for r in report.records({"when": "2030-01-02T00:00:00+00:00", "machine": machine,
+                                                 "rows": rows})}
+    assert set(recs) == {m.key for m in report.METRICS}
+    assert recs["recommender recommend"]["figure"] == "p50 0.5 / p99 1.25 ms"
+    assert recs["recommender recommend"]["met"] == "no"
+    assert recs["features-1m training set"]["figure"] == "23.5 s, peak 1.50 GiB"
+    assert recs["score-1m all customers -> csv, no reasons"]["figure"] == (
+        "12.3 s (4.8 s in process), 929,674 exported, peak 1.50 GiB, 11 MiB")
+    assert recs["serve /score/churn at 50 RPS"]["figure"] == "p50 1 / p95 2 / p99 3 / max 9 ms"
+    assert recs["serve /score/churn at 50 RPS"]["machine"] == "2 cores (AMD EPYC, virtualised), 23.5 GiB"

@@ -1,5 +1,5 @@
 """`propel score recommender`: batch recommendations and item audiences with the recommender champion
-(propel/training/recommender_model.py, contract in notes/recommender_api.md).
+(propel/training/recommender_model.py; columns and options in docs/scoring.md).
 
 - Without `--item`/`--category`: the top-k items of every customer of the audience, one row per
   (customer, item): customer_id, rank, item_id, score, explored (an exploration slot for a new item),

@@ -1,5 +1,5 @@
 """Recommendations at serving time: the library the BentoML service and batch jobs call
-(contract: notes/recommender_api.md).
+(its HTTP contract: `/recommend` and `/similar_items` in docs/serving.md).
 
 `Recommender` is the registered pyfunc itself (`models:/recommender@champion` unwraps to it). It carries
 the winning model, the id maps, each known customer's history (summed weights, recent sequence) and

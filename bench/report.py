@@ -1,0 +1,273 @@
+"""docs/benchmarks.md's tables, rendered from benchmark records, so the doc cannot drift from the figures.
+
+A record is one row of a table: what is measured, its target, the latest figure, whether it meets the
+target, the date, the machine and the command that measured it. bench/reference.json holds the latest
+record of every measured thing; `make bench` turns its run into records (`records`), merges them in
+(newest wins per key) and rewrites the tables between the `<!-- BEGIN stage -->` markers of the doc.
+Rows measured by hand (their command says how) are edited in bench/reference.json, then
+`python bench/report.py` re-renders the doc; tests/test_docs.py fails when the doc is not what the
+records render.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from propel.docs import render as fill_sections
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "bench" / "reference.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+STAGES = ("ingestion", "featurestore", "training", "scoring", "recommenders", "serving")  # the doc's marker names
+FIELDS = ("stage", "key", "what", "target", "figure", "met", "date", "machine", "command")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A row `make bench` measures: `read` turns the run's rows (by stage label) into (figure, checks),
+    checks being (name, passed) per limit of the target; None when the run did not measure it."""
+    key: str
+    stage: str
+    what: str
+    target: str
+    scale: str
+    read: Callable[[dict[str, dict]], tuple[str, list[tuple[str, bool]]] | None]
+
+
+def num(x: float) -> str:
+    """About three significant digits, as the doc writes figures."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def of_row(label: str, figure: Callable[[dict], tuple[str, list]], *fields: str):
+    """A metric's `read` for the run row of one stage label (None without the row or the `fields` it needs)."""
+    return lambda rows: figure(rows[label]) if label in rows and all(f in rows[label] for f in fields) else None
+
+
+def peak(row: dict) -> str:
+    return f"peak {row['peak_rss_gib']:.2f} GiB"
+
+
+def timed(label: str, seconds: float | None = None, gib: float | None = None):
+    """Wall time and peak RSS of one `run()` stage, against optional limits."""
+    def figure(row):
+        rate = f" ({num(row['events_per_s'] / 1000)}k events/s)" if "events_per_s" in row else ""
+        checks = ([("time", row["seconds"] <= seconds)] if seconds else []) + (
+            [("memory", row["peak_rss_gib"] <= gib)] if gib else [])
+        return f"{num(row['seconds'])} s{rate}, {peak(row)}", checks
+    return of_row(label, figure)
+
+
+def materialized(label: str):
+    """Seconds per 1M entities: the bench's 1M customers come with ~0.55M anonymous profiles."""
+    def figure(row):
+        per_1m = row["seconds"] * 1e6 / row["entities"]
+        figure = f"{num(row['seconds'])} s for {row['entities'] / 1e6:.2f}M entities = {num(per_1m)} s per 1M"
+        return f"{figure}, {peak(row)}", [("time", per_1m <= 120)]
+    return of_row(label, figure, "entities")
+
+
+def latency(label: str, field: str, p99_ms: float | None = None):
+    """p50 / p99 of an in-process call, recorded under `field` of the row."""
+    def figure(row):
+        ms = row[field]
+        checks = [("p99", ms["p99_ms"] <= p99_ms)] if p99_ms else []
+        return f"p50 {num(ms['p50_ms'])} / p99 {num(ms['p99_ms'])} ms", checks
+    return of_row(label, figure, field)
+
+
+def inner_seconds(label: str, field: str, seconds: float | None = None, rss: bool = False):
+    """A duration the stage timed itself (`field`), e.g. the fit inside its process."""
+    def figure(row):
+        value = row[field]["seconds"] if isinstance(row[field], dict) else row[field]
+        return f"{num(value)} s" + (f", {peak(row)}" if rss else ""), [("time", value <= seconds)] if seconds else []
+    return of_row(label, figure, field)
+
+
+def scored(label: str, seconds: float | None = None):
+    """One `propel score` process: its wall time, the job's own time, the rows and bytes it exported."""
+    def figure(row):
+        times = f"{num(row['seconds'])} s ({num(row['in_process_seconds'])} s in process)"
+        figure = f"{times}, {row['exported']:,} exported, {peak(row)}, {num(row['output_mib'])} MiB"
+        return figure, [("time", row["seconds"] <= seconds)] if seconds else []
+    return of_row(label, figure, "exported")
+
+
+def open_loop(label: str, p99_ms: float | None = None):
+    """A fixed request rate: latency percentiles from each request's scheduled time."""
+    def figure(row):
+        ms = " / ".join(f"{p} {num(row[f'{p}_ms'])}" for p in ("p50", "p95", "p99", "max"))
+        errors = f"; {row['non_2xx']} errors" if row.get("non_2xx") else ""
+        return f"{ms} ms{errors}", [("p99", row["p99_ms"] <= p99_ms)] if p99_ms else []
+    return of_row(label, figure)
+
+
+def insert_floor(row: dict) -> tuple[str, list]:
+    return f"{num(row['seconds_per_1m_entities'])} s per 1M entities", []
+
+
+def closed_loop(prefix: str, min_rps_at_32: float | None = None, p99_ms_at_1: float | None = None):
+    """wrk at concurrency 1 / 8 / 32: RPS, p99 and errors in one row."""
+    def read(rows):
+        runs = [rows.get(f"{prefix} c={c}") for c in (1, 8, 32)]
+        if None in runs:
+            return None
+        errors = sum(r["non_2xx"] + r["socket_errors"] for r in runs)
+        rps, p99 = " / ".join(f"{r['rps']:,}" for r in runs), " / ".join(num(r["p99_ms"]) for r in runs)
+        figure = f"RPS {rps}; p99 {p99} ms; {errors} errors"
+        checks = [("RPS", runs[2]["rps"] >= min_rps_at_32), ("errors", errors == 0)] if min_rps_at_32 else []
+        return figure, checks + ([("p99", runs[0]["p99_ms"] <= p99_ms_at_1)] if p99_ms_at_1 else [])
+    return read
+
+
+FM, REC, SERVE = "features-1m", "recommender package + recommend() + batch top-10", "serve"
+METRICS = [
+    Metric("ingest-1m generate", "ingestion", "generate 20k customers x 365 days (~0.9M events, Parquet)", "",
+           "ingest-1m", timed("ingest-1m generate")),
+    Metric("ingest-1m ingest", "ingestion", "ingest ~0.9M events (20k customers x 365 days)", "", "ingest-1m",
+           timed("ingest-1m ingest")),
+    Metric("ingest-10m generate", "ingestion", "generate 200k customers x 365 days (~9.3M events, Parquet)", "",
+           "ingest-10m", timed("ingest-10m generate")),
+    Metric("ingest-10m ingest", "ingestion", "ingest ~9.3M events (200k customers x 365 days)", "<= 60 s, <= 4 GiB",
+           "ingest-10m", timed("ingest-10m ingest", 60, 4)),
+    Metric("features-1m ingest", "ingestion", "ingest ~46M events (1M customers x 365 days)", "", FM,
+           timed("features-1m ingest")),
+    Metric("features-1m features build", "featurestore",
+           "feature build: 52 weekly snapshots of 1.55M people (1M customers, 46M events)", "<= 180 s, <= 6 GiB", FM,
+           timed("features-1m features build", 180, 6)),
+    Metric("features-1m materialize sqlite", "featurestore", "materialize the latest snapshot into SQLite",
+           "<= 120 s per 1M customers", FM, materialized("features-1m materialize sqlite")),
+    Metric("features-1m materialize redis", "featurestore", "materialize the latest snapshot into Redis",
+           "<= 120 s per 1M customers", FM, materialized("features-1m materialize redis")),
+    Metric("features-1m sqlite insert floor", "featurestore",
+           "SQLite's own insert time for the online table's layout (pre-encoded rows, no Python)", "", FM,
+           of_row("features-1m sqlite insert floor", insert_floor, "seconds_per_1m_entities")),
+    *[Metric(f"features-1m online read {n} {store}", "featurestore",
+             f"online read of `churn_v1`, {n} customer{'s' if n > 1 else ''}, {label} (1.55M entities)",
+             f"p99 <= {limit} ms", FM, latency("features-1m online reads + training set", f"online_{n}_{store}", limit))
+      for store, label in (("redis", "Redis"), ("sqlite", "SQLite")) for n, limit in ((1, 2), (100, 20))],
+    Metric("features-1m training set", "featurestore",
+           "training set of 1M entity rows x 82 features (Feast `get_historical_features`)", "<= 60 s", FM,
+           inner_seconds("features-1m online reads + training set", "training_set", 60, rss=True)),
+    Metric("features-1m train churn", "training", "`propel train churn` at 1M customers (2M-row training frame)", "",
+           FM, timed("features-1m train churn")),
+    *[Metric(f"score-1m {label}", "scoring", what, target, "score-1m", scored(f"score-1m {label}", limit))
+      for label, what, target, limit in (
+          ("all customers -> parquet, no reasons", "score 1M customers, export all to Parquet, no reasons",
+           "<= 30 s", 30),
+          ("all customers -> csv, no reasons", "score 1M customers, export all to CSV, no reasons", "<= 30 s", 30),
+          ("top 10% -> csv with 3 reasons", "score 1M customers, export the top 10% to CSV with 3 reason codes", "",
+           None),
+          ("where + top 5000 -> csv with 3 reasons",
+           "score 1M customers, `--where` + top 5000 to CSV with 3 reason codes", "", None))],
+    Metric("recommender ALS fit", "recommenders",
+           "ALS fit (implicit, 32 factors, 15 iterations), 1M customers x 50k items x 20M interactions", "<= 300 s",
+           "recommender", inner_seconds("recommender ALS fit", "fit_seconds", 300, rss=True)),
+    Metric("recommender package", "recommenders", "package the model: fold-in of 1M customers' states + indexes", "",
+           "recommender", inner_seconds(REC, "package_seconds")),
+    Metric("recommender recommend", "recommenders", "`recommend(customer, 10)`, 50k items, in process",
+           "p99 <= 1 ms", "recommender", latency(REC, "recommend_top10", 1)),
+    Metric("recommender recommend filtered", "recommenders",
+           "`recommend(customer, 10, category=..., max_price=...)`, in process", "p99 <= 1 ms", "recommender",
+           latency(REC, "recommend_top10_category_price", 1)),
+    Metric("recommender recommend fold-in", "recommenders",
+           "`recommend(customer, 10, fresh_items=[3 items])` (fold-in), in process", "", "recommender",
+           latency(REC, "recommend_top10_fold_in_3_fresh")),
+    Metric("recommender similar_items", "recommenders", "`similar_items(item, 10)`, in process", "", "recommender",
+           latency(REC, "similar_items_top10")),
+    Metric("recommender batch", "recommenders", "`batch(1M customers, 10)` -> 10M rows", "<= 120 s", "recommender",
+           inner_seconds(REC, "batch_top10_seconds", 120, rss=True)),
+    Metric("serve /recommend closed loop", "serving", "`/recommend`, closed loop (wrk) at c = 1 / 8 / 32",
+           ">= 1,000 RPS at c = 32, 0 errors", SERVE, closed_loop("serve /recommend", min_rps_at_32=1000)),
+    Metric("serve /recommend at 200 RPS", "serving", "`/recommend`, open loop at 200 RPS", "p99 <= 10 ms", SERVE,
+           open_loop("serve /recommend at 200 RPS", 10)),
+    Metric("serve /similar_items closed loop", "serving", "`/similar_items`, closed loop at c = 1 / 8 / 32", "",
+           SERVE, closed_loop("serve /similar_items")),
+    Metric("serve /score/churn closed loop", "serving", "`/score/churn` (1 id), closed loop at c = 1 / 8 / 32",
+           "p99 <= 10 ms at c = 1", SERVE, closed_loop("serve /score/churn", p99_ms_at_1=10)),
+    Metric("serve /score/churn at 50 RPS", "serving", "`/score/churn` (1 id), open loop at 50 RPS", "p99 <= 10 ms",
+           SERVE, open_loop("serve /score/churn at 50 RPS", 10)),
+    *[Metric(f"serve {name} closed loop", "serving", f"{what}, closed loop at c = 1 / 8 / 32", "", SERVE,
+             closed_loop(f"serve {name}"))
+      for name, what in (("/score/propensity", "`/score/propensity` (1 id)"),
+                         ("/score/uplift", "`/score/uplift` (1 id)"),
+                         ("/score/churn (100 ids)", "`/score/churn` (100 ids)"))],
+    Metric("serve control closed loop", "serving", "control: a bare uvicorn echo app, closed loop at c = 1 / 8 / 32",
+           "", SERVE, closed_loop("control (bare uvicorn echo)")),
+    *[Metric(f"serve control at {rate} RPS", "serving", f"control: the echo app, open loop at {rate} RPS", "", SERVE,
+             open_loop(f"control (bare uvicorn echo) at {rate} RPS")) for rate in (200, 50)],
+]
+
+
+def machine_label(m: dict) -> str:
+    return f"{m['cores']} cores ({m['cpu']}{', virtualised' if m.get('virtualised') else ''}), {m['memory_gib']} GiB"
+
+
+def verdict(checks: list[tuple[str, bool]]) -> str:
+    """'yes', 'no', or 'no (time)' when only some limits of the target are missed."""
+    if not checks:
+        return ""
+    missed = [name for name, ok in checks if not ok]
+    return "yes" if not missed else "no" if len(missed) == len(checks) else f"no ({', '.join(missed)})"
+
+
+def records(result: dict) -> list[dict]:
+    """The records a `bench/run.py` result (its JSON) measured."""
+    rows = {row["stage"]: row for row in result["rows"]}
+    out = []
+    for m in METRICS:
+        read = m.read(rows)
+        if read is not None:
+            figure, checks = read
+            out.append({"stage": m.stage, "key": m.key, "what": m.what, "target": m.target, "figure": figure,
+                        "met": verdict(checks), "date": result["when"][:10],
+                        "machine": machine_label(result["machine"]),
+                        "command": f"`BENCH={m.scale} make bench`"})
+    return out
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Newest wins per key; a key keeps its place, new keys come last."""
+    merged = {r["key"]: r for r in old}
+    for r in new:
+        if r["key"] not in merged or r["date"] >= merged[r["key"]]["date"]:
+            merged[r["key"]] = r
+    return list(merged.values())
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| measured | target | latest | met | date | machine | command |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['what']} | {r['target']} | {r['figure']} | {r['met']} | {r['date']} | {r['machine']} | "
+            f"{r['command']} |" for r in rows]
+    return "\n".join(out)
+
+
+def render(recs: list[dict], text: str) -> str:
+    """`text` (docs/benchmarks.md) with each stage's table rendered from `recs`."""
+    unknown = {r["stage"] for r in recs} - set(STAGES)
+    if unknown:
+        raise ValueError(f"bench/reference.json: unknown stage(s) {sorted(unknown)}; use one of {list(STAGES)}")
+    return fill_sections(text, {s: (lambda s=s: table([r for r in recs if r["stage"] == s])) for s in STAGES})
+
+
+def load(path: Path = REFERENCE) -> list[dict]:
+    return json.loads(path.read_text())
+
+
+def save(recs: list[dict], path: Path = REFERENCE) -> None:
+    path.write_text(json.dumps([{f: r[f] for f in FIELDS} for r in recs], indent=1, ensure_ascii=False) + "\n")
+
+
+def update(result: dict) -> None:
+    """After a run: its records merged into bench/reference.json, docs/benchmarks.md re-rendered."""
+    recs = merge(load(), records(result))
+    save(recs)
+    DOC.write_text(render(recs, DOC.read_text()))
+
+
+if __name__ == "__main__":
+    DOC.write_text(render(load(), DOC.read_text()))
+    print(f"rendered {DOC} from {REFERENCE}")
