@@ -231,6 +231,3 @@ def view_features(view: str) -> list[Feature]:
     """The computed features a Feast view holds, in definition order (CRM attributes are discovered, not here)."""
     return [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES, *SEGMENT_FEATURES) if FEATURE_GROUPS[f.group][0] == view]
 
-
-def customer_feature_names() -> list[str]:
-    return [f.name for f in CUSTOMER_FEATURES]

@@ -41,6 +41,8 @@ from feast.utils import _coerce_datetime, make_tzaware, to_naive_utc
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from propel.lake.schema import quote_ident
+
 log = logging.getLogger(__name__)
 
 SQLITE_BATCH = 50_000  # entities per transaction
@@ -115,12 +117,12 @@ def _unsupported(store: FeatureStore, view: FeatureView) -> str | None:
 def _latest_rows(view: FeatureView, start: datetime, end: datetime) -> pa.Table:
     """Join key, timestamp and features of the newest row per entity in the interval."""
     key, ts = view.entity_columns[0].name, view.batch_source.timestamp_field
-    cols = ", ".join(_ident(c) for c in [key, ts, *(f.name for f in view.features)])
+    cols = ", ".join(quote_ident(c) for c in [key, ts, *(f.name for f in view.features)])
     # newest timestamp per entity first (two narrow columns), then only those rows: ~3x cheaper than
     # ranking every row of every snapshot; the QUALIFY keeps one row where a timestamp repeats
-    sql = (f"SELECT {cols} FROM read_parquet($path) JOIN (SELECT {_ident(key)}, max({_ident(ts)}) AS {_ident(ts)} "
-           f"FROM read_parquet($path) WHERE CAST({_ident(ts)} AS TIMESTAMP) BETWEEN $start AND $end GROUP BY ALL) "
-           f"USING ({_ident(key)}, {_ident(ts)}) QUALIFY row_number() OVER (PARTITION BY {_ident(key)}) = 1")
+    sql = (f"SELECT {cols} FROM read_parquet($path) JOIN (SELECT {quote_ident(key)}, max({quote_ident(ts)}) AS {quote_ident(ts)} "
+           f"FROM read_parquet($path) WHERE CAST({quote_ident(ts)} AS TIMESTAMP) BETWEEN $start AND $end GROUP BY ALL) "
+           f"USING ({quote_ident(key)}, {quote_ident(ts)}) QUALIFY row_number() OVER (PARTITION BY {quote_ident(key)}) = 1")
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         rel = con.sql(sql, params={"path": view.batch_source.path, "start": to_naive_utc(start), "end": to_naive_utc(end)})
@@ -228,7 +230,7 @@ def _write_sqlite(store: FeatureStore, view: FeatureView, table: pa.Table) -> No
     stamps = np.array([sqlite3.adapt(to_naive_utc(t)) for t in times], dtype=object)[codes].tolist()
     feats = sorted(view.features, key=lambda f: f.name)
     rows_sql = ", ".join(f"(?1, {_literal(f.name)}, ?{3 + 2 * j}, ?{4 + 2 * j}, ?2, NULL)" for j, f in enumerate(feats))
-    sql = (f"INSERT INTO {_ident(compute_table_id(cfg.project, view))} "
+    sql = (f"INSERT INTO {quote_ident(compute_table_id(cfg.project, view))} "
            f"(entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES {rows_sql} "
            "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
            "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts")
@@ -264,7 +266,7 @@ def cluster_sqlite_tables(store: FeatureStore) -> None:
             ddl = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
             if ddl is None or ddl[0].rstrip().upper().endswith("WITHOUT ROWID"):
                 continue
-            quoted, old = _ident(table), _ident(f"{table}__rowid")
+            quoted, old = quote_ident(table), quote_ident(f"{table}__rowid")
             if db.execute(f"SELECT EXISTS (SELECT 1 FROM {quoted})").fetchone()[0]:
                 log.warning("online store: moving %s to the clustered layout, rows included (once)", table)
             with db:
@@ -272,7 +274,7 @@ def cluster_sqlite_tables(store: FeatureStore) -> None:
                 db.execute(f"{ddl[0]} WITHOUT ROWID")
                 db.execute(f"INSERT INTO {quoted} SELECT * FROM {old} ORDER BY entity_key, feature_name")
                 db.execute(f"DROP TABLE {old}")  # and Feast's _ek index with it
-                db.execute(f"CREATE INDEX {_ident(table + '_ek')} ON {quoted} (entity_key) WHERE 0")
+                db.execute(f"CREATE INDEX {quote_ident(table + '_ek')} ON {quoted} (entity_key) WHERE 0")
     finally:
         db.close()
 
@@ -359,10 +361,6 @@ def _stamp_nanos(raw: bytes | None) -> int:
     stamp = Timestamp()
     stamp.ParseFromString(raw)
     return stamp.seconds * 1_000_000_000 + stamp.nanos
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(text: str) -> str:

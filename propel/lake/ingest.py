@@ -24,7 +24,7 @@ from propel.lake.tombstones import tombstone_sql
 from propel.lake.tables import LAKE_TYPES, Lake
 from propel.lake.schema import (
     BLOCKED_VALUE_PATTERN, CLICK_EVENT_TYPES, PII_COLUMNS, PII_TYPES, TABLES, Column, Table,
-    normalize_column, table_for_file,
+    normalize_column, quote_ident, table_for_file,
 )
 from propel.config import Settings, Workspace
 from propel.progress import steps
@@ -103,10 +103,6 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _hash_sql(expr: str, kind_expr: str, salt: str) -> str:
     """Salted SHA-256 of a normalised phone/email; `kind_expr` is 'phone' or 'email' (SQL)."""
     norm = (f"CASE WHEN {kind_expr} = 'phone' THEN regexp_replace({expr}, '[^0-9]', '', 'g') "
@@ -122,10 +118,10 @@ def hash_pii(kind: str, value: str, salt: str) -> str:
 
 def _lake_column(col: Column, present: set[str]) -> str:
     """The typed lake column for a contract column, with its default when missing."""
-    value = _quote(col.name) if col.name in present else "NULL"
+    value = quote_ident(col.name) if col.name in present else "NULL"
     if col.default is not None:
         value = f"coalesce({value}, {col.default})"
-    return f"CAST({value} AS {LAKE_TYPES[col.kind]}) AS {_quote(col.name)}"
+    return f"CAST({value} AS {LAKE_TYPES[col.kind]}) AS {quote_ident(col.name)}"
 
 
 class _Loader:
@@ -175,18 +171,18 @@ class _Loader:
         cols = []
         for norm, orig in by_norm.items():
             if norm in known or table.passthrough or table.name == "events":
-                value = f"CAST({_quote(orig)} AS VARCHAR)"
+                value = f"CAST({quote_ident(orig)} AS VARCHAR)"
                 if norm in PII_COLUMNS:
                     kind = "'phone'" if "phone" in norm or "mobile" in norm or norm == "msisdn" else "'email'"
                     value = _hash_sql(value, kind, self.salt)
-                cols.append(f"{value} AS {_quote(norm)}")
+                cols.append(f"{value} AS {quote_ident(norm)}")
         for pair in (("identity_type", "identity_value"), ("linked_type", "linked_value")):
             if pair[0] in by_norm and pair[1] in by_norm:
-                kind = f"lower(trim(CAST({_quote(by_norm[pair[0]])} AS VARCHAR)))"
-                raw = f"CAST({_quote(by_norm[pair[1]])} AS VARCHAR)"
-                cols = [c for c in cols if not c.endswith(f" AS {_quote(pair[1])}")]
+                kind = f"lower(trim(CAST({quote_ident(by_norm[pair[0]])} AS VARCHAR)))"
+                raw = f"CAST({quote_ident(by_norm[pair[1]])} AS VARCHAR)"
+                cols = [c for c in cols if not c.endswith(f" AS {quote_ident(pair[1])}")]
                 cols.append(f"CASE WHEN {kind} IN ({', '.join(map(_sql_str, sorted(PII_TYPES)))}) "
-                            f"THEN {_hash_sql(raw, kind, self.salt)} ELSE {raw} END AS {_quote(pair[1])}")
+                            f"THEN {_hash_sql(raw, kind, self.salt)} ELSE {raw} END AS {quote_ident(pair[1])}")
         # row_number() OVER () is a streaming window, which DuckDB always runs in the file's order, so
         # row numbers stay right without `preserve_insertion_order` (which would stage files one by one).
         cols += [f"{_sql_str(rel)} AS _file", "row_number() OVER () AS _row"]
@@ -214,13 +210,13 @@ class _Loader:
         checks: list[tuple[str, str]] = []
         if table.identified:
             has_node = " OR ".join(
-                [f"({_quote(a)} IS NOT NULL AND {_quote(b)} IS NOT NULL)" for a, b in [("identity_type", "identity_value")]
+                [f"({quote_ident(a)} IS NOT NULL AND {quote_ident(b)} IS NOT NULL)" for a, b in [("identity_type", "identity_value")]
                  if {a, b} <= present] + (['"customer_id" IS NOT NULL'] if "customer_id" in present else [])) or "false"
             checks.append((f"NOT ({has_node})", "missing_identity"))
         for col in table.columns:
             if col.name not in present:
                 continue
-            text, val = _quote("t_" + col.name), _quote(col.name)
+            text, val = quote_ident("t_" + col.name), quote_ident(col.name)
             if col.required:
                 checks.append((f"{text} IS NULL", f"missing_value:{col.name}"))
             if col.kind not in ("id", "string", "category"):  # the only kinds whose parsing can fail
@@ -248,17 +244,17 @@ class _Loader:
         known = [c for c in table.columns if c.name in present]
         extras = sorted(present - {c.name for c in known})
         reason = "CASE " + " ".join(f"WHEN {cond} THEN {_sql_str(code)}" for cond, code in self._checks(table, present)) + " END"
-        raw_json = "to_json(struct_pack(" + ", ".join(f"{_quote(c)} := {_quote('r_' + c)}" for c in sorted(present)) + "))"
-        texts = [_quote("t_" + c.name) for c in known]
-        parsed = [f"{self._parse(c, t)} AS {_quote(c.name)}" for c, t in zip(known, texts)]
+        raw_json = "to_json(struct_pack(" + ", ".join(f"{quote_ident(c)} := {quote_ident('r_' + c)}" for c in sorted(present)) + "))"
+        texts = [quote_ident("t_" + c.name) for c in known]
+        parsed = [f"{self._parse(c, t)} AS {quote_ident(c.name)}" for c, t in zip(known, texts)]
         if table.identified:  # downstream SQL can rely on all identifier columns existing
             parsed += [f"NULL::VARCHAR AS {c}" for c in ("identity_type", "identity_value", "customer_id") if c not in present]
-        keep = [_quote(c) for c in extras] if table.passthrough else []
+        keep = [quote_ident(c) for c in extras] if table.passthrough else []
         if extras and table.name == "events":
-            keep.append("to_json(struct_pack(" + ", ".join(f"{_quote(c)} := {_quote(c)}" for c in extras) + ")) AS extra")
-        raws = [_quote("r_" + c) for c in sorted(present)]
-        raw_cols = [f"{_quote(c)} AS {r}" for c, r in zip(sorted(present), raws)]
-        trimmed = [f"nullif(trim({_quote(c.name)}), '') AS {t}" for c, t in zip(known, texts)]
+            keep.append("to_json(struct_pack(" + ", ".join(f"{quote_ident(c)} := {quote_ident(c)}" for c in extras) + ")) AS extra")
+        raws = [quote_ident("r_" + c) for c in sorted(present)]
+        raw_cols = [f"{quote_ident(c)} AS {r}" for c, r in zip(sorted(present), raws)]
+        trimmed = [f"nullif(trim({quote_ident(c.name)}), '') AS {t}" for c, t in zip(known, texts)]
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(raws + texts)}), "
             f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
@@ -272,7 +268,7 @@ class _Loader:
         """Typed SELECT items for extra CRM columns: BIGINT, DOUBLE or BOOLEAN when every value fits."""
         items = []
         for col in sorted(present - {c.name for c in table.columns}):
-            q = _quote(col)
+            q = quote_ident(col)
             v = f"nullif(trim({q}), '')"
             row = self.con.execute(
                 f"SELECT count({v}), count(CASE WHEN regexp_matches({v}, '^[+-]?[0-9]{{1,18}}$') THEN 1 END), count(TRY_CAST({v} AS DOUBLE)), "
@@ -290,7 +286,7 @@ class _Loader:
         click bursts faster than a human become `_reason = 'bot_burst'`. Each window sees only a row id
         and the columns it needs, of only the rows it can flag, and its result updates `stage` by row
         id: windows over all columns of all rows were most of the load time and memory."""
-        data = [_quote(c[0]) for c in self.con.execute("DESCRIBE stage").fetchall()
+        data = [quote_ident(c[0]) for c in self.con.execute("DESCRIBE stage").fetchall()
                 if c[0] not in ("_file", "_row", "_reason", "_raw", "_dup")]
         valid = "_reason IS NULL"
         # The first row of a key wins for events, the last row for records (the newest version); a

@@ -171,7 +171,6 @@ _TABLE_ORDER = sorted(TABLES, key=len, reverse=True)
 RAW_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 # Identifier values that must never link anyone (placeholders, test values).
 BLOCKED_VALUE_PATTERN = r"^\s*$|^(0+|-1|null|none|nan|n/?a|unknown|anonymous|undefined|test|guest|x+)$"
-BLOCKED_VALUE_RE = re.compile(BLOCKED_VALUE_PATTERN, re.IGNORECASE)
 
 
 def table_for_file(file_name: str) -> str | None:
@@ -185,6 +184,12 @@ def table_for_file(file_name: str) -> str | None:
 def normalize_column(name: str) -> str:
     """Case/space tolerant column names: ' Customer ID ' -> 'customer_id'."""
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+
+
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier, quoted for DuckDB and SQLite alike (any column name a user's file brings)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def check_settings(settings) -> None:

@@ -24,8 +24,6 @@ from propel.config import Workspace
 
 LAKE_TYPES = {"id": "VARCHAR", "string": "VARCHAR", "category": "VARCHAR", "timestamp": "TIMESTAMP",
               "float": "DOUBLE", "int": "BIGINT", "bool": "BOOLEAN"}
-# Columns ingestion adds to identified tables: the identifier each row is attributed to.
-NODE_COLUMNS = ("identity_type", "identity_value")
 
 
 class Lake:

@@ -44,7 +44,8 @@ from propel.config import Workspace
 from propel.progress import steps
 from propel.serving import scoring
 from propel.serving.audience import Top, where_sql
-from propel.serving.scoring import BadContext, Champion, NoChampion, check_context
+from propel.serving.scoring import BadContext, Champion, check_context
+from propel.training.registry import NoChampion
 
 SEGMENT_COLUMNS = ("segment", "rfm_segment")  # a segment feature, when the feature table has one
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -55,8 +56,7 @@ def load_champion(ws: Workspace, task: str) -> Champion:
     without creating a model registry in a workspace that has none."""
     try:
         if not ws.mlflow_db.exists():
-            raise NoChampion(f"no champion model for '{task}' yet: train one (`propel train {task}`) or promote a "
-                             f"version (`propel models promote {task} VERSION`)")
+            raise NoChampion(task)
         return scoring.load_champion(ws, task)
     except NoChampion as exc:
         raise ValueError(f"{exc} [workspace {ws.root}]") from None

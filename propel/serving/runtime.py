@@ -74,8 +74,7 @@ class Runtime:
                 if new_store and isinstance(current.model, CustomerScorer):
                     current.model = CustomerScorer(self.ws, current.model.champion, self.store)
                 continue
-            loaded = self._load(task) if version else Loaded(
-                task, error=f"no champion model for '{task}' yet: train one (`propel train {task}`) or promote a version")
+            loaded = self._load(task) if version else Loaded(task, error=str(registry.NoChampion(task)))
             if loaded.version != current.version or loaded.error != current.error:
                 changes[task] = {"from": current.version, "to": loaded.version}
             self.tasks[task] = loaded

@@ -22,10 +22,6 @@ from propel.training.labels import CONTEXT_COLUMNS
 
 
 
-class NoChampion(LookupError):
-    """The task has no champion model yet."""
-
-
 class BadContext(ValueError):
     """A request's campaign context is missing or names a value the champion never saw."""
 
@@ -69,8 +65,7 @@ def load_champion(ws: Workspace, task: str) -> Champion:
     client = registry.tracking(ws)
     found = registry.champion_version(client, task)
     if found is None:
-        raise NoChampion(f"no champion model for '{task}' yet: train one (`propel train {task}`) or promote a "
-                         f"version (`propel models promote {task} VERSION`)")
+        raise registry.NoChampion(task)
     model = mlflow.pyfunc.load_model(f"models:/{task}/{found.version}").unwrap_python_model()
     return Champion(task, str(found.version), found.run_id, model)
 

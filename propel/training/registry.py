@@ -21,6 +21,15 @@ from propel.config import Workspace
 CHAMPION = "champion"
 
 
+
+class NoChampion(LookupError):
+    """The task has no champion model yet; says how to get one."""
+
+    def __init__(self, task: str):
+        super().__init__(f"no champion model for '{task}' yet: train one (`propel train {task}`) or promote a "
+                         f"version (`propel models promote {task} VERSION`)")
+
+
 def tracking(ws: Workspace) -> MlflowClient:
     """Point MLflow at the workspace store and return a client."""
     ws.mlruns.mkdir(parents=True, exist_ok=True)
