@@ -114,15 +114,6 @@ def rollback(ws: Workspace, task: str) -> dict:
     return set_champion(ws, task, previous[-1], f"rollback from v{current.version}", action="rollback")
 
 
-def champion_on(ws: Workspace, task: str, when: datetime) -> int | None:
-    """The champion version at a moment, from the alias history."""
-    version = None
-    for h in history(ws, task):
-        if datetime.fromisoformat(h["at"]) <= when:
-            version = h["to_version"]
-    return version
-
-
 def list_models(ws: Workspace) -> list[dict]:
     client = tracking(ws)
     rows = []
