@@ -83,7 +83,7 @@ def big_workspace(demo: Path, ws: Path, n: int) -> None:
                           FROM ids LEFT JOIN customers c ON c.customer_id = ids.src)
                     TO '{dst.lake / "customers" / "L000001.parquet"}' (FORMAT parquet)""")
     con.execute(f"""COPY (SELECT 'customer_id' AS identity_type, customer_id AS identity_value, customer_id FROM ids)
-                    TO '{Lake(dst).identity_map_path}' (FORMAT parquet)""")
+                    TO '{dst.lake / "identity_map.parquet"}' (FORMAT parquet)""")
     (dst.catalog).write_text(json.dumps({**catalog, "cutoffs": [latest], "customer_rows": n}, indent=2))
     registry.tracking(src)
     loaded = mlflow.pyfunc.load_model("models:/churn@champion")

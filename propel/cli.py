@@ -24,10 +24,10 @@ class UserError(Exception):
 
 
 def ingest_errors() -> tuple[type[Exception], ...]:
-    """IngestError once propel.lake.ingest is loaded (only it raises one): importing it up front would add
+    """IngestError (and LakeBusy) once loaded (only they raise them): importing them up front would add
     ~1 s (pandas, SciPy) to the start-up of every command."""
-    module = sys.modules.get("propel.lake.ingest")
-    return (module.IngestError,) if module else ()
+    module, lake = sys.modules.get("propel.lake.ingest"), sys.modules.get("propel.lake.tables")
+    return ((module.IngestError,) if module else ()) + ((lake.LakeBusy,) if lake else ())
 
 
 def friendly(fn):
@@ -110,6 +110,10 @@ def ingest(
         top = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.reasons.items(), key=lambda kv: -kv[1])[:4])
         console.print(f"  {name:17} in {counts.input:>10,}  accepted {counts.accepted:>10,}  quarantined "
                       f"{counts.quarantined:>8,}  duplicates {counts.duplicates:>8,}  {top}")
+        for column, forms in counts.coercions.items():  # how values not in the canonical form were read
+            read = ", ".join(f"{form} {n:,}" for form, n in forms.items() if form != "as")
+            if read:
+                console.print(f"    coerced {name}.{column} to {forms['as']}: {read}")
     console.print(f"[green]ingest[/] {report.summary()}")
 
 

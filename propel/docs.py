@@ -10,7 +10,10 @@ import re
 import sys
 from pathlib import Path
 
-from propel.lake.schema import BLOCKED_VALUE_PATTERN, IDENTITY_TYPES, TABLES
+from propel.lake.schema import (
+    BLOCKED_VALUE_PATTERN, EMAIL_PATTERN, IDENTITY_TYPE_ALIASES, IDENTITY_TYPES, MISSING_TOKENS, PHONE_PATTERN,
+    PII_COLUMNS, PII_NAME_RE, TABLES,
+)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -34,6 +37,33 @@ def contract_tables() -> str:
     out += ["Identifier types, strongest first: " + ", ".join(f"`{t}`" for t in IDENTITY_TYPES) + ".", "",
             f"Placeholder identifier values (never link anyone, rows quarantined): `{BLOCKED_VALUE_PATTERN}`."]
     return "\n".join(out)
+
+
+def value_rules() -> str:
+    """The value forms ingestion accepts beyond the canonical ones, and the PII rules, from the code."""
+    from propel.lake.ingest import COERCIONS, CURRENCY_RE
+
+    kinds: dict[str, list[str]] = {}
+    for kind, items in COERCIONS.items():
+        for form, _ in items:
+            kinds.setdefault(form, []).append(kind)
+    forms = [f"`{form}` ({', '.join(k)})" for form, k in kinds.items()]
+    aliases: dict[str, list[str]] = {}
+    for alias, canonical in IDENTITY_TYPE_ALIASES.items():
+        aliases.setdefault(canonical, []).append(f"`{alias}`")
+    def cell(regex: str) -> str:  # a regex inside a Markdown table cell
+        return "`" + regex.replace("|", "\\|") + "`"
+
+    return "\n".join([
+        "| rule | value |", "|---|---|",
+        "| missing in typed columns (lower-cased, trimmed) | " + ", ".join(f"`{t}`" for t in MISSING_TOKENS if t) + ", and empty |",
+        "| coercions counted per column | " + ", ".join(forms) + " |",
+        f"| money (regex) | {cell(CURRENCY_RE)} |",
+        *(f"| identity types read as `{t}` | {', '.join(a)} (after normalising like column names) |" for t, a in aliases.items()),
+        "| PII column names | " + ", ".join(f"`{c}`" for c in sorted(PII_COLUMNS)) + f", and any name matching {cell(PII_NAME_RE.pattern)} |",
+        f"| email by content (regex) | {cell(EMAIL_PATTERN)} |",
+        f"| phone by content (regex, 10-15 digits, not a plain number) | {cell(PHONE_PATTERN)} |",
+    ])
 
 
 def feature_tables() -> str:
@@ -75,7 +105,7 @@ def segment_rules() -> list[str]:
     return out
 
 
-SECTIONS = {"data-contract.md": {"tables": contract_tables}, "features.md": {"features": feature_tables}}
+SECTIONS = {"data-contract.md": {"tables": contract_tables, "values": value_rules}, "features.md": {"features": feature_tables}}
 
 
 def render(text: str, sections: dict) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 from propel.lake.tables import Lake
-from propel.lake.schema import TABLES
 from propel.config import Workspace
 
 
@@ -74,31 +73,26 @@ def forget(ws: Workspace, customer_ids: list[str], online: str | None = None) ->
         stones = pd.concat([pd.read_parquet(path), stones], ignore_index=True).drop_duplicates("key")
     stones.to_parquet(path, index=False)
 
-    node = "(identity_type, identity_value) NOT IN (SELECT (identity_type, identity_value) FROM gone)"
-    cid = "NOT coalesce({col} IN (SELECT identity_value FROM gone WHERE identity_type = 'customer_id'), false)"
-    keep = {
-        "events": f"{node} AND {cid.format(col='source_customer_id')}",
-        "campaign_touches": f"{node} AND {cid.format(col='source_customer_id')}",
-        "identities": f"{node} AND (linked_type, linked_value) NOT IN (SELECT (identity_type, identity_value) FROM gone)",
-        "customers": cid.format(col="customer_id"),
-        "labels": cid.format(col="customer_id"),
-    }
-    for table in TABLES:
-        if table in keep:
-            report.lake_rows[table] = sum(_rewrite(con, p, keep[table]) for p in lake.files(table))
-    raw = "json_extract_string(raw, '$.{}')"
-    report.lake_rows["quarantine"] = sum(_rewrite(con, p, (
-        f"coalesce(({raw.format('identity_type')}, {raw.format('identity_value')}) NOT IN "
-        f"(SELECT (identity_type, identity_value) FROM gone), true) AND "
-        + " AND ".join(cid.format(col=raw.format(c)) for c in ("customer_id", "identity_value", "linked_value"))
-    )) for p in lake.files("quarantine"))
     con.execute("CREATE TEMP TABLE forgotten AS SELECT unnest(?::VARCHAR[]) AS id", [people])
     people_sql = "customer_id NOT IN (SELECT id FROM forgotten)"
-    report.lake_rows["identity_map"] = _rewrite(con, lake.identity_map_path, people_sql)
-    if lake.merges_path.exists():
-        ids = "SELECT identity_value FROM gone WHERE identity_type = 'customer_id' UNION SELECT id FROM forgotten"
-        report.lake_rows["identity_merges"] = _rewrite(
-            con, lake.merges_path, f"merged_id NOT IN ({ids}) AND into_id NOT IN ({ids})")
+    # The lake part: every row naming one of their identifiers, deleted from all tables in one commit.
+    node = "({t}, {v}) IN (SELECT (identity_type, identity_value) FROM gone)"
+    cid = "{col} IN (SELECT identity_value FROM gone WHERE identity_type = 'customer_id')"
+    raw = "json_extract_string(raw, '$.{}')"
+    ids = "SELECT identity_value FROM gone WHERE identity_type = 'customer_id' UNION SELECT id FROM forgotten"
+    nodes = node.format(t="identity_type", v="identity_value")
+    report.lake_rows = lake.delete_rows(con, {
+        "events": f"{nodes} OR {cid.format(col='source_customer_id')}",
+        "campaign_touches": f"{nodes} OR {cid.format(col='source_customer_id')}",
+        "identities": f"{nodes} OR {node.format(t='linked_type', v='linked_value')}",
+        "customers": cid.format(col="customer_id"),
+        "labels": cid.format(col="customer_id"),
+        "quarantine": " OR ".join([node.format(t=raw.format("identity_type"), v=raw.format("identity_value")),
+                                   *(cid.format(col=raw.format(c)) for c in ("customer_id", "identity_value", "linked_value")),
+                                   "list_has_any(json_extract_string(raw, '$.fields[*]'), (SELECT list(identity_value) FROM gone))"]),
+        "identity_map": "customer_id IN (SELECT id FROM forgotten)",
+        "identity_merges": f"merged_id IN ({ids}) OR into_id IN ({ids})",
+    })
     feature_files = (sorted(ws.customer_snapshots.glob("*.parquet")) + [ws.profile]
                      + sorted(ws.segments.glob("*.parquet")))
     report.feature_rows = sum(_rewrite(con, p, people_sql) for p in feature_files if p.exists())

@@ -15,7 +15,6 @@ across re-runs; any id that disappears is recorded in `identity_merges` with wha
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import datetime, timezone
 
 import duckdb
@@ -158,8 +157,8 @@ def resolve(lake: Lake, settings: IdentitySettings, load_id: str,
 def _assign_ids(con: duckdb.DuckDBPyConnection, lake: Lake, group: np.ndarray, load_id: str, **counts) -> dict:
     """Give each group (of the node with id i: `group[i]`) a customer_id: its known id, else its
     previous id, else a minted one. The per-node work stays in DuckDB; Python sees one row per group."""
-    previous = (f"SELECT identity_type AS t, identity_value AS v, customer_id AS prev FROM read_parquet('{lake.identity_map_path}')"
-                if lake.identity_map_path.exists() else "SELECT NULL::VARCHAR AS t, NULL::VARCHAR AS v, NULL::VARCHAR AS prev WHERE false")
+    lake.identity_map_view(con)  # the committed map: the previous ids
+    previous = "SELECT identity_type AS t, identity_value AS v, customer_id AS prev FROM identity_map"
     con.register("id_group_frame", pd.DataFrame({"id": np.arange(len(group)), "grp": group}))
     con.execute(f"""
       CREATE OR REPLACE TEMP TABLE id_people AS
@@ -187,26 +186,24 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, lake: Lake, group: np.ndarray, l
     # Two known customers joined by a proven link: the smaller id survives, the other is a merge.
     proven = con.execute("SELECT v, customer_id FROM id_people WHERE t = 'customer_id' AND v <> customer_id ORDER BY id").df()
     proven = proven[~proven["v"].isin(set(merges["merged_id"]))]
-    if lake.merges_path.exists():
-        already = set(pd.read_parquet(lake.merges_path)["merged_id"])
-        proven = proven[~proven["v"].isin(already)]
+    old = pd.concat([pd.read_parquet(p) for p in lake.files("identity_merges")]) if lake.files("identity_merges") else None
+    if old is not None:
+        proven = proven[~proven["v"].isin(set(old["merged_id"]))]
     merges = pd.concat([merges, pd.DataFrame({"merged_id": proven["v"], "into_id": proven["customer_id"],
                                               "load_id": load_id,
                                               "merged_at": datetime.now(timezone.utc).replace(tzinfo=None)})])
+    # New files of the pending lake version (see Lake.transaction): visible only once it commits.
+    name = f"v{lake.version + 1:08d}.parquet"
     if len(merges):
-        old = pd.read_parquet(lake.merges_path) if lake.merges_path.exists() else None
         out = pd.concat([old, merges], ignore_index=True) if old is not None else merges
-        _atomic(lake.merges_path, lambda tmp: out.to_parquet(tmp, index=False))
-    _atomic(lake.identity_map_path, lambda tmp: con.execute(
-        "COPY (SELECT t AS identity_type, v AS identity_value, customer_id FROM id_people ORDER BY id) "
-        f"TO '{tmp}' (FORMAT parquet)"))
+        path = lake.new_file("identity_merges", name)
+        out.to_parquet(path, index=False)
+        lake.replace("identity_merges", [path])
+    path = lake.new_file("identity_map", name)
+    con.execute("COPY (SELECT t AS identity_type, v AS identity_value, customer_id FROM id_people ORDER BY id) "
+                f"TO '{path}' (FORMAT parquet)")
+    lake.replace("identity_map", [path])
     anon = sum(i.startswith("anon-") for i in taken)
     return {"identifiers": len(group), "customers": len(taken), "anonymous_profiles": anon,
             "known_customers": len(taken) - anon, "merges": len(merges), **counts}
 
-
-def _atomic(path, write) -> None:
-    """`write(tmp)` then rename over `path`, so readers never see a half-written file."""
-    tmp = path.with_suffix(".tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -21,10 +22,10 @@ import duckdb
 
 from propel.lake import identity
 from propel.lake.tombstones import tombstone_sql
-from propel.lake.tables import LAKE_TYPES, Lake
+from propel.lake.tables import LAKE_TYPES, Lake, LakeBusy, crash_point
 from propel.lake.schema import (
-    BLOCKED_VALUE_PATTERN, CLICK_EVENT_TYPES, PII_COLUMNS, PII_TYPES, TABLES, Column, Table,
-    normalize_column, quote_ident, table_for_file,
+    BLOCKED_VALUE_PATTERN, CLICK_EVENT_TYPES, EMAIL_PATTERN, IDENTITY_TYPE_ALIASES, MISSING_TOKENS, PHONE_PATTERN,
+    PII_TYPES, TABLES, Column, Table, normalize_column, pii_kind, quote_ident, table_for_file,
 )
 from propel.config import Settings, Workspace
 from propel.progress import steps
@@ -34,6 +35,22 @@ log = logging.getLogger(__name__)
 TABLE_ORDER = ("customers", "items", "campaigns", "identities", "events", "campaign_touches", "labels")
 # Timestamp columns that may legitimately lie in the future (a scheduled campaign).
 FUTURE_OK = {("campaigns", "start_at"), ("campaigns", "end_at")}
+# Money as exported by spreadsheets and CRMs: `$1,234.50`, `1234.5 EUR`, `-€12`; group 1-4 = the number.
+CURRENCY_RE = r"^(-?)\s*(?:[A-Za-z]{3}\s?)?[$€£¥]?\s?(-?)([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(\.[0-9]+)?\s?(?:[$€£¥]|[A-Za-z]{3})?$"
+# How a value was read when it was not in the canonical form: (name, SQL condition on text `{t}`) per kind.
+COERCIONS = {
+    "bool": [("yes/no", "lower({t}) IN ('yes', 'no', 'y', 'n')"), ("1/0", "{t} IN ('1', '0')")],
+    "timestamp": [("YYYYMMDD", "regexp_full_match({t}, '[0-9]{{8}}')")],
+    "float": [("currency or thousands separators", "TRY_CAST({t} AS DOUBLE) IS NULL")],
+    "int": [("currency or thousands separators", "TRY_CAST({t} AS DOUBLE) IS NULL")],
+}
+MISSING_FORM = "empty or NA read as missing"
+# Contract columns whose values are parsed or checked against a list: an email or phone there can only
+# reach the quarantine, so only the quarantine's copy is scrubbed (scanning every timestamp costs).
+CHECKED_KINDS = {t.name: {c.name for c in t.columns if c.kind in ("timestamp", "float", "int", "bool", "category")
+                          and not pii_kind(c.name)} for t in TABLES.values()}
+# Extra (CRM) column names that say a YYYYMMDD number is a date.
+DATE_NAME_RE = r"(date|dob|birth|_at$|_on$|day$)"
 # Events per partitioned COPY: bounds the memory of writing a large load (about 250 MB per million).
 EVENT_BATCH_ROWS = 2_500_000
 
@@ -50,6 +67,7 @@ class TableCounts:
     duplicates: int = 0
     forgotten: int = 0  # rows about people who asked to be forgotten (`propel forget`)
     reasons: dict[str, int] = field(default_factory=dict)
+    coercions: dict[str, dict] = field(default_factory=dict)  # column -> how many values were read how
 
     def reconciles(self) -> bool:
         return self.input == self.accepted + self.quarantined + self.duplicates + self.forgotten
@@ -110,38 +128,73 @@ def _hash_sql(expr: str, kind_expr: str, salt: str) -> str:
     return f"CASE WHEN nullif(trim({expr}), '') IS NULL THEN NULL ELSE sha256({_sql_str(salt)} || {norm}) END"
 
 
+def _scrub_sql(expr: str, salt: str) -> str:
+    """`expr` with PII found by content hashed: a whole value that is an email or a phone, and every
+    email or phone inside a longer text (a note, a URL, a JSON blob). Cheap tests come first."""
+    s = _sql_str(salt)
+    email, phone = _sql_str(EMAIL_PATTERN), _sql_str(PHONE_PATTERN)
+
+    def digits(x: str) -> str:
+        return f"regexp_replace({x}, '[^0-9]', '', 'g')"
+
+    def is_phone(x: str) -> str:  # 10-15 digits, and not a plain number
+        return f"length({digits(x)}) BETWEEN 10 AND 15 AND NOT regexp_full_match({x}, '[0-9]+([.][0-9]+)?')"
+
+    def hashed(x: str) -> str:
+        return f"sha256({s} || CASE WHEN contains({x}, '@') THEN lower({x}) ELSE {digits(x)} END)"
+
+    v = f"trim({expr})"
+    found = (f"list_filter(regexp_extract_all({expr}, {email}) || regexp_extract_all({expr}, {phone}), "
+             f"lambda m: contains(m, '@') OR ({is_phone('m')}))")
+    return (f"CASE WHEN NOT (contains({expr}, '@') OR regexp_matches({expr}, '[0-9][0-9 ().-]{{10,}}[0-9]')) THEN {expr} "
+            f"WHEN regexp_full_match({v}, {email}) OR (regexp_full_match({v}, {phone}) AND {is_phone(v)}) THEN {hashed(v)} "
+            f"ELSE list_reduce(list_prepend({expr}, {found}), lambda acc, m: replace(acc, m, {hashed('m')})) END")
+
+
+def _identity_type_sql(expr: str) -> str:
+    """An identifier type with its aliases (`e-mail`, `phone_num`) read as the canonical type."""
+    norm = f"trim(regexp_replace(lower({expr}), '[^0-9a-z]+', '_', 'g'), '_')"
+    cases = " ".join(f"WHEN {norm} = {_sql_str(a)} THEN {_sql_str(t)}" for a, t in IDENTITY_TYPE_ALIASES.items())
+    return f"CASE {cases} ELSE {expr} END"
+
+
 def hash_pii(kind: str, value: str, salt: str) -> str:
     """The Python twin of `_hash_sql`, for tests and lookups of a known phone/email."""
     norm = "".join(ch for ch in value if ch.isdigit()) if kind == "phone" else value.strip().lower()
     return hashlib.sha256((salt + norm).encode()).hexdigest()
 
 
-def _lake_column(col: Column, present: set[str]) -> str:
-    """The typed lake column for a contract column, with its default when missing."""
-    value = quote_ident(col.name) if col.name in present else "NULL"
+def _lake_column(col: Column, value: str) -> str:
+    """The typed lake column for a contract column from SQL `value`, with its default when missing."""
     if col.default is not None:
         value = f"coalesce({value}, {col.default})"
     return f"CAST({value} AS {LAKE_TYPES[col.kind]}) AS {quote_ident(col.name)}"
 
 
 class _Loader:
-    """One ingestion run: reads files into typed staging tables, then writes the lake."""
+    """One ingestion run inside a lake transaction: reads files into typed staging tables, then writes
+    the pending version's files."""
 
-    def __init__(self, ws: Workspace, settings: Settings, raw_dir: Path, now: datetime):
-        self.ws, self.settings, self.raw_dir = ws, settings, raw_dir
-        self.lake = Lake(ws)
+    def __init__(self, lake: Lake, settings: Settings, raw_dir: Path, now: datetime):
+        self.settings, self.raw_dir, self.lake = settings, raw_dir, lake
         self.con = self.lake.connect()
-        self.salt = ws.salt()
+        self.salt = lake.ws.salt()
         self.now = now.astimezone(timezone.utc).replace(tzinfo=None)
         self.warnings: list[str] = []
 
     # ---- reading -------------------------------------------------------------------------------
+    def _source(self, path: Path) -> str:
+        if path.name.lower().endswith(".parquet"):
+            return f"read_parquet({_sql_str(str(path))})"
+        # A malformed row (wrong field count, bad quoting or encoding) is set aside for the quarantine
+        # instead of failing the file, and cannot mislead the dialect sniffer.
+        return f"read_csv({_sql_str(str(path))}, all_varchar=true, header=true, auto_detect=true, store_rejects=true)"
+
     def _file_select(self, path: Path, table: Table) -> tuple[str, set[str]]:
         """SELECT of one file with contract column names, all VARCHAR, PII hashed, `_file`/`_row`;
         and the (normalised) columns it has."""
         rel = str(path.relative_to(self.raw_dir))
-        src = (f"read_parquet({_sql_str(str(path))})" if path.name.lower().endswith(".parquet")
-               else f"read_csv({_sql_str(str(path))}, all_varchar=true, header=true, auto_detect=true)")
+        src = self._source(path)
         try:
             names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
         except duckdb.OutOfMemoryException:
@@ -168,41 +221,52 @@ class _Loader:
         extras = [n for n in by_norm if n not in known]
         if extras and not table.passthrough and table.name != "events":
             self.warnings.append(f"{rel}: ignored unknown column(s) {', '.join(extras)} for table '{table.name}'")
-        cols = []
-        for norm, orig in by_norm.items():
-            if norm in known or table.passthrough or table.name == "events":
-                value = f"CAST({quote_ident(orig)} AS VARCHAR)"
-                if norm in PII_COLUMNS:
-                    kind = "'phone'" if "phone" in norm or "mobile" in norm or norm == "msisdn" else "'email'"
-                    value = _hash_sql(value, kind, self.salt)
-                cols.append(f"{value} AS {quote_ident(norm)}")
-        for pair in (("identity_type", "identity_value"), ("linked_type", "linked_value")):
-            if pair[0] in by_norm and pair[1] in by_norm:
-                kind = f"lower(trim(CAST({quote_ident(by_norm[pair[0]])} AS VARCHAR)))"
-                raw = f"CAST({quote_ident(by_norm[pair[1]])} AS VARCHAR)"
-                cols = [c for c in cols if not c.endswith(f" AS {quote_ident(pair[1])}")]
-                cols.append(f"CASE WHEN {kind} IN ({', '.join(map(_sql_str, sorted(PII_TYPES)))}) "
-                            f"THEN {_hash_sql(raw, kind, self.salt)} ELSE {raw} END AS {quote_ident(pair[1])}")
+        kept = {n for n in by_norm if n in known or table.passthrough or table.name == "events"}
+        values = {n: f"CAST({quote_ident(by_norm[n])} AS VARCHAR)" for n in kept}
+        for norm in kept:  # PII by name, else by content (values of checked kinds: in the quarantine, see _stage)
+            kind = pii_kind(norm)
+            if kind:
+                values[norm] = _hash_sql(values[norm], _sql_str(kind), self.salt)
+            elif norm not in CHECKED_KINDS.get(table.name, ()):
+                values[norm] = _scrub_sql(values[norm], self.salt)
+        for kind_col, value_col in (("identity_type", "identity_value"), ("linked_type", "linked_value")):
+            if kind_col in kept:
+                kind = _identity_type_sql(f"CAST({quote_ident(by_norm[kind_col])} AS VARCHAR)")
+                values[kind_col] = kind
+                if value_col in kept:
+                    raw = f"CAST({quote_ident(by_norm[value_col])} AS VARCHAR)"
+                    values[value_col] = (f"CASE WHEN lower(trim({kind})) IN ({', '.join(map(_sql_str, sorted(PII_TYPES)))}) "
+                                         f"THEN {_hash_sql(raw, f'lower(trim({kind}))', self.salt)} ELSE {values[value_col]} END")
+        cols = [f"{v} AS {quote_ident(n)}" for n, v in values.items()]
         # row_number() OVER () is a streaming window, which DuckDB always runs in the file's order, so
         # row numbers stay right without `preserve_insertion_order` (which would stage files one by one).
         cols += [f"{_sql_str(rel)} AS _file", "row_number() OVER () AS _row"]
-        kept = {n for n in by_norm if n in known or table.passthrough or table.name == "events"}
         return f"SELECT {', '.join(cols)} FROM {src}", kept
 
     # ---- validation ----------------------------------------------------------------------------
     @staticmethod
-    def _parse(col: Column, text: str) -> str:
+    def _parse(kind: str, text: str) -> str:
         """The typed value of `text`, a column's trimmed non-empty string (or NULL)."""
+        number = (f"coalesce(TRY_CAST({text} AS DOUBLE), CASE WHEN regexp_full_match({text}, {_sql_str(CURRENCY_RE)}) "
+                  f"THEN TRY_CAST(replace(regexp_replace({text}, {_sql_str(CURRENCY_RE)}, '\\1\\2\\3\\4'), ',', '') AS DOUBLE) END)")
         return {
             "id": text,
             "string": text,
             "category": f"lower({text})",
-            "timestamp": f"TRY_CAST({text} AS TIMESTAMPTZ)::TIMESTAMP",
-            "float": f"TRY_CAST({text} AS DOUBLE)",
-            "int": f"CASE WHEN TRY_CAST({text} AS DOUBLE) = floor(TRY_CAST({text} AS DOUBLE)) THEN TRY_CAST({text} AS BIGINT) END",
+            "timestamp": (f"CASE WHEN regexp_full_match({text}, '[0-9]{{8}}') THEN TRY_STRPTIME({text}, '%Y%m%d') "
+                          f"ELSE TRY_CAST({text} AS TIMESTAMPTZ)::TIMESTAMP END"),
+            "float": number,
+            "int": f"coalesce(TRY_CAST({text} AS BIGINT), CASE WHEN {number} = floor({number}) THEN TRY_CAST({number} AS BIGINT) END)",
             "bool": (f"CASE WHEN lower({text}) IN ('true','t','yes','y','1') THEN true "
                      f"WHEN lower({text}) IN ('false','f','no','n','0') THEN false END"),
-        }[col.kind]
+        }[kind]
+
+    @staticmethod
+    def _text(kind: str, raw: str) -> str:
+        """The trimmed text of a raw value; NULL when empty, or for typed kinds when a missing token."""
+        if kind in ("id", "string", "category"):
+            return f"nullif(trim({raw}), '')"
+        return f"CASE WHEN lower(trim({raw})) NOT IN ({', '.join(map(_sql_str, MISSING_TOKENS))}) THEN trim({raw}) END"
 
     def _checks(self, table: Table, present: set[str]) -> list[tuple[str, str]]:
         """(SQL condition on the text `t_<column>` and typed `<column>` columns, reason code), first match wins."""
@@ -234,19 +298,24 @@ class _Loader:
                                f"placeholder_value:{col.name}"))
         return checks
 
-    def _stage(self, table: Table, files: list[Path]) -> set[str]:
+    def _stage(self, table: Table, files: list[Path]) -> tuple[set[str], dict[str, dict]]:
         """Read, parse and validate all files of a table into `stage` (typed, with `_reason` and, for
-        rejected rows, the raw row as JSON), in one pass. Each value is trimmed once, into `t_<column>`,
-        which both parsing and the checks read."""
+        rejected rows, the raw row as JSON), in one pass; returns the columns present and, per
+        typed column, how many values were coerced how. Each value is trimmed once, into `t_<column>`,
+        which parsing, the checks and the coercion counts read."""
         selects = [self._file_select(p, table) for p in files]
         present = set().union(*(cols for _, cols in selects))
         union = " UNION ALL BY NAME ".join(f"({sql})" for sql, _ in selects)
         known = [c for c in table.columns if c.name in present]
+        typed = [c for c in known if c.kind in COERCIONS]
         extras = sorted(present - {c.name for c in known})
         reason = "CASE " + " ".join(f"WHEN {cond} THEN {_sql_str(code)}" for cond, code in self._checks(table, present)) + " END"
-        raw_json = "to_json(struct_pack(" + ", ".join(f"{quote_ident(c)} := {quote_ident('r_' + c)}" for c in sorted(present)) + "))"
+        checked = CHECKED_KINDS[table.name]
+        raw_json = "to_json(struct_pack(" + ", ".join(
+            f"{quote_ident(c)} := {_scrub_sql(quote_ident('r_' + c), self.salt) if c in checked else quote_ident('r_' + c)}"
+            for c in sorted(present)) + "))"
         texts = [quote_ident("t_" + c.name) for c in known]
-        parsed = [f"{self._parse(c, t)} AS {quote_ident(c.name)}" for c, t in zip(known, texts)]
+        parsed = [f"{self._parse(c.kind, t)} AS {quote_ident(c.name)}" for c, t in zip(known, texts)]
         if table.identified:  # downstream SQL can rely on all identifier columns existing
             parsed += [f"NULL::VARCHAR AS {c}" for c in ("identity_type", "identity_value", "customer_id") if c not in present]
         keep = [quote_ident(c) for c in extras] if table.passthrough else []
@@ -254,32 +323,127 @@ class _Loader:
             keep.append("to_json(struct_pack(" + ", ".join(f"{quote_ident(c)} := {quote_ident(c)}" for c in extras) + ")) AS extra")
         raws = [quote_ident("r_" + c) for c in sorted(present)]
         raw_cols = [f"{quote_ident(c)} AS {r}" for c, r in zip(sorted(present), raws)]
-        trimmed = [f"nullif(trim({quote_ident(c.name)}), '') AS {t}" for c, t in zip(known, texts)]
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(raws + texts)}), "
-            f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
-            f"SELECT *, {reason} AS _reason FROM ("
-            f"SELECT {', '.join(parsed + keep + raw_cols + texts)}, _file, _row FROM ("
-            f"SELECT *, {', '.join(trimmed)} FROM ({union}))))"
-        )
-        return present
+        trimmed = [f"{self._text(c.kind, quote_ident(c.name))} AS {t}" for c, t in zip(known, texts)]
+        blanks = [f"{quote_ident(c.name)} IS NOT NULL AND {quote_ident('t_' + c.name)} IS NULL AS {quote_ident('e_' + c.name)}" for c in typed]
+        drop = [t for c, t in zip(known, texts) if c not in typed] + raws
+        try:
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(drop)}), "
+                f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
+                f"SELECT *, {reason} AS _reason FROM ("
+                f"SELECT {', '.join(parsed + keep + raw_cols + texts + blanks)}, _file, _row FROM ("
+                f"SELECT *, {', '.join(trimmed)} FROM ({union}))))"
+            )
+        except duckdb.OutOfMemoryException:
+            raise
+        except duckdb.Error as exc:  # a file whose header read fine but whose body does not: say which
+            failed, first = [str(p.relative_to(self.raw_dir)) for p in files], str(exc).strip().splitlines()[0]
+            for (sql, _), path in zip(selects, files):
+                try:
+                    self.con.execute(f"CREATE OR REPLACE TEMP TABLE probe AS {sql}")
+                except duckdb.Error as file_exc:
+                    failed, first = [str(path.relative_to(self.raw_dir))], str(file_exc).strip().splitlines()[0]
+                    break
+            raise IngestError(f"{', '.join(failed)}: cannot read as {table.name} ({first}). Fix: re-export the "
+                              "file; nothing of this load was written.") from None
+        self._quarantine_malformed(table, files)
+        coercions = self._count_coercions(typed)
+        return present, coercions
 
-    def _infer_passthrough(self, table: Table, present: set[str]) -> list[str]:
-        """Typed SELECT items for extra CRM columns: BIGINT, DOUBLE or BOOLEAN when every value fits."""
+    def _quarantine_malformed(self, table: Table, files: list[Path]) -> None:
+        """CSV rows DuckDB set aside (wrong field count, bad quoting) join `stage` as quarantined
+        `malformed_row`s, their line split into PII-scrubbed fields; other rows keep their true row number."""
+        csvs = [str(p) for p in files if not p.name.lower().endswith(".parquet")]
+        if not csvs:
+            return
+        prefix = len(str(self.raw_dir)) + 2
+        self.con.execute(f"""
+          CREATE OR REPLACE TEMP TABLE malformed AS
+          SELECT substr(s.file_path, {prefix}) AS _file, e.line - 1 AS _row, any_value(e.csv_line) AS line,
+                 any_value(e.error_message) AS error, any_value(s.delimiter) AS delim
+          FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id)
+          WHERE s.file_path IN ({', '.join(map(_sql_str, csvs))}) GROUP BY ALL""")
+        if not self.con.execute("SELECT count(*) FROM malformed").fetchone()[0]:
+            return
+        # Good row r of a file is data row r + (number of malformed rows before it).
+        self.con.execute("""
+          UPDATE stage SET _row = stage._row + m.n FROM (
+            SELECT s.rowid AS rid, count(*) AS n FROM stage s JOIN (
+              SELECT _file, _row - row_number() OVER (PARTITION BY _file ORDER BY _row) AS good_before FROM malformed) g
+            ON g._file = s._file AND g.good_before < s._row GROUP BY s.rowid) m
+          WHERE stage.rowid = m.rid""")
+        scrub = _scrub_sql("trim(f, ' \"')", self.salt)
+        self.con.execute(f"""
+          INSERT INTO stage BY NAME SELECT _file, _row, 'malformed_row' AS _reason,
+            to_json(struct_pack(fields := list_transform(string_split(line, delim), lambda f: {scrub}), error := error)) AS _raw
+          FROM malformed""")
+
+    def _count_coercions(self, typed: list[Column]) -> dict[str, dict]:
+        """Per typed column, how many values were read from a non-canonical form or as missing; drops
+        the text columns kept for it."""
+        if not typed:
+            return {}
+        items, names = [], []
+        for col in typed:
+            t, val = quote_ident("t_" + col.name), quote_ident(col.name)
+            for form, cond in COERCIONS[col.kind]:
+                items.append(f"count(*) FILTER ({val} IS NOT NULL AND {cond.format(t=t)})")
+                names.append((col.name, form))
+            items.append(f"count(*) FILTER ({quote_ident('e_' + col.name)})")
+            names.append((col.name, MISSING_FORM))
+        counts = self.con.execute(f"SELECT {', '.join(items)} FROM stage").fetchone()
+        kinds = {c.name: c.kind for c in typed}
+        out: dict[str, dict] = {}
+        for (col, form), n in zip(names, counts):
+            if n:
+                out.setdefault(col, {"as": LAKE_TYPES[kinds[col]]})[form] = n
+        for col in typed:
+            self.con.execute(f"ALTER TABLE stage DROP COLUMN {quote_ident('t_' + col.name)}")
+            self.con.execute(f"ALTER TABLE stage DROP COLUMN {quote_ident('e_' + col.name)}")
+        return out
+
+    def _infer_passthrough(self, table: Table, present: set[str], coercions: dict[str, dict]) -> list[str]:
+        """Typed SELECT items (on `stage s`) for extra CRM columns: BIGINT, DOUBLE, BOOLEAN or TIMESTAMP
+        when every value fits, VARCHAR otherwise; digit codes with a leading zero (zip `00501`) stay
+        text. Records each column's type and coercions in `coercions`."""
         items = []
         for col in sorted(present - {c.name for c in table.columns}):
             q = quote_ident(col)
-            v = f"nullif(trim({q}), '')"
-            row = self.con.execute(
-                f"SELECT count({v}), count(CASE WHEN regexp_matches({v}, '^[+-]?[0-9]{{1,18}}$') THEN 1 END), count(TRY_CAST({v} AS DOUBLE)), "
-                f"count(CASE WHEN lower({v}) IN ('true','false') THEN 1 END) FROM stage WHERE _reason IS NULL"
-            ).fetchone()
-            n, n_int, n_float, n_bool = row
-            target = ("VARCHAR" if n == 0 else "BIGINT" if n_int == n else "DOUBLE" if n_float == n
-                      else "BOOLEAN" if n_bool == n else "VARCHAR")
-            items.append(f"CAST({v} AS {target}) AS {q}")
+            v = self._text("float", q)
+            checks = {
+                "n": f"{v} IS NOT NULL",
+                "code": f"regexp_full_match({v}, '[+-]?0[0-9]+')",
+                "int": f"regexp_full_match({v}, '[+-]?[0-9]{{1,18}}')",
+                "float": f"{self._parse('float', v)} IS NOT NULL",
+                "bool": f"lower({v}) IN ('true', 'false', 't', 'f', 'yes', 'no', 'y', 'n')",
+                "iso": f"NOT regexp_full_match({v}, '[0-9.+-]+') AND TRY_CAST({v} AS TIMESTAMPTZ) IS NOT NULL",
+                "ymd": f"regexp_full_match({v}, '(19|20)[0-9]{{6}}') AND TRY_STRPTIME({v}, '%Y%m%d') IS NOT NULL",
+                "blank": f"{q} IS NOT NULL AND {v} IS NULL",
+            }
+            row = self.con.execute(f"SELECT {', '.join(f'count(*) FILTER ({c})' for c in checks.values())} "
+                                   "FROM stage WHERE _reason IS NULL").fetchone()
+            c = dict(zip(checks, row))
+            n = c["n"]
+            ymd_ok = c["ymd"] == n and re.search(DATE_NAME_RE, col)
+            kind = ("string" if n == 0 or c["code"] else "timestamp" if ymd_ok else "int" if c["int"] == n
+                    else "float" if c["float"] == n
+                    else "bool" if c["bool"] == n else "timestamp" if c["iso"] == n
+                    else "string")
+            forms = {"as": LAKE_TYPES[kind]}
+            if c["code"] and c["int"] == n:
+                forms["digit codes kept as text (leading zeros)"] = c["code"]
+            if kind == "string":
+                value = f"nullif(trim(s.{q}), '')"
+            else:
+                value = self._parse(kind, self._text(kind, f"s.{q}"))
+                counts = self.con.execute(
+                    "SELECT " + ", ".join(f"count(*) FILTER ({value} IS NOT NULL AND {cond.format(t=self._text(kind, f's.{q}'))})"
+                                          for _, cond in COERCIONS[kind]) + f", count(*) FILTER ({checks['blank']}) "
+                    "FROM stage s WHERE _reason IS NULL").fetchone()
+                forms.update({form: n for (form, _), n in zip(COERCIONS[kind] + [(MISSING_FORM, "")], counts) if n})
+            coercions[col] = forms
+            items.append(f"CAST({value} AS {LAKE_TYPES[kind]}) AS {q}")
         return items
-
     # ---- cleaning ------------------------------------------------------------------------------
     def _dedupe(self, table: Table, present: set[str]) -> None:
         """Flag valid rows: `_dup` = exact_duplicate | duplicate_key | already_in_lake, and for events,
@@ -336,7 +500,7 @@ class _Loader:
         self.con.execute(f"UPDATE stage SET _dup = 'forgotten' WHERE {hit}")
 
     # ---- writing -------------------------------------------------------------------------------
-    def _write(self, table: Table, present: set[str], load_id: str) -> TableCounts:
+    def _write(self, table: Table, present: set[str], load_id: str, coercions: dict[str, dict]) -> TableCounts:
         counts = TableCounts(*self.con.execute(
             "SELECT count(*), count(*) FILTER (_reason IS NULL AND _dup IS NULL), "
             "count(*) FILTER (_reason IS NOT NULL AND _dup IS NULL), count(*) FILTER (_dup <> 'forgotten'), "
@@ -345,8 +509,17 @@ class _Loader:
         counts.reasons = dict(self.con.execute(
             "SELECT coalesce(_dup, _reason), count(*) FROM stage WHERE _reason IS NOT NULL OR _dup IS NOT NULL "
             "GROUP BY 1 ORDER BY 1").fetchall())
+        # A keyed table's row keeps, for the columns its file lacks, the key's latest value in the lake.
+        source = f"stage s LEFT JOIN {table.name}_latest p USING ({', '.join(table.key)})" if table.key else "stage s"
+        before = ({r[0] for r in self.con.execute(f"DESCRIBE {table.name}_latest").fetchall()} - {"_load"}
+                  if table.key else set())
+
+        def value(name: str) -> str:
+            return f"s.{quote_ident(name)}" if name in present else f"p.{quote_ident(name)}" if name in before else "NULL"
+
         node_cols = ("identity_type", "identity_value", "customer_id") if table.identified else ()
-        select = [_lake_column(c, present) for c in table.columns if c.name not in node_cols]
+        select = [_lake_column(c, quote_ident(c.name) if c.name in table.key else value(c.name))
+                  for c in table.columns if c.name not in node_cols]
         if table.identified:
             has = {c for c in ("identity_type", "identity_value", "customer_id") if c in present}
             itype = "identity_type" if "identity_type" in has else "NULL"
@@ -356,34 +529,39 @@ class _Loader:
                        f"CASE WHEN {itype} IS NOT NULL AND {ival} IS NOT NULL THEN {ival} ELSE {cid} END AS identity_value",
                        f"{cid} AS source_customer_id"]
         if table.passthrough:
-            select += self._infer_passthrough(table, present)
+            select += self._infer_passthrough(table, present, coercions)
+            contract = {c.name for c in table.columns}
+            select += [f"p.{quote_ident(c)}" for c in sorted(before - present - contract)]
         if table.name == "events":
             select.append("extra" if "extra" in {r[0] for r in self.con.execute("DESCRIBE stage").fetchall()}
                           else "NULL::VARCHAR AS extra")
         select.append(f"{_sql_str(load_id)} AS _load")
-        accepted = f"SELECT {', '.join(select)} FROM stage WHERE _reason IS NULL AND _dup IS NULL"
+        accepted = f"SELECT {', '.join(select)} FROM {source} WHERE s._reason IS NULL AND s._dup IS NULL"
         if counts.accepted:
-            out = self.lake.table_dir(table.name)
-            out.mkdir(parents=True, exist_ok=True)
             if table.name == "events":
-                self._write_events(accepted, out, load_id)
+                self._write_events(accepted, load_id)
             else:
-                self.con.execute(f"COPY ({accepted}) TO {_sql_str(str(out / (load_id + '.parquet')))} (FORMAT parquet)")
+                path = self.lake.new_file(table.name, f"{load_id}.parquet")
+                self.con.execute(f"COPY ({accepted}) TO {_sql_str(str(path))} (FORMAT parquet)")
+                self.lake.add(table.name, [path])
         if counts.quarantined:
-            qdir = self.lake.table_dir("quarantine")
-            qdir.mkdir(parents=True, exist_ok=True)
+            path = self.lake.new_file("quarantine", f"{load_id}_{table.name}.parquet")
             self.con.execute(
                 f"COPY (SELECT {_sql_str(table.name)} AS \"table\", _file AS file, _row AS row, _reason AS reason, "
                 f"_raw AS raw, {_sql_str(load_id)} AS _load FROM stage WHERE _reason IS NOT NULL AND _dup IS NULL "
-                f"ORDER BY _file, _row) TO {_sql_str(str(qdir / f'{load_id}_{table.name}.parquet'))} (FORMAT parquet)"
+                f"ORDER BY _file, _row) TO {_sql_str(str(path))} (FORMAT parquet)"
             )
+            self.lake.add("quarantine", [path])
         self.con.execute("DROP TABLE stage")
+        counts.coercions = coercions
         return counts
 
-    def _write_events(self, accepted: str, out: Path, load_id: str) -> None:
+    def _write_events(self, accepted: str, load_id: str) -> None:
         """Events go to one folder per UTC event date. A partitioned COPY holds all its rows in memory
         until it ends (or spills them, past DuckDB's memory limit), so the days are written in batches
         of about `EVENT_BATCH_ROWS` rows."""
+        out = self.lake.table_dir("events")
+        out.mkdir(parents=True, exist_ok=True)
         dated = f"SELECT *, CAST(ts AS DATE) AS event_date FROM ({accepted})"
         batches: list[list] = [[]]
         rows = 0
@@ -397,46 +575,57 @@ class _Loader:
             self.con.execute(f"COPY (SELECT * FROM ({dated}) WHERE event_date BETWEEN DATE '{days[0]}' AND DATE '{days[-1]}') "
                              f"TO {_sql_str(str(out))} (FORMAT parquet, PARTITION_BY (event_date), APPEND, "
                              f"FILENAME_PATTERN '{load_id}_{{uuid}}')")
+        # The transaction started from a folder holding only committed files, so these are this load's.
+        self.lake.add("events", sorted(out.glob(f"*/{load_id}_*.parquet")))
 
     def load_table(self, table: Table, files: list[Path], load_id: str) -> TableCounts:
-        present = self._stage(table, files)
+        present, coercions = self._stage(table, files)
         self._dedupe(table, present)
         self._drop_forgotten(table, present)
-        counts = self._write(table, present, load_id)
+        counts = self._write(table, present, load_id, coercions)
         if not counts.reconciles():  # an invariant of the SQL above; a failure here is our bug
             raise AssertionError(f"{table.name}: counts do not reconcile: {counts}")
         return counts
 
 
 def ingest(raw_dir: Path, ws: Workspace, now: datetime | None = None, progress: bool = False) -> IngestReport:
-    """Ingest the new files of `raw_dir` into the workspace lake, then re-resolve identities."""
+    """Ingest the new files of `raw_dir` into the workspace lake, then re-resolve identities; one
+    transaction: all of it becomes visible at once, or (on any error or crash) none of it."""
     started = time.perf_counter()
-    settings = ws.settings()
     raw_dir = Path(raw_dir).resolve()
     by_table, unknown = discover(raw_dir)
+    if not by_table:
+        raise IngestError(f"{raw_dir}: no raw files found. Expected CSV/Parquet files named after a table "
+                          f"({', '.join(TABLES)}), e.g. events_2024-01.csv.")
+    digests = {path: sha256_file(path) for paths in by_table.values() for path in paths}
     lake = Lake(ws)
+    try:
+        with lake.transaction("ingest"):
+            return _load(lake, ws.settings(), raw_dir, by_table, digests, unknown, now, progress, started)
+    except LakeBusy as exc:
+        raise IngestError(str(exc)) from None
+
+
+def _load(lake: Lake, settings: Settings, raw_dir: Path, by_table: dict[str, list[Path]], digests: dict[Path, str],
+          unknown: list[str], now: datetime | None, progress: bool, started: float) -> IngestReport:
     seen = {f["sha256"] for m in lake.manifests() for f in m["files"]}
     new: dict[str, list[Path]] = {}
     files, skipped = [], []
     for table, paths in by_table.items():
         for path in paths:
-            digest = sha256_file(path)
             rel = str(path.relative_to(raw_dir))
-            if digest in seen:
+            if digests[path] in seen:
                 skipped.append(rel)
                 continue
-            seen.add(digest)
+            seen.add(digests[path])
             new.setdefault(table, []).append(path)
-            files.append({"path": rel, "table": table, "sha256": digest, "bytes": path.stat().st_size})
+            files.append({"path": rel, "table": table, "sha256": digests[path], "bytes": path.stat().st_size})
     warnings = [f"{u}: file name matches no table ({', '.join(TABLES)}); skipped" for u in unknown]
     if not new:
-        if not by_table:
-            raise IngestError(f"{raw_dir}: no raw files found. Expected CSV/Parquet files named after a table "
-                              f"({', '.join(TABLES)}), e.g. events_2024-01.csv.")
         return IngestReport(None, [], skipped, {}, {}, time.perf_counter() - started, warnings)
 
     load_id = f"L{len(lake.manifests()) + 1:06d}"
-    loader = _Loader(ws, settings, raw_dir, now or datetime.now(timezone.utc))
+    loader = _Loader(lake, settings, raw_dir, now or datetime.now(timezone.utc))
     # Validate headers of every file first so a bad file stops the load before anything is written.
     for table_name, paths in new.items():
         for path in paths:
@@ -450,10 +639,12 @@ def ingest(raw_dir: Path, ws: Workspace, now: datetime | None = None, progress: 
             tables[table_name] = loader.load_table(TABLES[table_name], new[table_name], load_id)
             timings[table_name] = round(time.perf_counter() - t0, 3)
             advance(f"{table_name}: {tables[table_name].accepted:,} rows")
+            crash_point(f"after:{table_name}")
         t0 = time.perf_counter()
         id_report = identity.resolve(lake, settings.identity, load_id, con=loader.con)
         timings["identity_resolution"] = round(time.perf_counter() - t0, 3)
         advance("identities resolved")
+        crash_point("after:identity")
     seconds = time.perf_counter() - started
     report = IngestReport(load_id, files, skipped, tables, id_report, seconds, warnings + loader.warnings)
     manifest = {
@@ -461,6 +652,7 @@ def ingest(raw_dir: Path, ws: Workspace, now: datetime | None = None, progress: 
         "files": files, "tables": {k: asdict(v) for k, v in tables.items()}, "identity": id_report,
         "timings_s": timings, "seconds": round(seconds, 3), "warnings": report.warnings,
     }
-    lake.manifests_dir.mkdir(parents=True, exist_ok=True)
-    (lake.manifests_dir / f"{load_id}.json").write_text(json.dumps(manifest, indent=2, default=str))
+    path = lake.new_file("manifests", f"{load_id}.json")
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+    lake.add("manifests", [path])
     return report

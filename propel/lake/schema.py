@@ -19,6 +19,22 @@ PII_TYPES: frozenset[str] = frozenset({"email", "phone"})
 PII_COLUMNS: frozenset[str] = frozenset(
     {"email", "email_address", "phone", "phone_number", "mobile", "mobile_number", "msisdn"}
 )
+# ... and any (normalised) name ending in a PII word: `contact_email`, `telephone`, `home_phone`;
+# not `email_consent` or `phone_verified`, which hold flags.
+PII_NAME_RE = re.compile(r"(^|_)(e_?mail|email_address|phone|phone_num|phone_number|telephone|tel|mobile|"
+                         r"mobile_number|cell|cellphone|cell_phone|msisdn|fax)$")
+# Identifier types written other ways (normalised like column names), read as the canonical type.
+IDENTITY_TYPE_ALIASES: dict[str, str] = {
+    **dict.fromkeys(("e_mail", "mail", "email_address", "emailaddress"), "email"),
+    **dict.fromkeys(("phone_num", "phone_number", "telephone", "tel", "mobile", "mobile_number", "msisdn", "cell",
+                     "cellphone", "cell_phone"), "phone"),
+}
+# Values that are PII whatever their column or type is called: hashed at ingest. A phone is 10-15
+# digits written with a leading `+` or separators; a bare run of digits is a number, not a phone.
+EMAIL_PATTERN = r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+PHONE_PATTERN = r"\+?\(?[0-9][0-9 ().-]{6,}[0-9]"
+# Cell values read as missing in typed (number, date, flag) columns, compared lower-case and trimmed.
+MISSING_TOKENS: tuple[str, ...] = ("", "na", "n/a", "null", "none", "nan", "-")
 
 CHANNELS: tuple[str, ...] = (
     "web", "app", "store", "email", "sms", "push", "social", "search", "display", "affiliate", "call_center",
@@ -179,6 +195,13 @@ def table_for_file(file_name: str) -> str | None:
     if not stem.endswith(RAW_SUFFIXES):
         return None
     return next((t for t in _TABLE_ORDER if stem.startswith(t)), None)
+
+
+def pii_kind(column: str) -> str | None:
+    """'email' or 'phone' when a (normalised) column name says it holds one."""
+    if column not in PII_COLUMNS and not PII_NAME_RE.search(column):
+        return None
+    return "email" if "mail" in column else "phone"
 
 
 def normalize_column(name: str) -> str:

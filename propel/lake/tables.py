@@ -4,9 +4,17 @@ Layout under `<workspace>/data/lake/`:
   events/event_date=YYYY-MM-DD/<load>_<uuid>.parquet   behaviour, partitioned by UTC event date
   <table>/<load>.parquet                               every other contract table, one file per load
   quarantine/<load>_<table>.parquet                   rejected rows with a reason code
-  identity_map.parquet                                 identifier -> resolved customer_id
-  identity_merges.parquet                              every merge of two known ids (audit trail)
+  identity_map/<version>.parquet                       identifier -> resolved customer_id
+  identity_merges/<version>.parquet                    every merge of two known ids (audit trail)
   manifests/<load>.json                                what each load read, accepted, rejected, when
+  _commits/<version>.json                              the commit log: which files make up each version
+  _lock                                                held (flock) by the one process writing the lake
+
+Transactions: a file is part of the lake only once a commit record lists it. A writer holds the
+lock, writes new files under fresh names, fsyncs them, then commits by renaming one JSON record
+into `_commits/` (atomic); a crash before that rename leaves only unlisted files, which the next
+writer deletes, so readers always see a whole version. Readers take no lock: a `Lake` reads the
+newest commit once and sees that version until it is re-opened.
 
 Downstream code reads only the views of `Lake.connect()`: `events` and `campaign_touches` carry the
 resolved `customer_id`; `customers`, `items`, `campaigns`, `labels` hold the latest row per key.
@@ -14,7 +22,14 @@ resolved `customer_id`; `customers`, `items`, `campaigns`, `labels` hold the lat
 
 from __future__ import annotations
 
+import copy
+import fcntl
 import json
+import logging
+import os
+import signal
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -22,43 +37,121 @@ import duckdb
 from propel.lake.schema import TABLES, Table
 from propel.config import Workspace
 
+log = logging.getLogger(__name__)
 LAKE_TYPES = {"id": "VARCHAR", "string": "VARCHAR", "category": "VARCHAR", "timestamp": "TIMESTAMP",
               "float": "DOUBLE", "int": "BIGINT", "bool": "BOOLEAN"}
+# Everything a commit lists, by folder: the contract tables and what ingestion writes next to them.
+TRACKED = (*TABLES, "quarantine", "identity_map", "identity_merges", "manifests")
+COMMITS, LOCK = "_commits", "_lock"
+# The single files of a lake written before transactions (converted once, see `Lake._convert`).
+LEGACY_FILES = {"identity_map": "identity_map.parquet", "identity_merges": "identity_merges.parquet"}
+
+
+class LakeBusy(Exception):
+    """Another process is writing the lake; the message says which and what to do."""
+
+
+def crash_point(name: str) -> None:
+    """Test hook: `PROPEL_CRASH_AT=<name>` kills the process here (SIGKILL), to prove crash safety."""
+    if os.environ.get("PROPEL_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Lake:
     def __init__(self, workspace: Workspace):
         self.ws = workspace
         self.root = workspace.lake
+        self.state = self._read_state()
+        if self.state.get("legacy"):
+            try:
+                with self._lock("convert"):
+                    self.state = self._read_state()
+                    if self.state.get("legacy"):
+                        self._convert()
+            except LakeBusy:  # the writer holding the lock converts it
+                log.warning("%s: lake written before transactions, read as it is (another process is writing)", self.root)
 
+    # ---- the committed version -------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.state["version"]
+
+    def versions(self) -> dict[str, int]:
+        """The lake's version and, per table, the version that last changed it (for run logs)."""
+        return {"lake": self.version, **self.state["table_versions"]}
+
+    def _read_state(self) -> dict:
+        if not (self.root / COMMITS).is_dir():  # made by the first transaction, before any file
+            return self._legacy_state() if self._legacy_files() else _empty()
+        for _ in range(5):  # a writer may prune the record just listed (it keeps the newest two)
+            commits = sorted((self.root / COMMITS).glob("*.json"))
+            try:
+                return json.loads(commits[-1].read_text()) if commits else _empty()
+            except FileNotFoundError:
+                continue
+        raise RuntimeError(f"{self.root / COMMITS}: the commit log changes faster than it can be read")
+
+    def _legacy_files(self) -> dict[str, list[str]]:
+        files = {t: sorted(str(p.relative_to(self.root)) for p in (self.root / t).rglob("*.parquet"))
+                 for t in TRACKED if t != "manifests"}
+        files["manifests"] = sorted(str(p.relative_to(self.root)) for p in (self.root / "manifests").glob("*.json"))
+        for table, name in LEGACY_FILES.items():
+            files[table] = [name] if (self.root / name).exists() else []
+        return {t: f for t, f in files.items() if f}
+
+    def _legacy_state(self) -> dict:
+        """A lake written before transactions, as version 0: files of a load newer than the last manifest
+        (an interrupted load) and unreadable (torn) files are left out."""
+        files = self._legacy_files()
+        loads = [Path(p).stem for p in files.get("manifests", [])]
+        con = duckdb.connect()
+
+        def keep(path: str) -> bool:
+            name = Path(path).name
+            if loads and name.startswith("L") and name[:7] > loads[-1]:
+                return False
+            try:
+                con.execute(f"SELECT count(*) FROM parquet_metadata({_sql(str(self.root / path))})")
+                return True
+            except duckdb.Error:
+                return False
+
+        return {**_empty(), "legacy": True,
+                "files": {t: [p for p in paths if t == "manifests" or keep(p)] for t, paths in files.items()}}
+
+    def _convert(self) -> None:
+        """Commit a legacy lake as version 1 (under the lock), deleting the files it left out."""
+        total = sum(len(f) for f in self._legacy_files().values())
+        self.state.pop("legacy")
+        self._commit("convert", _empty())
+        self._collect_garbage()
+        left_out = total - sum(len(f) for f in self.state["files"].values())
+        print(f"lake {self.root}: converted once to the transactional layout (version 1"
+              + (f"; {left_out} file(s) of an interrupted load left out and deleted)" if left_out else ")"))
+
+    # ---- reading -------------------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
         return self.root / table
 
-    @property
-    def identity_map_path(self) -> Path:
-        return self.root / "identity_map.parquet"
-
-    @property
-    def merges_path(self) -> Path:
-        return self.root / "identity_merges.parquet"
-
-    @property
-    def manifests_dir(self) -> Path:
-        return self.root / "manifests"
+    def files(self, table: str) -> list[Path]:
+        return [self.root / p for p in self.state["files"].get(table, [])]
 
     def manifests(self) -> list[dict]:
-        if not self.manifests_dir.exists():
-            return []
-        return [json.loads(p.read_text()) for p in sorted(self.manifests_dir.glob("*.json"))]
-
-    def files(self, table: str) -> list[Path]:
-        return sorted(self.table_dir(table).rglob("*.parquet"))
+        return [json.loads(p.read_text()) for p in sorted(self.files("manifests"))]
 
     def scan(self, table: str) -> str:
         """SQL for every stored row of a table (all loads), or an empty typed relation."""
-        if self.files(table):
-            glob = self.table_dir(table) / "**" / "*.parquet"
-            return f"read_parquet('{glob}', union_by_name=true, hive_partitioning=false)"
+        files = self.files(table)
+        if files:
+            return f"read_parquet([{', '.join(_sql(str(p)) for p in files)}], union_by_name=true, hive_partitioning=false)"
         return f"({empty_relation(TABLES[table])})"
 
     def connect(self, threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -73,11 +166,7 @@ class Lake:
                     f"SELECT *, row_number() OVER (PARTITION BY {latest} ORDER BY _load DESC) AS _rn "
                     f"FROM {name}_all) WHERE _rn = 1"
                 )
-        if self.identity_map_path.exists():
-            con.execute(f"CREATE OR REPLACE VIEW identity_map AS SELECT * FROM read_parquet('{self.identity_map_path}')")
-        else:
-            con.execute("CREATE OR REPLACE VIEW identity_map AS SELECT NULL::VARCHAR AS identity_type, "
-                        "NULL::VARCHAR AS identity_value, NULL::VARCHAR AS customer_id WHERE false")
+        self.identity_map_view(con)
         for name in ("events", "campaign_touches"):
             con.execute(
                 f"CREATE OR REPLACE VIEW {name} AS SELECT m.customer_id, e.* FROM {name}_all e "
@@ -97,6 +186,140 @@ class Lake:
         for name in ("items", "campaigns", "labels"):
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_latest")
         return con
+
+    def identity_map_view(self, con: duckdb.DuckDBPyConnection) -> None:
+        files = self.files("identity_map")
+        if files:
+            con.execute(f"CREATE OR REPLACE VIEW identity_map AS SELECT * FROM read_parquet({_sql(str(files[0]))})")
+        else:
+            con.execute("CREATE OR REPLACE VIEW identity_map AS SELECT NULL::VARCHAR AS identity_type, "
+                        "NULL::VARCHAR AS identity_value, NULL::VARCHAR AS customer_id WHERE false")
+
+    # ---- writing -------------------------------------------------------------------------------------
+    @contextmanager
+    def _lock(self, operation: str):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "a process that has not said which"
+                what = "another ingest" if holder.startswith("ingest") else "another lake write"
+                raise LakeBusy(f"{self.root}: {what} is running ({holder}); the lake takes one writer at a "
+                               "time. Fix: wait for it to finish, then re-run this command.") from None
+            fh.truncate(0)
+            fh.write(f"{operation}, pid {os.getpid()}, since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fh.truncate(0)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextmanager
+    def transaction(self, operation: str):
+        """All-or-nothing write: under the lock, on the newest version; `new_file`/`add`/`replace` change a
+        pending version that this Lake's reads already see; a normal exit commits it, an exception
+        deletes the new files and keeps the previous version."""
+        with self._lock(operation):
+            self.state = self._read_state()
+            if self.state.get("legacy"):
+                self._convert()
+            (self.root / COMMITS).mkdir(exist_ok=True)
+            self._collect_garbage()  # files of an interrupted write, and files the last commit replaced
+            before = copy.deepcopy(self.state)
+            try:
+                yield self
+            except BaseException:
+                self.state = before
+                self._collect_garbage()
+                raise
+            self._commit(operation, before)
+
+    def new_file(self, table: str, name: str) -> Path:
+        """A path for a new file of `table` in the pending version (caller writes it, then `add`s it)."""
+        path = self.root / table / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add(self, table: str, paths: list[Path]) -> None:
+        self.state["files"].setdefault(table, []).extend(str(p.relative_to(self.root)) for p in paths)
+
+    def replace(self, table: str, paths: list[Path]) -> None:
+        self.state["files"][table] = [str(p.relative_to(self.root)) for p in paths]
+
+    def _commit(self, operation: str, state_before: dict) -> None:
+        version = state_before["version"] + 1
+        files = {t: f for t, f in self.state["files"].items() if f}
+        changed = {t for t in set(files) | set(state_before["files"]) if files.get(t) != state_before["files"].get(t)}
+        if not changed:
+            return
+        new = {self.root / p for t in changed for p in files.get(t, [])} - {self.root / p for f in state_before["files"].values() for p in f}
+        for path in new:  # data durable before the record that makes it visible
+            _fsync(path)
+        for folder in {p.parent for p in new}:
+            _fsync(folder)
+        state = {"version": version, "operation": operation, "committed_at": datetime.now(timezone.utc).isoformat(),
+                 "files": files, "table_versions": {**state_before["table_versions"], **{t: version for t in changed}}}
+        log_dir = self.root / COMMITS
+        log_dir.mkdir(parents=True, exist_ok=True)
+        tmp = log_dir / f".{version:08d}.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        _fsync(tmp)
+        crash_point("before_commit")
+        os.rename(tmp, log_dir / f"{version:08d}.json")
+        _fsync(log_dir)
+        crash_point("after_commit")
+        self.state = state
+        for old in sorted(log_dir.glob("*.json"))[:-2]:  # the version before stays readable, older ones go
+            old.unlink()
+
+    def _collect_garbage(self) -> None:
+        """Delete every file in a tracked folder that the current version does not list."""
+        listed = {self.root / p for f in self.state["files"].values() for p in f}
+        for table in TRACKED:
+            for path in (self.root / table).rglob("*"):
+                if path.is_file() and path not in listed:
+                    path.unlink()
+        for name in LEGACY_FILES.values():
+            if (self.root / name).exists() and self.root / name not in listed:
+                (self.root / name).unlink()
+        for tmp in (self.root / COMMITS).glob(".*.tmp"):
+            tmp.unlink()
+
+    def delete_rows(self, con: duckdb.DuckDBPyConnection, where: dict[str, str]) -> dict[str, int]:
+        """Delete, in one commit, the rows of each table matching its SQL condition (`{table: condition}`,
+        evaluated on `con`, so it may use `con`'s temp tables); returns rows deleted per table. Files
+        with a match are rewritten under a new name; the old ones are deleted right after the commit."""
+        removed: dict[str, int] = {}
+        with self.transaction("delete"):
+            for table, cond in where.items():
+                removed[table] = 0
+                kept: list[Path] = []
+                for path in self.files(table):
+                    src = f"read_parquet({_sql(str(path))})"
+                    hits = con.execute(f"SELECT count(*) FROM {src} WHERE coalesce(({cond}), false)").fetchone()[0]
+                    if not hits:
+                        kept.append(path)
+                        continue
+                    removed[table] += hits
+                    out = self.new_file(table, str(path.relative_to(self.root / table).with_suffix(""))
+                                        .split(".v")[0] + f".v{self.version + 1:08d}.parquet")
+                    con.execute(f"COPY (SELECT * FROM {src} WHERE NOT coalesce(({cond}), false)) "
+                                f"TO {_sql(str(out))} (FORMAT parquet)")
+                    kept.append(out)
+                self.replace(table, kept)
+        self._collect_garbage()
+        return removed
+
+
+def _empty() -> dict:
+    return {"version": 0, "files": {}, "table_versions": {}}
+
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def empty_relation(table: Table) -> str:

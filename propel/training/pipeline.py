@@ -30,6 +30,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from propel.featurestore import store as fstore
 from propel.features.build import load_catalog
+from propel.lake.tables import Lake
 from propel.config import TrainSettings, Workspace
 from propel.training import registry
 from propel.training.evaluate import classification_metrics, gains_table, plot_curves, plot_importance
@@ -201,7 +202,8 @@ def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: Train
     with mlflow.start_run(experiment_id=registry.experiment(ws, task), run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.set_tags({"propel.task": task, "propel.feature_service": frame.feature_service,
                          "propel.label_source": frame.label_source, "propel.lake_load": load_catalog(ws)["lake_load"],
-                         "propel.selection_metric": metric})
+                         "propel.selection_metric": metric,
+                         **{f"propel.lake_version.{t}": v for t, v in Lake(ws).versions().items()}})
         mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, (dict, list))})
         mlflow.log_params({"features": len(frame.features), "categorical": len(frame.categorical),
                            "labelled_rows": frame.labelled_rows,

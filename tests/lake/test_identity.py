@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from propel.lake.ingest import hash_pii, ingest
+from propel.lake.tables import Lake
 from tests.helpers import NOW, lake_frame, write
 
 LINKS = "identity_type,identity_value,linked_type,linked_value,observed_at"
@@ -71,7 +72,7 @@ def test_proven_merge_is_recorded_and_ids_stay_stable(ws, raw):
     write(raw, "identities.csv", f"{LINKS}\ncustomer_id,C2,customer_id,C1,2025-04-01\ncookie_id,K1,customer_id,C2,2025-04-01")
     report = ingest(raw, ws, now=NOW)
     assert owner(ws, "cookie_id", "K1") == "C1" and owner(ws, "customer_id", "C2") == "C1"
-    merges = pd.read_parquet(ws.lake / "identity_merges.parquet")
+    merges = pd.read_parquet(Lake(ws).files("identity_merges")[0])
     assert sorted(map(tuple, merges[["merged_id", "into_id"]].values)) == sorted([(anon, "C1"), ("C2", "C1")])
     assert report.identity["merges"] == 2
     people = lake_frame(ws, "SELECT customer_id, tier FROM customers")

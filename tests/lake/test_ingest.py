@@ -236,3 +236,40 @@ def test_row_numbers_are_per_file_when_files_are_staged_in_parallel(ws, raw):
     assert report.tables["events"].reasons == {"bad_timestamp:ts": 3, "exact_duplicate": 1}
     q = lake_frame(ws, f"SELECT file, row FROM read_parquet('{ws.lake}/quarantine/*.parquet') ORDER BY file, row")
     assert q.values.tolist() == [["events_a.parquet", 4322], ["events_a.parquet", 15001], ["events_b.csv", 2]]
+
+
+def test_header_only_files_as_the_very_first_load(ws, raw):
+    write(raw, "customers.csv", "customer_id,signup_at")
+    write(raw, "events.csv", EVENTS_HEADER)
+    report = ingest(raw, ws, now=NOW)
+    assert report.load_id == "L000001" and report.tables["events"].input == report.tables["customers"].input == 0
+    assert lake_frame(ws, "SELECT count(*) FROM events").iloc[0, 0] == 0
+    write(raw, "customers_2.csv", "customer_id,signup_at\nC1,2025-01-01")
+    assert ingest(raw, ws, now=NOW).load_id == "L000002"
+    assert lake_frame(ws, "SELECT customer_id FROM customers")["customer_id"].tolist() == ["C1"]
+
+
+def test_partial_crm_file_changes_only_its_columns_for_the_customers_it_names(ws, raw):
+    write(raw, "customers.csv", """
+        customer_id,signup_at,marketing_consent,zip,tier
+        C1,2025-01-01,yes,00501,gold
+        C2,2025-01-02,no,02134,silver
+    """)
+    ingest(raw, ws, now=NOW)
+    write(raw, "customers_tier.csv", "customer_id,signup_at,tier\nC1,2025-01-01,platinum")
+    ingest(raw, ws, now=NOW)
+    c = lake_frame(ws, "SELECT customer_id, marketing_consent, zip, tier FROM customers ORDER BY 1")
+    assert c.values.tolist() == [["C1", True, "00501", "platinum"], ["C2", False, "02134", "silver"]]
+
+
+def test_one_malformed_row_among_2000_is_quarantined_not_the_file(ws, raw):
+    rows = [f"e{i},2025-03-01T10:00:00Z,cookie_id,K{i},web,page_view" for i in range(2000)]
+    rows[1234] = "e1234,2025-03-01T10:00:00Z,cookie_id,K1234,web,page_view,surplus,fields"
+    rows[1800] = "e1800,not-a-date,cookie_id,K1800,web,page_view"
+    write(raw, "events.csv", "event_id,ts,identity_type,identity_value,channel,event_type\n" + "\n".join(rows))
+    ev = ingest(raw, ws, now=NOW).tables["events"]
+    assert (ev.input, ev.accepted, ev.reasons) == (2000, 1998, {"malformed_row": 1, "bad_timestamp:ts": 1})
+    q = lake_frame(ws, f"SELECT row, reason, raw FROM read_parquet('{ws.lake}/quarantine/*.parquet') ORDER BY row")
+    assert q[["row", "reason"]].values.tolist() == [[1235, "malformed_row"], [1801, "bad_timestamp:ts"]], \
+        "rows after a malformed one keep their data-row number"
+    assert json.loads(q.loc[0, "raw"])["fields"][:2] == ["e1234", "2025-03-01T10:00:00Z"]
