@@ -134,8 +134,8 @@ class Lake:
         self._commit("convert", _empty())
         self._collect_garbage()
         left_out = total - sum(len(f) for f in self.state["files"].values())
-        print(f"lake {self.root}: converted once to the transactional layout (version 1"
-              + (f"; {left_out} file(s) of an interrupted load left out and deleted)" if left_out else ")"))
+        log.warning("lake %s: converted once to the transactional layout (version 1%s)", self.root,
+                    f"; {left_out} file(s) of an interrupted load left out and deleted" if left_out else "")
 
     # ---- reading -------------------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
