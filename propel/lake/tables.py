@@ -258,18 +258,24 @@ class Lake:
         new = {self.root / p for t in changed for p in files.get(t, [])} - {self.root / p for f in state_before["files"].values() for p in f}
         for path in new:  # data durable before the record that makes it visible
             _fsync(path)
-        for folder in {p.parent for p in new}:
-            _fsync(folder)
+        for parent in {p.parent for p in new}:
+            _fsync(parent)
         state = {"version": version, "operation": operation, "committed_at": datetime.now(timezone.utc).isoformat(),
                  "files": files, "table_versions": {**state_before["table_versions"], **{t: version for t in changed}}}
         log_dir = self.root / COMMITS
-        log_dir.mkdir(parents=True, exist_ok=True)
-        tmp = log_dir / f".{version:08d}.json.tmp"
+        # A lake without the log folder reads as an old one, so a converted lake's first record brings the
+        # folder with it: written into a staging folder that is then renamed into place.
+        folder = log_dir if log_dir.is_dir() else self.root / f".{COMMITS}.new"
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".{version:08d}.json.tmp"
         tmp.write_text(json.dumps(state, indent=1))
         _fsync(tmp)
         crash_point("before_commit")
-        os.rename(tmp, log_dir / f"{version:08d}.json")
-        _fsync(log_dir)
+        os.rename(tmp, folder / f"{version:08d}.json")
+        _fsync(folder)
+        if folder != log_dir:
+            os.rename(folder, log_dir)
+            _fsync(self.root)
         crash_point("after_commit")
         self.state = state
         for old in sorted(log_dir.glob("*.json"))[:-2]:  # the version before stays readable, older ones go

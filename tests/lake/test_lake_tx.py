@@ -189,6 +189,9 @@ def test_a_lake_written_before_transactions_converts_once(tmp_path, loads, caplo
     shutil.move(lake.files("identity_map")[0], ws.lake / "identity_map.parquet")
     shutil.rmtree(ws.lake / COMMITS)
     (ws.lake / "customers" / "L000002.parquet").write_bytes(b"")
+    proc = _cli(ws, "ingest", str(loads["raw"][1]), env={"PROPEL_CRASH_AT": "before_commit"})
+    proc.communicate(timeout=120)
+    assert proc.returncode == -9 and not (ws.lake / COMMITS).exists(), "killed while converting: still the old lake"
     caplog.clear()
     assert _snapshot(ws) == expected
     assert "converted once to the transactional layout (version 1; 1 file(s) of an interrupted load" in caplog.text
