@@ -106,6 +106,7 @@ def test_new_customer_gets_defaults_not_nan(small_lake):
     assert list(snap.columns) == ["event_timestamp"] + [f.name for f in CUSTOMER_FEATURES]
 
 
+@pytest.mark.slow  # Feast retrieval, in a subprocess too
 def test_training_set_one_row_per_entity_row_in_order(small_lake):
     ws = small_lake
     build(ws, every_days=7, snapshots=4)

@@ -280,6 +280,7 @@ def bento(tmp_path_factory) -> tuple[str, dict]:
     return tag, env
 
 
+@pytest.mark.slow  # builds a Bento
 def test_bento_builds_with_the_project_dependencies(bento):
     tag, env = bento
     spec = yaml.safe_load((ROOT / "bentofile.yaml").read_text())

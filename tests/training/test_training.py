@@ -250,6 +250,7 @@ def test_oracles_use_the_observable_silence_not_the_hidden_churn_time(generated)
     assert (respond > 0).all()
 
 
+@pytest.mark.slow  # trains models
 def test_explicit_labels_with_a_wide_messy_crm_table(ws, raw):
     """A telco-style workspace: explicit churn labels and dozens of arbitrary CRM columns."""
     rng = np.random.default_rng(3)
