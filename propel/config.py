@@ -86,7 +86,12 @@ class RecommendSettings:
         default_factory=lambda: {"product_view": 1.0, "add_to_cart": 3.0, "purchase": 5.0, "recommendation_click": 2.0})
     half_life_days: float = 0.0  # time decay: an interaction's weight halves every this many days (0 = no decay)
     confidence: str = "log"  # confidence from summed weights: log (log1p, damps heavy repeat viewers) or linear
+    # Validation protocol: temporal (train before a cutoff, test the next test_days), leave_last_out (each
+    # customer's latest holdout_share of distinct items), or auto: temporal when its test window holds at
+    # least 100 customers with new items, else leave_last_out (sparse, long logs)
+    protocol: str = "auto"
     test_days: int = 28  # temporal holdout: the last this many days are the test; the same span before is validation
+    holdout_share: float = 0.2  # leave-last-out: share of each customer's distinct items held out (at least one)
     relevant_events: tuple[str, ...] = ("product_view", "add_to_cart", "purchase")  # test events that count as hits
     repeat_relevant: bool = False  # items seen before the cutoff count again (repeat purchases); else only new items
     cold_start_max_items: int = 2  # test customers with at most this many distinct earlier items = cold-start subset
@@ -116,6 +121,10 @@ class RecommendSettings:
         metrics = [f"{m}_at_{k}" for m in ("ndcg", "recall", "precision", "map", "hit_rate") for k in (10, 20)]
         if self.selection_metric not in metrics:
             raise ValueError(f"recommend.selection_metric must be one of {metrics}, not {self.selection_metric!r}")
+        if self.protocol not in ("auto", "temporal", "leave_last_out"):
+            raise ValueError(f"recommend.protocol must be auto, temporal or leave_last_out, not {self.protocol!r}")
+        if not 0 < self.holdout_share < 1:
+            raise ValueError(f"recommend.holdout_share must be in (0, 1), not {self.holdout_share}")
         if not 0 <= self.exploration_share < 1:
             raise ValueError(f"recommend.exploration_share must be in [0, 1), not {self.exploration_share}")
 

@@ -5,10 +5,16 @@ interactions toward the end of the window they belong to; `confidence()` turns s
 confidence ALS-style models fit. Customers and items get stable integer ids (sorted ids; items = the
 catalogue plus anything seen in events) that travel with the model.
 
-`temporal_split` is the evaluation protocol every model shares: fit on everything before a cutoff, test
-on each customer's interactions in the following window, counting only items new to the customer
-unless repeat interactions are configured as relevant. Customers with little or no history before the
-cutoff form the cold-start subset.
+`holdout` picks the evaluation protocol every model shares (`[recommend].protocol`):
+- `temporal`: fit on everything before a cutoff, test on each customer's interactions in the following
+  `test_days` window - the honest protocol when many customers are active in any window;
+- `leave_last_out`: per customer, the latest `holdout_share` of their distinct items (by first
+  interaction, at least one, never all) are held out and models fit on everything else - the protocol
+  for sparse, long logs where only a handful of customers are active in any month;
+- `auto` (default): temporal when its window holds at least RELIABLE_TEST_CUSTOMERS test customers,
+  else leave-last-out.
+Either way only items new to the customer count as hits unless repeat interactions are configured as
+relevant, and customers with little or no history before their holdout form the cold-start subset.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import scipy.sparse as sp
 from propel.config import RecommendSettings
 
 DAY = 86_400
+MIN_TEST_CUSTOMERS = 20  # fewer test customers cannot rank models at all
+RELIABLE_TEST_CUSTOMERS = 100  # auto protocol: a temporal window with fewer test customers ranks models by noise
 
 
 @dataclass
@@ -122,12 +130,21 @@ class Events:
     def window(self, start: int | None, end: int, half_life_days: float = 0.0) -> Interactions:
         """Events in [start, end) over all customers; with a half-life, weights decay toward `end`."""
         mask = (self.ts < end) if start is None else (self.ts >= start) & (self.ts < end)
+        return self.interactions(mask, end, half_life_days)
+
+    def interactions(self, mask: np.ndarray, end: int, half_life_days: float = 0.0) -> Interactions:
+        """The events where `mask` holds, over all customers; with a half-life, weights decay toward `end`."""
         weight = self.weight[mask]
         if half_life_days > 0:
             weight = weight * np.power(0.5, (end - self.ts[mask]) / DAY / half_life_days).astype(np.float32)
         counts = np.bincount(self.user[mask], minlength=len(self.customers))
         return Interactions(len(self.items), np.r_[0, np.cumsum(counts)], self.item[mask], weight.astype(np.float32),
                             self.purchase[mask], self.ts[mask])
+
+    def subset(self, mask: np.ndarray) -> Events:
+        """The events where `mask` holds, with the same id maps and catalogue."""
+        return Events(self.customers, self.items, self.user[mask], self.item[mask], self.weight[mask], self.ts[mask],
+                      self.purchase[mask], self.relevant[mask], self.catalog)
 
 
 def load_events(con: duckdb.DuckDBPyConnection, cfg: RecommendSettings) -> Events:
@@ -171,37 +188,40 @@ def confidence(weights: sp.csr_matrix, kind: str) -> sp.csr_matrix:
 
 @dataclass
 class Split:
-    """One temporal holdout. Rows of `relevant`/`seen` follow `test_users`."""
+    """One holdout (see the module docstring). Rows of `relevant`/`seen` follow `test_users`."""
 
+    protocol: str  # "temporal" or "leave_last_out"
     train: Interactions
-    cutoff: int  # epoch seconds; train < cutoff <= test < end
+    cutoff: int  # epoch seconds; temporal: train < cutoff <= test < end; leave-last-out: = end (cuts are per customer)
     end: int
     test_users: np.ndarray  # customer indices evaluated (at least one relevant item)
     relevant: sp.csr_matrix  # test_users x items: hits
     seen: sp.csr_matrix  # test_users x items: excluded from their recommendations (history, unless repeats count)
-    cold: np.ndarray  # bool per test user: at most cold_start_max_items distinct items before the cutoff
-    known_items: np.ndarray  # bool per item: has interactions before the cutoff (what a model can rank)
+    cold: np.ndarray  # bool per test user: at most cold_start_max_items distinct items before their holdout
+    known_items: np.ndarray  # bool per item: has training interactions (what a model can rank)
     popularity: np.ndarray  # float32 per item: the popularity baseline/fallback as of the cutoff
+    popular_days: int | None  # the popularity window (None: all training interactions)
 
     def histories(self, seq_len: int = 0) -> Histories:
         return self.train.histories(self.test_users, seq_len)
 
 
-def popularity(train: Interactions, events: Events, cutoff: int, days: int) -> np.ndarray:
-    """Customers per item in the last `days` before the cutoff; all-time counts (scaled below one) break ties."""
+def popularity(train: Interactions, events: Events, cutoff: int, days: int | None) -> np.ndarray:
+    """Customers per item in the last `days` before the cutoff, all-time counts (scaled below one) breaking
+    ties; with `days` None, customers per item over all of `train`."""
+    total = (train.matrix > 0).sum(axis=0).A1.astype(np.float64)
+    if days is None:
+        return total.astype(np.float32)
     recent = events.window(cutoff - days * DAY, cutoff)
     bought = (recent.matrix > 0).sum(axis=0).A1.astype(np.float64)
-    total = (train.matrix > 0).sum(axis=0).A1.astype(np.float64)
     return (bought + total / (total.max() + 1)).astype(np.float32)
 
 
-def temporal_split(events: Events, cfg: RecommendSettings, end: int | None = None, seed: int = 0) -> Split:
-    """Train on events before `end - test_days`, test on the `test_days` after (at most eval_customers)."""
-    end = end or events.end
-    cutoff = end - cfg.test_days * DAY
-    train = events.window(None, cutoff, cfg.half_life_days)
-    test_mask = (events.ts >= cutoff) & (events.ts < end) & events.relevant
-    rel = sp.csr_matrix((np.ones(test_mask.sum(), np.float32), (events.user[test_mask], events.item[test_mask])),
+def _split(protocol: str, events: Events, train: Interactions, test: np.ndarray, cutoff: int, end: int,
+           popular_days: int | None, cfg: RecommendSettings, seed: int) -> Split:
+    """The split that fits on `train` and tests on the relevant events where `test` holds."""
+    test = test & events.relevant
+    rel = sp.csr_matrix((np.ones(test.sum(), np.float32), (events.user[test], events.item[test])),
                         shape=(len(events.customers), len(events.items)))
     rel.sum_duplicates()
     rel.data[:] = 1
@@ -215,5 +235,68 @@ def temporal_split(events: Events, cfg: RecommendSettings, end: int | None = Non
         users = np.sort(np.random.default_rng(seed).choice(users, cfg.eval_customers, replace=False))
     seen = sp.csr_matrix(history.shape, dtype=np.float32) if cfg.repeat_relevant else history
     n_before = train.items_per_customer()[users]
-    return Split(train, cutoff, end, users, rel[users], seen[users], n_before <= cfg.cold_start_max_items,
-                 np.diff(train.matrix.tocsc().indptr) > 0, popularity(train, events, cutoff, cfg.popular_days))
+    return Split(protocol, train, cutoff, end, users, rel[users], seen[users], n_before <= cfg.cold_start_max_items,
+                 np.diff(train.matrix.tocsc().indptr) > 0, popularity(train, events, cutoff, popular_days), popular_days)
+
+
+def temporal_split(events: Events, cfg: RecommendSettings, end: int | None = None, seed: int = 0) -> Split:
+    """Train on events before `end - test_days`, test on the `test_days` after (at most eval_customers)."""
+    end = end or events.end
+    cutoff = end - cfg.test_days * DAY
+    train = events.window(None, cutoff, cfg.half_life_days)
+    return _split("temporal", events, train, (events.ts >= cutoff) & (events.ts < end), cutoff, end, cfg.popular_days,
+                  cfg, seed)
+
+
+def latest_items(user: np.ndarray, item: np.ndarray, n_customers: int, n_items: int, share: float) -> np.ndarray:
+    """Bool per event (events sorted by customer, then time): the event is part of its customer's latest
+    `share` of distinct items, i.e. at or after the first interaction with the earliest of those items
+    (later repeats of older items included). At least one item, never all: a one-item customer keeps it."""
+    _, first = np.unique(user.astype(np.int64) * n_items + item, return_index=True)
+    first = np.sort(first)  # each (customer, item)'s first event, in event order
+    owner = user[first]
+    n = np.bincount(owner, minlength=n_customers)
+    held = np.where(n >= 2, np.clip(np.ceil(share * n - 1e-9), 1, n - 1), 0).astype(np.int64)
+    rank = np.arange(len(first)) - np.r_[0, np.cumsum(n)[:-1]][owner]  # order of first contact per customer
+    starts = rank == (n - held)[owner]  # the first held-out item's first event (never, when nothing is held)
+    cut = np.full(n_customers, len(user), np.int64)
+    cut[owner[starts]] = first[starts]
+    return np.arange(len(user)) >= cut[user]
+
+
+def leave_last_out(events: Events, cfg: RecommendSettings, seed: int = 0) -> Split:
+    """Per customer, test on their latest `holdout_share` of distinct items and train on everything else
+    (weights decay toward the end of the data); popularity over all training interactions, since a
+    recent window of a sparse log holds only a handful of customers."""
+    test = latest_items(events.user, events.item, len(events.customers), len(events.items), cfg.holdout_share)
+    return _split("leave_last_out", events, events.interactions(~test, events.end, cfg.half_life_days), test,
+                  events.end, events.end, None, cfg, seed)
+
+
+def customers_with_items(events: Events, n: int) -> int:
+    """Customers with at least `n` distinct items."""
+    pairs = np.unique(events.user.astype(np.int64) * len(events.items) + events.item)
+    return int((np.bincount(pairs // len(events.items)) >= n).sum())
+
+
+def holdout(events: Events, cfg: RecommendSettings, seed: int = 0) -> tuple[Split, str]:
+    """The split of `recommend.protocol` and why: `auto` keeps the temporal holdout when its window has at
+    least RELIABLE_TEST_CUSTOMERS test customers, and otherwise holds out each customer's latest items."""
+    if cfg.protocol == "leave_last_out":
+        return leave_last_out(events, cfg, seed), "recommend.protocol = leave_last_out"
+    split = temporal_split(events, cfg, seed=seed)
+    window = f"{len(split.test_users):,} customers have new items in the last {cfg.test_days} days"
+    if cfg.protocol == "temporal":
+        return split, "recommend.protocol = temporal"
+    if len(split.test_users) >= RELIABLE_TEST_CUSTOMERS:
+        return split, f"auto: {window}"
+    return leave_last_out(events, cfg, seed), f"auto: only {window} (fewer than {RELIABLE_TEST_CUSTOMERS})"
+
+
+def validation_split(events: Events, split: Split, cfg: RecommendSettings, seed: int = 0) -> Split:
+    """The split's protocol one step earlier, inside its training data (for tuning): the window before
+    the test, or each customer's latest items of what they have left to train on."""
+    if split.protocol == "temporal":
+        return temporal_split(events, cfg, end=split.cutoff, seed=seed)
+    test = latest_items(events.user, events.item, len(events.customers), len(events.items), cfg.holdout_share)
+    return leave_last_out(events.subset(~test), cfg, seed)

@@ -1,15 +1,17 @@
 """`propel train recommender`: what each customer should see next, from implicit feedback.
 
 Every model - popularity, random, item-kNN (cosine, BM25), ALS, BPR and a PyTorch sequence model -
-is fitted on the same temporal split (interactions before the cutoff) and evaluated on the same test
-(each customer's new items in the following window) at K = 10 and 20; ALS and BPR are tuned on a
-validation split one window earlier (a small grid, or Optuna within --tune-seconds). Everything goes to
+is fitted on the same split and evaluated on the same test at K = 10 and 20. The protocol adapts to the
+data (`[recommend].protocol`, see propel/training/interactions.py): a temporal holdout (each customer's new items
+in the last window) when enough customers are active in it, else each customer's latest items held out
+(sparse, long logs); which one and why is logged and printed. ALS and BPR are tuned on a validation
+split one step earlier (a small grid, or Optuna within --tune-seconds). Everything goes to
 MLflow (experiment `recommender`) with a comparison table and plot. The winner by
 `[recommend].selection_metric` is packaged as a `propel.training.recommender_model.Recommender` and registered as
 `recommender`; it becomes champion only if it beats the current champion evaluated on this run's test.
 
-The package keeps the winner's item side as fitted before the cutoff (so the next challenger's test
-is unseen by it) and refreshes every customer's state from their full history (fold-in).
+The package keeps the winner's item side as fitted on the training part (so the next challenger's test,
+later in time, is unseen by it) and refreshes every customer's state from their full history (fold-in).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from propel.lake.tables import Lake
 from propel.config import RecommendSettings, Workspace
 from propel.training import registry
 from propel.training.evaluate import _save, plt
-from propel.training.interactions import Events, Histories, Split, load_events, popularity, temporal_split
+from propel.training.interactions import (MIN_TEST_CUSTOMERS, RELIABLE_TEST_CUSTOMERS, Events, Histories, Split,
+                                          customers_with_items, holdout, load_events, popularity, validation_split)
 from propel.training.pipeline import NotEligible, TrainResult, decide_and_promote
 from propel.training.rank_metrics import KS, all_metrics
 from propel.training.rec_models import ALS, BPR, ItemKNN, Popularity, RandomModel, RecModel
@@ -39,7 +42,6 @@ from propel.training.sequence_model import SequenceModel
 from propel.training.topk import top_k_rows
 
 log = logging.getLogger(__name__)
-MIN_TEST_CUSTOMERS = 20  # fewer customers with new items in the test window cannot rank models reliably
 SCORE_CELLS = 2**24  # score-matrix cells per evaluation chunk (bounds memory for large catalogues)
 
 
@@ -92,9 +94,9 @@ def champion_scorer(champion: Recommender, items: np.ndarray):
 
 
 def tune(kind: str, events: Events, split: Split, cfg: RecommendSettings, seed: int, seconds: float) -> dict:
-    """ALS/BPR parameters by NDCG@10 on a validation split (the window before the test): a small grid
-    around the settings, or Optuna (TPE, seeded) within `seconds`."""
-    valid = temporal_split(events, cfg, end=split.cutoff, seed=seed)
+    """ALS/BPR parameters by NDCG@10 on a validation split (the same protocol inside the training part):
+    a small grid around the settings, or Optuna (TPE, seeded) within `seconds`."""
+    valid = validation_split(events, split, cfg, seed)
     make = {"als": lambda p: ALS(**p), "bpr": lambda p: BPR(**p)}[kind]
     if kind == "als":
         base = {"factors": cfg.als_factors, "regularization": cfg.als_regularization, "alpha": cfg.als_alpha,
@@ -140,7 +142,7 @@ def candidates(events: Events, split: Split, cfg: RecommendSettings, seed: int, 
             "itemknn_cosine": ItemKNN("cosine", cfg.knn_neighbours), "itemknn_bm25": ItemKNN("bm25", cfg.knn_neighbours),
             "als": ALS(**tune("als", events, split, cfg, seed, tune_seconds / 2)),
             "bpr": BPR(**tune("bpr", events, split, cfg, seed, tune_seconds / 2)),
-            "sequence": SequenceModel(cfg.seq_dim, cfg.seq_max_len, cfg.seq_seconds)}
+            "sequence": SequenceModel(cfg.seq_dim, cfg.seq_max_len, cfg.seq_seconds, split.protocol)}
 
 
 def oracle_metrics(oracle, events: Events, split: Split, top: np.ndarray) -> dict[str, float]:
@@ -158,23 +160,47 @@ def oracle_metrics(oracle, events: Events, split: Split, top: np.ndarray) -> dic
             "model_ndcg_at_10_on_truth_rows": all_metrics(top[rows], relevant, split.popularity)["ndcg_at_10"]}
 
 
-def comparison_artifacts(table: pd.DataFrame, winner: str, metric: str, out: Path) -> list[Path]:
+def comparison_artifacts(table: pd.DataFrame, winner: str, metric: str, protocol: str, out: Path) -> list[Path]:
     table.to_csv(out / "model_comparison.csv", index_label="model")
     shown = [m for m in ("ndcg_at_10", "recall_at_20", "cold_ndcg_at_10") if m in table]
     fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.5))
     for ax, m in zip(np.atleast_1d(axes), shown):
         ax.barh(table.index, table[m], color=["tab:orange" if n == winner else "tab:blue" for n in table.index])
         ax.set(title=m, xlabel=m)
-    fig.suptitle(f"Recommenders on the same temporal test (winner by {metric}: {winner})", fontsize=9)
+    fig.suptitle(f"Recommenders on the same {protocol} test (winner by {metric}: {winner})", fontsize=9)
     return [out / "model_comparison.csv", _save(fig, out / "model_comparison.png")]
 
 
 def package(winner: RecModel, events: Events, split: Split, cfg: RecommendSettings) -> Recommender:
-    """The serving model: the winner as fitted before the cutoff with every customer's full history
-    folded in, the catalogue, and popularity as of the end of the data for the unknown-customer fallback."""
+    """The serving model: the winner as fitted on the split's training part with every customer's full
+    history folded in, the catalogue, and popularity (over the split's window) as of the end of the data
+    for the unknown-customer fallback."""
     full = events.window(None, events.end, cfg.half_life_days)
     return Recommender(winner, events.customers, events.items, full.histories(seq_len=winner.seq_len), full.purchased,
-                       events.catalog, popularity(full, events, events.end, cfg.popular_days), split.known_items, cfg)
+                       events.catalog, popularity(full, events, events.end, split.popular_days), split.known_items, cfg)
+
+
+def protocol_name(split: Split, cfg: RecommendSettings) -> str:
+    if split.protocol == "temporal":
+        return f"temporal holdout of the last {cfg.test_days} days"
+    return f"leave-last-{cfg.holdout_share:.0%}-out per customer"
+
+
+def check_testable(events: Events, split: Split, cfg: RecommendSettings) -> None:
+    """Enough test customers to rank models, or a message that says what is missing (exit 2 in the CLI)."""
+    if split.protocol == "temporal":
+        if len(split.test_users) < MIN_TEST_CUSTOMERS:
+            raise NotEligible(f"recommender: only {len(split.test_users)} customers have new items in the last "
+                              f"{cfg.test_days} days (test window); at least {MIN_TEST_CUSTOMERS} are needed. Add "
+                              "history, or change recommend.test_days (or recommend.protocol) in propel.toml.")
+        return
+    eligible = customers_with_items(events, 2)
+    if eligible < RELIABLE_TEST_CUSTOMERS or len(split.test_users) < MIN_TEST_CUSTOMERS:
+        raise ValueError(f"recommender: only {eligible:,} customers have interactions with at least 2 distinct items "
+                         f"({len(split.test_users):,} with a held-out item that counts as a hit); at least "
+                         f"{RELIABLE_TEST_CUSTOMERS} are needed to hold out each customer's latest items and rank models. "
+                         "Add more customers' history, or count more event types as interactions "
+                         "(recommend.event_weights / recommend.relevant_events in propel.toml).")
 
 
 def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
@@ -183,11 +209,9 @@ def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
     events = load_events(lake.connect(threads=cfg.threads), cfg)
     if not len(events.ts):
         raise NotEligible("recommender: the lake has no item events with a positive weight (recommend.event_weights)")
-    split = temporal_split(events, cfg, seed=tcfg.seed)
-    if len(split.test_users) < MIN_TEST_CUSTOMERS:
-        raise NotEligible(f"recommender: only {len(split.test_users)} customers have new items in the last "
-                          f"{cfg.test_days} days (test window); at least {MIN_TEST_CUSTOMERS} are needed. Add history "
-                          "or change recommend.test_days in propel.toml.")
+    split, why = holdout(events, cfg, tcfg.seed)
+    check_testable(events, split, cfg)
+    log.info("recommender: validation by %s (%s)", protocol_name(split, cfg), why)
     models = candidates(events, split, cfg, tcfg.seed, tune_seconds)
     results, tops = {}, {}
     for name, model in models.items():
@@ -206,15 +230,18 @@ def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
     lift = metrics[metric] / max(metrics[f"popular_{metric}"], 1e-12) - 1
     notes = [f"winner {winner}: {metric} {metrics[metric]:.4f}, {lift:+.0%} over popularity "
              f"({metrics[f'popular_{metric}']:.4f}); {len(split.test_users):,} test customers "
-             f"({int(split.cold.sum()):,} cold-start)"]
+             f"({int(split.cold.sum()):,} cold-start)", f"validation: {protocol_name(split, cfg)} ({why})"]
     rec = package(models[winner], events, split, cfg)
     with mlflow.start_run(experiment_id=registry.experiment(ws, TASK), run_name=f"{TASK}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         manifests = lake.manifests()
         mlflow.set_tags({"propel.task": TASK, "propel.selection_metric": metric, "propel.winner": winner,
+                         "propel.protocol": split.protocol,
                          "propel.lake_load": manifests[-1]["load_id"] if manifests else ""})
         mlflow.log_params({"winner": winner, **{f"{winner}_{k}": v for k, v in models[winner].params.items()},
                            **{f"{n}_{k}": v for n in ("als", "bpr") for k, v in models[n].params.items()},
-                           "cutoff": pd.Timestamp(split.cutoff, unit="s").isoformat(), "test_days": cfg.test_days,
+                           "protocol": split.protocol, "protocol_reason": why,
+                           **({"cutoff": pd.Timestamp(split.cutoff, unit="s").isoformat(), "test_days": cfg.test_days}
+                              if split.protocol == "temporal" else {"holdout_share": cfg.holdout_share}),
                            "customers": len(events.customers), "items": len(events.items), "events": len(events.ts),
                            "train_interactions": split.train.matrix.nnz, "test_customers": len(split.test_users),
                            "cold_customers": int(split.cold.sum()), "event_weights": str(cfg.event_weights),
@@ -222,7 +249,7 @@ def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
                            "repeat_relevant": cfg.repeat_relevant, "tune_seconds": tune_seconds})
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            for path in comparison_artifacts(table, winner, metric, Path(tmp)):
+            for path in comparison_artifacts(table, winner, metric, split.protocol.replace("_", "-"), Path(tmp)):
                 mlflow.log_artifact(str(path), "tables" if path.suffix == ".csv" else "plots")
         example = pd.DataFrame({"customer_id": events.customers[split.test_users[:5]].astype(str)})
         info = mlflow.pyfunc.log_model(

@@ -6,12 +6,14 @@ the pooled item embedding through a residual MLP to the customer's state, and sc
 dot product with output item embeddings plus an item bias: a multinomial likelihood over the
 catalogue, as in Mult-DAE (Liang et al. 2018), with input items dropped at random while training.
 
-Training examples come from the history itself: at up to MAX_CUTS past cut points, `test_days` apart,
-the input is what a customer did before the cut and the targets are the items new to them in the
-following `test_days` (the window the evaluation scores), with items they already had masked out of
-the softmax - the "future window" objective of PinnerFormer (Pancha et al. 2022) rather than SASRec's
-next item: the model is trained on the task it is judged on, and the encoder stays cheap enough to
-converge within the CPU budget.
+Training examples come from the history itself, cut the way the evaluation cuts (its protocol): at up
+to MAX_CUTS past cut points, `test_days` apart, the input is what a customer did before the cut and the
+targets are the items new to them in the following `test_days` (temporal); or, per customer, the input
+is their history but its latest `holdout_share` of items and those items are the targets, repeated on
+what is left (leave-last-out). Items they already had are masked out of the softmax - the "future
+window" objective of PinnerFormer (Pancha et al. 2022) rather than SASRec's next item: the model is
+trained on the task it is judged on, and the encoder stays cheap enough to converge within the CPU
+budget.
 
 CPU only, seeded, `torch.set_num_threads(seq_threads)`, within `seq_seconds`, early stopping on held-out
 examples. Fold-in is one forward pass over any sequence, fresh items included.
@@ -25,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from propel.config import RecommendSettings
-from propel.training.interactions import DAY, Histories, Interactions
+from propel.training.interactions import DAY, Histories, Interactions, latest_items
 from propel.training.rec_models import FactorModel
 
 MAX_CUTS = 12  # past cut points that make training examples
@@ -62,19 +64,36 @@ def _network(n_items: int, dim: int, max_len: int):
     return RecencyEncoder()
 
 
-def training_examples(train: Interactions, length: int, window_days: int, seed: int):
+def cuts(train: Interactions, protocol: str, cfg: RecommendSettings):
+    """(before, after) event masks of up to MAX_CUTS past cut points, cut like the evaluation's protocol."""
+    if protocol == "temporal":
+        end = (int(train.ts.max()) // DAY + 1) * DAY
+        for k in range(1, MAX_CUTS + 1):
+            cut = end - k * cfg.test_days * DAY
+            if cut <= train.ts.min():
+                return
+            yield train.ts < cut, (train.ts >= cut) & (train.ts < cut + cfg.test_days * DAY)
+        return
+    user = np.repeat(np.arange(train.n_customers), np.diff(train.indptr))
+    before = np.ones(len(train.item), bool)
+    for _ in range(MAX_CUTS):
+        kept = np.flatnonzero(before)
+        after = np.zeros(len(before), bool)
+        after[kept] = latest_items(user[kept], train.item[kept], train.n_customers, train.n_items, cfg.holdout_share)
+        if not after.any():
+            return
+        before = before & ~after
+        yield before, after
+
+
+def training_examples(train: Interactions, length: int, protocol: str, cfg: RecommendSettings, seed: int):
     """(sequences, seen, targets) at past cut points: the last `length` items before each cut, the items
-    had before it (masked in the softmax), and the new items of the `window_days` after it."""
-    end = (int(train.ts.max()) // DAY + 1) * DAY
+    had before it (masked in the softmax), and the new items after it."""
     seqs, seen, targets = [], [], []
-    for k in range(1, MAX_CUTS + 1):
-        cut = end - k * window_days * DAY
-        if cut <= train.ts.min():
-            break
-        before = train.select(train.ts < cut)
+    for before_mask, after_mask in cuts(train, protocol, cfg):
+        before = train.select(before_mask)
         had = sp.csr_matrix(before.matrix > 0, dtype=np.float32)
-        new = sp.csr_matrix(train.select((train.ts >= cut) & (train.ts < cut + window_days * DAY)).matrix > 0,
-                            dtype=np.float32)
+        new = sp.csr_matrix(train.select(after_mask).matrix > 0, dtype=np.float32)
         new = new - new.multiply(had)
         new.eliminate_zeros()
         users = np.flatnonzero((np.diff(new.indptr) > 0) & (np.diff(had.indptr) > 0))
@@ -94,8 +113,8 @@ class SequenceModel(FactorModel):
     name = "sequence"
     bias_column = True
 
-    def __init__(self, dim: int, max_len: int, seconds: float):
-        self.params = {"dim": dim, "max_len": max_len, "seconds": seconds}
+    def __init__(self, dim: int, max_len: int, seconds: float, protocol: str = "temporal"):
+        self.params = {"dim": dim, "max_len": max_len, "seconds": seconds, "protocol": protocol}
         self.seq_len = max_len
         self._net = None
 
@@ -122,7 +141,7 @@ class SequenceModel(FactorModel):
         torch.set_num_threads(cfg.seq_threads)
         rng = np.random.default_rng(seed)
         self.n_items = train.n_items
-        seqs, seen, targets = training_examples(train, self.params["max_len"], cfg.test_days, seed)
+        seqs, seen, targets = training_examples(train, self.params["max_len"], self.params["protocol"], cfg, seed)
         held_out = rng.random(len(seqs)) < 0.05
         fit_rows, valid_rows = np.flatnonzero(~held_out), np.flatnonzero(held_out)
         net = _network(self.n_items, self.params["dim"], self.params["max_len"])
