@@ -29,18 +29,32 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     else:
         candidates = np.arange(n)
     candidates = candidates[np.isfinite(scores[candidates])]
-    if len(candidates) > k:
-        candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+    if len(candidates) > k:  # equal scores: the earlier candidates, as a stable sort would keep them
+        s = scores[candidates]
+        kth = np.partition(s, len(s) - k)[len(s) - k]
+        above = candidates[s > kth]
+        candidates = np.r_[above, candidates[s == kth][:k - len(above)]]
     return candidates[np.argsort(-scores[candidates], kind="stable")]
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Row-wise top-k indices (rows x k), best first, -1 where a row has fewer finite scores."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(part, order, axis=1)
+    """Row-wise top-k indices (rows x k), best first, equal scores by index (as top_k() and a stable
+    sort order them), -1 where a row has fewer finite scores."""
+    top = best_columns(scores, min(k, scores.shape[1]))
     return np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top, -1)
+
+
+def best_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k highest columns, best first, equal scores by column (k <= columns)."""
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    picked = np.take_along_axis(scores, top, axis=1)
+    kth = picked.min(axis=1, keepdims=True)
+    # rows where scores equal to the k-th were left out: the lowest indices among them belong in the top
+    for r in np.flatnonzero((scores == kth).sum(axis=1) > (picked == kth).sum(axis=1)):
+        above = np.flatnonzero(scores[r] > kth[r])
+        top[r] = np.r_[above, np.flatnonzero(scores[r] == kth[r])[:k - len(above)]]
+    picked = np.take_along_axis(scores, top, axis=1)
+    return np.take_along_axis(top, np.lexsort((top, -picked), axis=-1), axis=1)
 
 
 class NormOrder:
@@ -91,10 +105,8 @@ class NormOrder:
             slot[open_rows] = -1
             cand = np.hstack([best[open_rows], s])
             ids = np.hstack([top[open_rows], np.broadcast_to(np.arange(lo, hi), s.shape)])
-            pick = np.argpartition(-cand, k - 1, axis=1)[:, :k]  # cand has at least k + 1 columns
-            # best first; equal scores in norm order (then item index), whatever the block sizes were
-            pick = np.take_along_axis(pick, np.lexsort((np.take_along_axis(ids, pick, 1),
-                                                        -np.take_along_axis(cand, pick, 1)), axis=-1), 1)
+            # best first; equal scores in norm order (cand's columns are), whatever the block sizes were
+            pick = best_columns(cand, k)  # cand has at least k + 1 columns
             best[open_rows], top[open_rows] = np.take_along_axis(cand, pick, 1), np.take_along_axis(ids, pick, 1)
             lo, block = hi, block * 2
             open_rows = open_rows[best[open_rows, -1] < state_norms[open_rows] * norms[lo]]
