@@ -34,6 +34,7 @@ MAX_CUTS = 12  # past cut points that make training examples
 MAX_EXAMPLES = 400_000  # a seeded sample above this (bounds memory at scale)
 BATCH = 256
 PATIENCE = 3  # epochs without validation improvement before stopping
+EPOCH_STEPS = 50  # at least this many gradient steps per epoch (small data: several passes), so patience counts progress
 INPUT_DROPOUT = 0.2  # share of input items hidden in training (denoising)
 
 
@@ -149,7 +150,9 @@ class SequenceModel(FactorModel):
         started, best, best_state, stale, epochs = time.perf_counter(), float("inf"), None, 0, 0
         while len(fit_rows) and time.perf_counter() - started < self.params["seconds"] and stale < PATIENCE:
             net.train()
-            for batch in np.array_split(rng.permutation(fit_rows), max(1, len(fit_rows) // BATCH)):
+            passes = -(-EPOCH_STEPS // max(1, len(fit_rows) // BATCH))
+            order = np.concatenate([rng.permutation(fit_rows) for _ in range(passes)])
+            for batch in np.array_split(order, max(1, len(order) // BATCH)):
                 seq = torch.from_numpy(seqs[batch]).long()
                 seq = seq * (torch.rand(seq.shape) >= INPUT_DROPOUT)
                 loss = self._loss(net, seq, seen[batch], targets[batch])

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from propel.config import RecommendSettings
-from training.interactions import DAY, Events
-from training.recommend import Recommender
-from training.rec_models import ALS, BPR, ItemKNN, Popularity
-from training.sequence_model import SequenceModel
+from propel.training.interactions import DAY, Events
+from propel.training.recommender_model import Recommender
+from propel.training.rec_models import ALS, BPR, ItemKNN, Popularity
+from propel.training.sequence_model import SequenceModel
 
 N = 40  # customers = items
 CFG = RecommendSettings(exploration_share=0.0, threads=1, seq_threads=1)
@@ -28,7 +28,7 @@ MODELS = {  # name -> (factory, personalised)
     "popular": (lambda: Popularity(np.full(N, 1.0, np.float32)), False),
     "itemknn_cosine": (lambda: ItemKNN("cosine", 20), True),
     "itemknn_bm25": (lambda: ItemKNN("bm25", 20), True),
-    "als": (lambda: ALS(factors=8, regularization=0.1, alpha=10.0, iterations=15), True),
+    "als": (lambda: ALS(factors=3, regularization=0.1, alpha=10.0, iterations=15), True),  # rank ~2 data, as implicit tests it
     "bpr": (lambda: BPR(factors=8, learning_rate=0.05, regularization=0.01, iterations=200), True),
     "sequence": (lambda: SequenceModel(dim=16, max_len=N, seconds=20, protocol="leave_last_out"), True),
 }
