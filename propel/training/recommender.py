@@ -32,8 +32,9 @@ from propel.lake.tables import Lake
 from propel.config import RecommendSettings, Workspace
 from propel.training import registry
 from propel.training.evaluate import _save, plt
-from propel.training.interactions import (MIN_TEST_CUSTOMERS, RELIABLE_TEST_CUSTOMERS, Events, Histories, Split,
-                                          customers_with_items, holdout, load_events, popularity, validation_split)
+from propel.training.interactions import (MIN_TEST_CUSTOMERS, RELIABLE_TEST_CUSTOMERS, Events, Histories, Interactions,
+                                          Split, customers_with_items, holdout, load_events, popularity,
+                                          validation_split)
 from propel.training.pipeline import NotEligible, TrainResult, decide_and_promote
 from propel.training.rank_metrics import KS, all_metrics
 from propel.training.rec_models import ALS, BPR, ItemKNN, Popularity, RandomModel, RecModel
@@ -176,8 +177,14 @@ def package(winner: RecModel, events: Events, split: Split, cfg: RecommendSettin
     history folded in, the catalogue, and popularity (over the split's window) as of the end of the data
     for the unknown-customer fallback."""
     full = events.window(None, events.end, cfg.half_life_days)
-    return Recommender(winner, events.customers, events.items, full.histories(seq_len=winner.seq_len), full.purchased,
+    return Recommender(winner, events.customers, events.items, full.histories(seq_len=winner.seq_len), already_had(full),
                        events.catalog, popularity(full, events, events.end, split.popular_days), split.known_items, cfg)
+
+
+def already_had(full: Interactions) -> sp.csr_matrix:
+    """What serving excludes (`exclude_purchased`): purchases; in a log without any (ratings, views),
+    every item a customer interacted with, as the evaluation treats their history."""
+    return full.purchased if full.purchase.any() else sp.csr_matrix(full.matrix > 0, dtype=np.float32)
 
 
 def protocol_name(split: Split, cfg: RecommendSettings) -> str:
