@@ -109,7 +109,7 @@ class RecommendSettings:
     seq_max_len: int = 50  # the sequence model reads each customer's last this many item interactions
     seq_dim: int = 32  # its embedding width
     seq_threads: int = 1  # torch threads for it: its small batches gain little from more, and lose much on a busy machine
-    exclude_purchased: bool = True  # serving: never recommend items the customer already bought (in a log without purchases: had)
+    exclude_purchased: bool = True  # serving: never recommend items bought (a log without purchases: items had)
     in_stock_only: bool = True  # serving: skip items whose catalogue `in_stock` is false (when the column exists)
     exploration_share: float = 0.1  # serving: share of the k slots (rounded down) given to new items, flagged
     fresh_weight: float = 3.0  # serving: weight of each fresh interaction folded in at request time

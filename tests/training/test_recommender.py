@@ -19,7 +19,8 @@ from propel.lake.tables import Lake
 from propel.config import RecommendSettings, Workspace
 from tests.helpers import FAST_TRAIN, write
 from propel.training import recommender, registry
-from propel.training.interactions import DAY, load_events, temporal_split
+from propel.training.interactions import (DAY, holdout, latest_items, leave_last_out, load_events, temporal_split,
+                                          validation_split)
 from propel.training.rank_metrics import all_metrics, ranking_metrics
 from propel.training.rec_models import ALS, Popularity
 from propel.training.recommender_model import load_recommender
@@ -132,6 +133,37 @@ def test_temporal_split_never_leaks_future_interactions(hand_made):
     assert sorted(events.items[repeats.relevant[a].indices]) == ["I2", "I3"] and repeats.seen.nnz == 0
 
 
+def test_latest_items_are_each_customers_last_share_of_distinct_items():
+    # customer 0: first contacts with items 3, 1, then 3 again, then 2; customer 1: items 0, 0, 1
+    user, item = np.array([0, 0, 0, 0, 1, 1, 1]), np.array([3, 1, 3, 2, 0, 0, 1])
+    assert latest_items(user, item, 3, 4, 0.2).tolist() == [False, False, False, True, False, False, True]
+    # half of 3 items rounds up to 2: from the first contact with item 1 on, the repeat of item 3 included
+    assert latest_items(user, item, 3, 4, 0.5).tolist() == [False, True, True, True, False, False, True]
+    assert not latest_items(user, item, 3, 4, 0.99)[[0, 4, 5]].any(), "never a customer's every item"
+    assert not latest_items(np.zeros(3, int), np.array([2, 2, 2]), 1, 3, 0.5).any(), "one item: nothing to hold out"
+
+
+def test_leave_last_out_tests_each_customers_latest_items_and_trains_on_the_rest(hand_made):
+    cfg = RecommendSettings(test_days=7, cold_start_max_items=1)
+    events = load_events(Lake(hand_made).connect(), cfg)
+    split, why = holdout(events, cfg)
+    assert split.protocol == "leave_last_out" and why == "auto: only 4 customers have new items in the last 7 days (fewer than 100)"
+    pairs = lambda m: {(events.customers[u], events.items[i]) for u, i in zip(*m.nonzero())}  # noqa: E731
+    # A: I1, I2 (bought, viewed again), then I3 - the latest of 3 items is held out; C and D have one item each
+    assert pairs(split.train.matrix) == {("A", "I1"), ("A", "I2"), ("B", "I1"), ("C", "I1"), ("D", "I5"), ("E", "I5")}
+    got = {events.customers[u]: sorted(events.items[split.relevant[r].indices]) for r, u in enumerate(split.test_users)}
+    assert got == {"A": ["I3"], "B": ["I4"], "E": ["I6"]}
+    assert dict(zip(events.customers[split.test_users], split.cold)) == {"A": False, "B": True, "E": True}
+    assert split.popularity[[events.items.tolist().index(i) for i in ("I1", "I5", "I2")]].tolist() == [3, 2, 1]
+    valid = validation_split(events, split, cfg)  # the same cut inside the training part: A's I2, nothing of the test
+    assert {events.customers[u]: sorted(events.items[valid.relevant[r].indices]) for r, u in enumerate(valid.test_users)} \
+        == {"A": ["I2"]}
+    assert pairs(valid.train.matrix) == {("A", "I1"), ("B", "I1"), ("C", "I1"), ("D", "I5"), ("E", "I5")}
+    half = leave_last_out(events, RecommendSettings(holdout_share=0.5))  # A's I2 and I3: the purchase is the cut
+    assert sorted(events.items[half.relevant[list(events.customers[half.test_users]).index("A")].indices]) == ["I2", "I3"]
+    assert holdout(events, RecommendSettings(test_days=7, protocol="temporal"))[0].protocol == "temporal"
+
+
 def test_exploration_mixes_in_new_items_flagged(hand_made):
     cfg = RecommendSettings(test_days=7, exploration_share=0.2)
     events = load_events(Lake(hand_made).connect(), cfg)
@@ -166,6 +198,7 @@ def test_training_logs_every_model_and_registers_a_champion(trained):
                 assert f"{model}_{m}_at_{k}" in run.data.metrics
         assert f"{model}_cold_ndcg_at_10" in run.data.metrics
     assert run.data.metrics["ndcg_at_10"] > run.data.metrics["random_ndcg_at_10"]
+    assert run.data.params["protocol"] == "temporal", "dense data keeps the temporal holdout"
     assert "oracle_ndcg_at_10" in run.data.metrics
     table = pd.read_csv(registry.tracking(ws).download_artifacts(result.run_id, "tables/model_comparison.csv"))
     assert len(table) == 7 and table.loc[table["ndcg_at_10"].idxmax(), "model"] != "random"
