@@ -22,10 +22,12 @@ runner = CliRunner()
 FAST = "[recommend]\nseq_seconds = 15\nbpr_iterations = 30\n"
 
 
-def sparse_log(raw: Path, customers: int, items: int = 3000, categories: int = 15, years: int = 6, seed: int = 4) -> Path:
+def sparse_log(raw: Path, customers: int, items: int = 3000, per_customer: float = 20, categories: int = 15,
+               years: int = 6, seed: int = 4) -> Path:
     """Raw files of a ratings log: each customer rates items (a `product_view` with a `rating`, kept as an
-    extra column) over one or two short active spells at a random time in `years`; 80% of their items come
-    from two favourite categories, the rest from the whole catalogue, popular items more often."""
+    extra column; a median of `per_customer`, at least 2) over one or two short active spells at a random
+    time in `years`; 80% of their items come from two favourite categories, the rest from the whole
+    catalogue, popular items more often."""
     rng = np.random.default_rng(seed)
     raw.mkdir(parents=True, exist_ok=True)
     start_at, span = pd.Timestamp("2017-01-01", tz="UTC"), years * 365 * 86_400
@@ -39,7 +41,7 @@ def sparse_log(raw: Path, customers: int, items: int = 3000, categories: int = 1
         first, second = rng.choice(categories, 2, replace=False)
         taste = (0.55 * (category == first) / (category == first).sum() + 0.25 * (category == second) / (category == second).sum()
                  + 0.2 / items) * appeal
-        chosen = rng.choice(items, int(np.clip(rng.lognormal(np.log(20), 0.9), 2, 400)), replace=False, p=taste / taste.sum())
+        chosen = rng.choice(items, int(np.clip(rng.lognormal(np.log(per_customer), 0.9), 2, min(items, 20 * per_customer))), replace=False, p=taste / taste.sum())
         spells = [rng.integers(0, span - 120 * 86_400)]
         if rng.random() < 0.15:  # some come back years later
             spells.append(rng.integers(spells[0], span - 30 * 86_400))
