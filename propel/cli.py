@@ -217,7 +217,7 @@ def train(
             continue
         console.print(f"[green]train[/] {result.summary()}")
     if failed:
-        raise typer.Exit(3)
+        raise typer.Exit(2)
 
 
 models_app = typer.Typer(help="Registered models: list, promote, roll back.", no_args_is_help=True)

@@ -194,7 +194,7 @@ def protocol_name(split: Split, cfg: RecommendSettings) -> str:
 
 
 def check_testable(events: Events, split: Split, cfg: RecommendSettings) -> None:
-    """Enough test customers to rank models, or a message that says what is missing (exit 2 in the CLI)."""
+    """Enough test customers to rank models, or NotEligible saying what is missing."""
     if split.protocol == "temporal":
         if len(split.test_users) < MIN_TEST_CUSTOMERS:
             raise NotEligible(f"recommender: only {len(split.test_users)} customers have new items in the last "
@@ -203,11 +203,11 @@ def check_testable(events: Events, split: Split, cfg: RecommendSettings) -> None
         return
     eligible = customers_with_items(events, 2)
     if eligible < RELIABLE_TEST_CUSTOMERS or len(split.test_users) < MIN_TEST_CUSTOMERS:
-        raise ValueError(f"recommender: only {eligible:,} customers have interactions with at least 2 distinct items "
-                         f"({len(split.test_users):,} with a held-out item that counts as a hit); at least "
-                         f"{RELIABLE_TEST_CUSTOMERS} are needed to hold out each customer's latest items and rank models. "
-                         "Add more customers' history, or count more event types as interactions "
-                         "(recommend.event_weights / recommend.relevant_events in propel.toml).")
+        raise NotEligible(f"recommender: only {eligible:,} customers have interactions with at least 2 distinct items "
+                          f"({len(split.test_users):,} with a held-out item that counts as a hit); at least "
+                          f"{RELIABLE_TEST_CUSTOMERS} are needed to hold out each customer's latest items and rank models. "
+                          "Add more customers' history, or count more event types as interactions "
+                          "(recommend.event_weights / recommend.relevant_events in propel.toml).")
 
 
 def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
