@@ -84,6 +84,8 @@ def test_every_bench_row_is_read_from_a_whole_run():
             timed("recommender package + recommend() + batch top-10", package_seconds=11.6, batch_top10_seconds=43.0,
                   **{f: lat for f in ("recommend_top10", "recommend_top10_category_price",
                                       "recommend_top10_fold_in_3_fresh", "similar_items_top10")}),
+            timed("shape sparse_interactions (recommender)", events=69_065, protocol="leave_last_out", winner="als",
+                  test_customers=610, ndcg_at_10=0.202, popular_ndcg_at_10=0.1128, lift_over_popular=1.79),
             *[{"stage": f"{prefix} c={c}", **wrk} for c in (1, 8, 32) for prefix in
               ("control (bare uvicorn echo)", *(f"serve {n}" for n in ("/recommend", "/similar_items", "/score/churn",
                                                                        "/score/propensity", "/score/uplift",
@@ -97,6 +99,9 @@ def test_every_bench_row_is_read_from_a_whole_run():
     assert set(recs) == {m.key for m in report.METRICS}
     assert recs["recommender recommend"]["figure"] == "p50 0.5 / p99 1.25 ms"
     assert recs["recommender recommend"]["met"] == "no"
+    assert recs["recommender sparse shape"]["figure"] == ("NDCG@10 0.202 vs popularity 0.113 = 1.79x (als; leave_last_out, "
+                                                          "610 test customers, 69,065 events)")
+    assert recs["recommender sparse shape"]["met"] == "yes"
     assert recs["features-1m training set"]["figure"] == "23.5 s, peak 1.50 GiB"
     assert recs["score-1m all customers -> csv, no reasons"]["figure"] == (
         "12.3 s (4.8 s in process), 929,674 exported, peak 1.50 GiB, 11 MiB")
