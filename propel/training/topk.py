@@ -31,7 +31,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     candidates = candidates[np.isfinite(scores[candidates])]
     if len(candidates) > k:  # equal scores: the earlier candidates, as a stable sort would keep them
         s = scores[candidates]
-        kth = np.partition(s, len(s) - k)[len(s) - k]
+        kth = -np.partition(-s, k - 1)[k - 1]
         above = candidates[s > kth]
         candidates = np.r_[above, candidates[s == kth][:k - len(above)]]
     return candidates[np.argsort(-scores[candidates], kind="stable")]

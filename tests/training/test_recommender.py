@@ -57,6 +57,21 @@ def test_top_k_is_exact_and_skips_blocked_items():
     assert top_k(few, 5).tolist() == [3, 7]
 
 
+def test_equal_scores_are_ranked_by_index_everywhere():
+    """Ties (popularity counts, item-kNN zeros) rank like a stable sort in every top-k path, so a batch
+    export and a single request give the same list."""
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 3, (50, 400)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    stable = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    assert np.array_equal(top_k_rows(scores, 10), stable)
+    assert all(top_k(row, 10).tolist() == stable[r].tolist() for r, row in enumerate(scores))
+    factors = np.ones((400, 1), np.float32)  # equal norms and equal scores: norm order is item order
+    search = NormOrder(factors, np.arange(400), np.zeros(400, int))
+    top, _ = search.top(np.ones((3, 1), np.float32), 10)
+    assert top.tolist() == [list(range(10))] * 3 == [search.top_one(np.ones(1, np.float32), 10)[0].tolist()] * 3
+
+
 def test_norm_ordered_search_equals_a_full_sort():
     rng = np.random.default_rng(1)
     factors = (rng.standard_normal((5000, 16)) * rng.gamma(1, 1, (5000, 1))).astype(np.float32)
