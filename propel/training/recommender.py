@@ -96,14 +96,17 @@ def champion_scorer(champion: Recommender, items: np.ndarray):
 
 def tune(kind: str, events: Events, split: Split, cfg: RecommendSettings, seed: int, seconds: float) -> dict:
     """ALS/BPR parameters by NDCG@10 on a validation split (the same protocol inside the training part):
-    a small grid around the settings, or Optuna (TPE, seeded) within `seconds`."""
+    a small grid around the settings, or Optuna (TPE, seeded) within `seconds`. On a sparse log (the
+    leave-last-out protocol: a few items per customer, cheap fits) the ALS grid also tries 10x the
+    regularization, which such data needs most."""
     valid = validation_split(events, split, cfg, seed)
     make = {"als": lambda p: ALS(**p), "bpr": lambda p: BPR(**p)}[kind]
     if kind == "als":
         base = {"factors": cfg.als_factors, "regularization": cfg.als_regularization, "alpha": cfg.als_alpha,
                 "iterations": cfg.als_iterations}
-        grid = [{**base, "factors": f, "alpha": a} for f in (max(8, cfg.als_factors // 2), cfg.als_factors)
-                for a in (cfg.als_alpha / 4, cfg.als_alpha)]
+        regs = (cfg.als_regularization,) + ((10 * cfg.als_regularization,) if split.protocol == "leave_last_out" else ())
+        grid = [{**base, "factors": f, "alpha": a, "regularization": r} for f in (max(8, cfg.als_factors // 2), cfg.als_factors)
+                for a in (cfg.als_alpha / 4, cfg.als_alpha) for r in regs]
     else:
         base = {"factors": cfg.als_factors, "learning_rate": cfg.bpr_learning_rate, "regularization": 0.01,
                 "iterations": cfg.bpr_iterations}
