@@ -105,8 +105,9 @@ def tune(kind: str, events: Events, split: Split, cfg: RecommendSettings, seed: 
         base = {"factors": cfg.als_factors, "regularization": cfg.als_regularization, "alpha": cfg.als_alpha,
                 "iterations": cfg.als_iterations}
         regs = (cfg.als_regularization,) + ((10 * cfg.als_regularization,) if split.protocol == "leave_last_out" else ())
-        grid = [{**base, "factors": f, "alpha": a, "regularization": r} for f in (max(8, cfg.als_factors // 2), cfg.als_factors)
-                for a in (cfg.als_alpha / 4, cfg.als_alpha) for r in regs]
+        grid = [{**base, "factors": f, "alpha": a, "regularization": r}
+                for f in (max(8, cfg.als_factors // 2), cfg.als_factors) for a in (cfg.als_alpha / 4, cfg.als_alpha)
+                for r in regs]
     else:
         base = {"factors": cfg.als_factors, "learning_rate": cfg.bpr_learning_rate, "regularization": 0.01,
                 "iterations": cfg.bpr_iterations}
