@@ -19,6 +19,9 @@ from pathlib import Path
 class IngestSettings:
     bot_burst_events: int = 8  # this many click events from one identifier ...
     bot_burst_seconds: float = 2.0  # ... within this many seconds is a bot burst, not a human
+    # ... from an anonymous identifier of these types: a known customer's imported log (ratings stamped to the
+    # second, many in one second) is not a bot
+    bot_burst_identities: tuple[str, ...] = ("cookie_id", "device_id")
     future_tolerance_hours: float = 24.0  # timestamps later than now + this are quarantined
 
 

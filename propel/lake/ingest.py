@@ -473,6 +473,7 @@ class _Loader:
         s = self.settings.ingest
         win = f"INTERVAL {float(s.bot_burst_seconds)} SECOND"
         clicks = ", ".join(map(_sql_str, sorted(CLICK_EVENT_TYPES)))
+        anonymous = ", ".join(map(_sql_str, s.bot_burst_identities)) or "NULL"
         self.con.execute(f"""
             UPDATE stage SET _reason = 'bot_burst',
               _raw = to_json(struct_pack(event_id, ts, identity_type, identity_value, channel, event_type))
@@ -480,7 +481,8 @@ class _Loader:
               SELECT _rid FROM (
                 SELECT rowid AS _rid, ts, coalesce(identity_type, 'customer_id') AS _t,
                        coalesce(identity_value, customer_id) AS _v
-                FROM stage WHERE {valid} AND _dup IS NULL AND event_type IN ({clicks}))
+                FROM stage WHERE {valid} AND _dup IS NULL AND event_type IN ({clicks})
+                  AND customer_id IS NULL AND identity_type IN ({anonymous}))
               WINDOW before_ AS (PARTITION BY _t, _v ORDER BY ts RANGE BETWEEN {win} PRECEDING AND CURRENT ROW),
                      after_ AS (PARTITION BY _t, _v ORDER BY ts RANGE BETWEEN CURRENT ROW AND {win} FOLLOWING)
               QUALIFY greatest(count(*) OVER before_, count(*) OVER after_) >= {int(s.bot_burst_events)})""")

@@ -121,11 +121,14 @@ def test_bot_bursts_flagged_but_humans_kept(ws, raw):
     rows = [f"b{i},2025-03-02T10:00:00.{i:02d}Z,cookie_id,BOT,,web,page_view,I1,,,sb" for i in range(20)]
     rows += [f"h{i},2025-03-02T10:{i:02d}:00Z,cookie_id,HUMAN,,web,page_view,I1,,,sh" for i in range(20)]
     rows += [f"p{i},2025-03-02T11:00:00.{i:02d}Z,cookie_id,SHOPPER,,web,purchase,I1,1,1,sp" for i in range(10)]
+    # a known customer's imported ratings log: many views stamped with the same second
+    rows += [f"r{i},2025-03-02T12:00:00Z,customer_id,C7,,web,product_view,I{i},,,sr" for i in range(12)]
     write(raw, "events.csv", EVENTS_HEADER + "\n" + "\n".join(rows))
     report = ingest(raw, ws, now=NOW)
     assert report.tables["events"].reasons == {"bot_burst": 20}
-    kept = lake_frame(ws, "SELECT identity_value, count(*) n FROM events GROUP BY 1 ORDER BY 1")
-    assert kept.values.tolist() == [["HUMAN", 20], ["SHOPPER", 10]], "purchases are never bot-flagged"
+    kept = lake_frame(ws, "SELECT coalesce(identity_value, customer_id) v, count(*) n FROM events GROUP BY 1 ORDER BY 1")
+    assert kept.values.tolist() == [["C7", 12], ["HUMAN", 20], ["SHOPPER", 10]], \
+        "purchases and a known customer's events are never bot-flagged"
 
 
 def test_pii_is_hashed_everywhere(ws, raw):
