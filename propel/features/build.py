@@ -28,7 +28,7 @@ import duckdb
 
 from propel.features.definitions import CUSTOMER_FEATURES, FEATURE_CHANNELS, ITEM_FEATURES, Feature
 from propel.lake.tables import Lake
-from propel.lake.schema import PII_COLUMNS, TABLES
+from propel.lake.schema import TABLES, pii_kind
 from propel.config import Workspace
 from propel.progress import steps
 
@@ -285,10 +285,11 @@ class _Snapshots:
 
 
 def profile_columns(con) -> dict[str, str]:
-    """CRM attributes: the customers table's extra columns, minus PII and bookkeeping."""
-    contract = {c.name for c in TABLES["customers"].columns}
-    skip = contract | PII_COLUMNS | {"_load"}
-    return {name: typ for name, typ, *_ in con.execute("DESCRIBE customers").fetchall() if name not in skip}
+    """CRM attributes: the customers table's extra columns, minus PII (hashed contact details are no
+    attribute, e.g. `contact_email`) and bookkeeping."""
+    skip = {c.name for c in TABLES["customers"].columns} | {"_load"}
+    return {name: typ for name, typ, *_ in con.execute("DESCRIBE customers").fetchall()
+            if name not in skip and pii_kind(name) is None}
 
 
 def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: bool = False) -> BuildReport:

@@ -65,3 +65,15 @@ def test_planted_pii_never_reaches_the_data_folder(ws, raw):
     assert extra == {"user_email": hash_pii("email", "grace.planted@example.com", salt),
                      "contact": hash_pii("phone", "+1 555 000 5555", salt)}
     assert Lake(ws).files("quarantine")
+
+
+def test_hashed_contact_columns_are_no_crm_attributes(ws, raw):
+    """A hashed email or phone is an identifier, not an attribute: the feature build leaves it out."""
+    from propel.features.build import profile_columns
+
+    write(raw, "customers.csv", """
+        customer_id,signup_at,contact_email,home_phone,city_tier
+        C1,2025-01-01,a@example.com,+1 555 000 1111,1
+    """)
+    ingest(raw, ws, now=NOW)
+    assert set(profile_columns(Lake(ws).connect())) == {"city_tier"}
