@@ -295,6 +295,10 @@ class Workspace:
         return self.feast_data / ("registry.db" if online == "sqlite" else f"registry_{online}.db")
 
     @property
+    def feast_repo(self) -> Path:
+        return self.feast_data / "repo"  # feature_store.yaml and definitions.py, as Feast's CLI expects a repo
+
+    @property
     def online_store_db(self) -> Path:
         return self.feast_data / "online_store.db"
 

@@ -187,13 +187,13 @@ def build(ws: Workspace, progress: bool = False) -> Segmentation:
 def publish(ws: Workspace, online: str | None = None) -> None:
     """Register the segments view in Feast and load its newest rows into the online store (always in full:
     a re-run rewrites segments of snapshots that may already have been loaded)."""
-    from propel.featurestore import online_write, store as fstore
+    from propel.featurestore import store as fstore
 
     fstore.apply(ws, online)
     store = fstore.feature_store(ws, online)
     end = datetime.fromisoformat(load_catalog(ws)["cutoffs"][-1]).replace(tzinfo=timezone.utc) + timedelta(seconds=1)
-    online_write.materialize_view(store, store.get_feature_view("customer_segments"),
-                                  datetime(1970, 1, 1, tzinfo=timezone.utc), end)
+    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=end,
+                      feature_views=["customer_segments"])
 
 
 def latest(ws: Workspace) -> tuple[pd.DataFrame, list[dict]]:

@@ -10,9 +10,13 @@ small server-side script per batch of entities. What lands is what Feast's own w
 store (same tables, keys, bytes, timestamps), so Feast's read path is unchanged;
 tests/test_online_write.py checks that against stock Feast.
 
-Anything this module does not handle (other sources, stores, types or Feast settings) is handed to
-stock `store.materialize`, with a warning, rather than written differently. `cluster_sqlite_tables`
-(run by `propel.featurestore.store.apply`) stores Feast's SQLite tables WITHOUT ROWID, which both paths write faster.
+It runs inside Feast: `propel.featurestore.engine` is the batch engine named in the workspace's
+feature_store.yaml, so `feast materialize[-incremental]` and `FeatureStore.materialize` take this path
+and Feast keeps its own bookkeeping (intervals, affected services). Anything this module does not handle
+(other sources, stores, types or Feast settings, or a Feast without the private helpers it uses, see
+`feast_private`) is left to Feast's stock engine, with a warning, rather than written differently.
+`cluster_sqlite_tables` (run by `propel.featurestore.store.apply`) stores Feast's SQLite tables WITHOUT ROWID,
+which both paths write faster.
 """
 
 from __future__ import annotations
@@ -31,16 +35,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from feast import FeatureStore, FeatureView, FileSource
+from feast import FeatureStore, FeatureView, FileSource, RepoConfig
 from feast.data_format import ParquetFormat
 from feast.feature_view import FeatureViewState
-from feast.infra.online_stores.helpers import _mmh3, compute_table_id, extract_text_and_num
-from feast.infra.online_stores.sqlite import SqliteOnlineStore  # also registers Feast's sqlite3 datetime adapter
+from feast.infra.online_stores.online_store import OnlineStore
+from feast.infra.online_stores.sqlite import SqliteOnlineStore  # noqa: F401 - registers Feast's sqlite3 datetime adapter
 from feast.protos.feast.types.Value_pb2 import Value
-from feast.utils import _coerce_datetime, make_tzaware, to_naive_utc
+from feast.utils import make_tzaware, to_naive_utc
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from propel.featurestore import feast_private as private
 from propel.lake.schema import quote_ident
 
 log = logging.getLogger(__name__)
@@ -63,33 +68,32 @@ _KEY_TYPES = (ValueType.STRING, ValueType.INT64)
 DOUBLE_TAG = Value(double_val=1.0).SerializeToString()[0]
 
 
-def materialize_view(store: FeatureStore, view: FeatureView, start: datetime, end: datetime) -> bool:
-    """Load the newest row per entity with start <= timestamp <= end; False if stock Feast did it.
-
-    Both ends are inclusive, as in Feast's offline read. Like `store.materialize`, the interval is
-    recorded in the registry, so the next run continues from `end`.
-    """
+def write_view(cfg: RepoConfig, online_store: OnlineStore, view: FeatureView, start: datetime, end: datetime) -> bool:
+    """Write the newest row per entity with start <= timestamp <= end; False (warned) if Feast's stock
+    engine must do it. Both ends are inclusive, as in Feast's offline read."""
     start, end = make_tzaware(start), make_tzaware(end)
-    reason = _unsupported(store, view)
+    reason = _unsupported(cfg, view)
     table = None if reason else _latest_rows(view, start, end)
     reason = reason or _unsupported_columns(view, table)
     if reason:
         log.warning("materializing %s with Feast's stock path (slow): %s", view.name, reason)
-        store.materialize(start_date=start, end_date=end, feature_views=[view.name])
         return False
     table = _nullable_ints_as_floats(view, table)
     if table.num_rows:
-        (_write_sqlite if store.config.online_store.type == "sqlite" else _write_redis)(store, view, table)
-    store.registry.apply_materialization(view, store.project, start, end)
-    store._precompute_affected_services([view.name])  # as stock materialize does after each run
+        if cfg.online_store.type == "sqlite":
+            _write_sqlite(cfg, view, table)
+        else:
+            _write_redis(cfg, online_store, view, table)
     return True
 
 
-def _unsupported(store: FeatureStore, view: FeatureView) -> str | None:
+def _unsupported(cfg: RepoConfig, view: FeatureView) -> str | None:
     """Why this view/store combination needs Feast's own path, or None."""
-    cfg, src = store.config, view.batch_source
+    src = view.batch_source
+    lacking = private.missing(private.WRITER)
     state = getattr(view, "state", FeatureViewState.STATE_UNSPECIFIED)
     checks = [
+        (bool(lacking), f"this Feast lacks {', '.join(lacking)}"),
         (type(view) is not FeatureView, f"{type(view).__name__} (transformations are Feast's)"),
         (not view.online, "view is not online"),
         (state not in (FeatureViewState.STATE_UNSPECIFIED, FeatureViewState.MATERIALIZING)
@@ -174,7 +178,8 @@ def _event_times(view: FeatureView, table: pa.Table) -> tuple[np.ndarray, list[d
     """Row codes into the distinct event timestamps, each converted exactly as Feast converts it."""
     column = table.column(view.batch_source.timestamp_field).to_numpy(zero_copy_only=False)
     codes, distinct = pd.factorize(pd.to_datetime(column))
-    return codes, [_coerce_datetime(t) for t in distinct]
+    coerce = private.lookup("coerce_datetime")
+    return codes, [coerce(t) for t in distinct]
 
 
 def _encode(column: pa.ChunkedArray, value_type: ValueType, sqlite: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -207,7 +212,8 @@ def _encode(column: pa.ChunkedArray, value_type: ValueType, sqlite: bool) -> tup
     blobs = _objects([blob(p.SerializeToString()) for p in protos] + [blob()])[codes]
     if not sqlite:
         return blobs, None
-    return blobs, _objects([extract_text_and_num(p, False)[0] for p in protos] + [None])[codes]
+    text_of = private.lookup("extract_text_and_num")
+    return blobs, _objects([text_of(p, False)[0] for p in protos] + [None])[codes]
 
 
 def _objects(items: Iterable, count: int = -1) -> np.ndarray:
@@ -215,14 +221,13 @@ def _objects(items: Iterable, count: int = -1) -> np.ndarray:
     return np.fromiter(items, dtype=object, count=count)
 
 
-def _write_sqlite(store: FeatureStore, view: FeatureView, table: pa.Table) -> None:
+def _write_sqlite(cfg: RepoConfig, view: FeatureView, table: pa.Table) -> None:
     """Upsert as Feast's SqliteOnlineStore does, but one multi-row statement per entity (~2x fewer
     CPU cycles than a statement per value) and in primary-key order (entity key bytes, then feature
     name), so SQLite appends to its B-trees instead of splitting pages all over them (~2.5x).
     Parameters go to `executemany` as one tuple per entity, zipped from the encoded columns as it
     binds them, with blobs as bytearrays (see `_encode`); the rest is SQLite's own insert work.
     """
-    cfg = store.config
     keys = pa.array(_entity_keys(view, table), pa.binary())
     order = pc.sort_indices(keys)
     table, keys = table.take(order), list(map(bytearray, keys.take(order).to_pylist()))
@@ -230,11 +235,11 @@ def _write_sqlite(store: FeatureStore, view: FeatureView, table: pa.Table) -> No
     stamps = np.array([sqlite3.adapt(to_naive_utc(t)) for t in times], dtype=object)[codes].tolist()
     feats = sorted(view.features, key=lambda f: f.name)
     rows_sql = ", ".join(f"(?1, {_literal(f.name)}, ?{3 + 2 * j}, ?{4 + 2 * j}, ?2, NULL)" for j, f in enumerate(feats))
-    sql = (f"INSERT INTO {quote_ident(compute_table_id(cfg.project, view))} "
+    sql = (f"INSERT INTO {quote_ident(private.lookup('compute_table_id')(cfg.project, view))} "
            f"(entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES {rows_sql} "
            "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
            "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts")
-    db = sqlite3.connect(SqliteOnlineStore._get_db_path(cfg))
+    db = sqlite3.connect(private.lookup("sqlite_db_path")(cfg))
     try:
         db.execute("PRAGMA synchronous = OFF")  # the store is rebuilt from Parquet if a crash ever corrupts it
         for s in range(0, table.num_rows, SQLITE_BATCH):
@@ -256,10 +261,14 @@ def cluster_sqlite_tables(store: FeatureStore) -> None:
     Feast's own DDL, the rows live in the primary key, whose entity_key prefix also serves Feast's
     reads; Feast's `_ek` index is kept as an empty partial index (WHERE 0), so the CREATE INDEX IF
     NOT EXISTS of its next apply finds it and adds nothing. Columns, keys and values are Feast's.
-    A store made before this layout is converted once, rows included.
+    A store made before this layout is converted once, rows included. Skipped (Feast's layout kept) on a
+    Feast without the private helpers it needs.
     """
     cfg = store.config
-    db = sqlite3.connect(SqliteOnlineStore._get_db_path(cfg))
+    if private.missing(("sqlite_db_path", "compute_table_id")):
+        return
+    compute_table_id = private.lookup("compute_table_id")
+    db = sqlite3.connect(private.lookup("sqlite_db_path")(cfg))
     try:
         for view in store.list_feature_views():
             table = compute_table_id(cfg.project, view, cfg.registry.enable_online_feature_view_versioning)
@@ -279,15 +288,15 @@ def cluster_sqlite_tables(store: FeatureStore) -> None:
         db.close()
 
 
-def _write_redis(store: FeatureStore, view: FeatureView, table: pa.Table) -> None:
+def _write_redis(cfg: RepoConfig, online_store: OnlineStore, view: FeatureView, table: pa.Table) -> None:
     """HSET each entity's hash as Feast's RedisOnlineStore does, a batch of entities per script call.
 
     Same hash key (entity key + project), same mmh3 field names and `_ts:<view>` field, and the
     same rule: an entity whose stored timestamp is as new or newer is left alone (unless skip_dedup).
     A pipeline would cost redis-py ~20 us of Python per command; the scripts make it two per batch.
     """
-    cfg, online = store.config, store.config.online_store
-    client = store._get_provider().online_store._get_client(online)
+    online = cfg.online_store
+    client = private.lookup("redis_client")(online_store, online)
     read, write = client.register_script(_REDIS_READ), client.register_script(_REDIS_WRITE)
     project = cfg.project.encode()
     keys = np.array([k + project for k in _entity_keys(view, table)], dtype=object)
@@ -298,7 +307,8 @@ def _write_redis(store: FeatureStore, view: FeatureView, table: pa.Table) -> Non
     stamp_bytes = np.array([st.SerializeToString() for st in stamps], dtype=object)[codes]
     stamp_nanos = np.array([st.seconds * 1_000_000_000 + st.nanos for st in stamps], dtype=np.int64)[codes]
     ts_field = f"_ts:{view.name}"
-    fields = np.array([_mmh3(f"{view.name}:{f.name}") for f in view.features], dtype=object)
+    mmh3 = private.lookup("mmh3")
+    fields = np.array([mmh3(f"{view.name}:{f.name}") for f in view.features], dtype=object)
 
     def batches():
         # values are encoded ENCODE_ROWS at a time (per-call overhead), then sent REDIS_BATCH entities per call

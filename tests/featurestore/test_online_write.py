@@ -1,8 +1,8 @@
 """Fast materialization writes exactly what Feast's own materialization writes (SQLite and Redis).
 
-Each check materializes the same data twice, with stock Feast and with `propel.featurestore.online_write`,
-into two workspaces (two Redis databases), and compares the raw store contents and what Feast's
-own `get_online_features` returns.
+Each check materializes the same data twice through Feast's `materialize`, with Feast's stock engine and
+with Propel's (`propel.featurestore.engine`, running `online_write`), into two workspaces (two Redis
+databases), and compares the raw store contents and what Feast's own `get_online_features` returns.
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ def _intervals(ws: Workspace, online: str) -> dict:
 # --- the real feature set -------------------------------------------------------------------------
 
 def _stock_materialize(ws: Workspace, online: str) -> None:
-    """Feast's own materialize, view by view, over the same interval propel.featurestore.store.materialize uses."""
-    store = fstore.feature_store(ws, online)
+    """Feast's own engine, view by view, over the same interval propel.featurestore.store.materialize uses."""
+    store = fstore.feature_store(ws, online, fast=False)
     end = datetime.fromisoformat(load_catalog(ws)["cutoffs"][-1]).replace(tzinfo=UTC) + timedelta(seconds=1)
     for view in store.list_feature_views():
         store.materialize(start_date=EPOCH, end_date=end, feature_views=[view.name])
@@ -237,39 +237,41 @@ def _tiny(ws: Workspace, float32: bool = False) -> list:
     return [person, shop, tiny, shops, *services]
 
 
-def _run_tiny(ws: Workspace, online: str, fast: bool, float32: bool = False) -> tuple[list, list]:
-    """Materialize RUNS one after the other; the online values after each run, and which path ran."""
-    store = fstore.feature_store(ws, online)
+def _run_tiny(ws: Workspace, online: str, fast: bool, float32: bool = False) -> list:
+    """Materialize RUNS one after the other (Propel's engine if `fast`, else Feast's); the online values after each run."""
+    store = fstore.feature_store(ws, online, fast=fast)
     store.apply(_tiny(ws, float32))
-    reads, used = [], []
+    reads = []
     for start, end in RUNS:
         start, end = start.replace(tzinfo=UTC), end.replace(tzinfo=UTC)
         for name in ("tiny", "shops"):
-            if fast:
-                used.append(online_write.materialize_view(store, store.get_feature_view(name), start, end))
-            else:
-                store.materialize(start_date=start, end_date=end, feature_views=[name])
+            store.materialize(start_date=start, end_date=end, feature_views=[name])
         reads.append((_online(ws, online, [f"tiny:{f}" for f in "nxsbm"], [{"person_id": p} for p in PEOPLE]),
                       _online(ws, online, ["shops:sales"], [{"shop_id": s} for s in SHOPS]),
                       _intervals(ws, online)))
         assert "nobody" in _check_reader(OnlineReader(store, "tiny_service", key="person_id"), PEOPLE, reads[-1][0])
         assert _check_reader(OnlineReader(store, "shop_service", key="shop_id"), SHOPS, reads[-1][1]) == [3], \
             "a shop stored with a null value is known, an unknown one missing"
-    return reads, used
+    return reads
 
 
-def _check_tiny(tmp_path, monkeypatch, online: str, dump, use_stock=lambda: None, use_fast=lambda: None) -> list:
+def _stock_paths(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "with Feast's stock path" in r.getMessage()]
+
+
+def _check_tiny(tmp_path, monkeypatch, caplog, online: str, dump, use_stock=lambda: None, use_fast=lambda: None) -> list:
     stock, fast = Workspace.resolve(tmp_path / "stock"), Workspace.resolve(tmp_path / "fast")
     monkeypatch.setattr(online_write, "SQLITE_BATCH", 2)  # batch edges inside the data, e.g. a null in another batch
     monkeypatch.setattr(online_write, "REDIS_BATCH", 2)
     monkeypatch.setattr(online_write, "ENCODE_ROWS", 5)  # Redis: encoding chunks and timestamp reads split too
     monkeypatch.setattr(online_write, "READ_BATCH", 3)
     use_stock()
-    expected, _ = _run_tiny(stock, online, fast=False)
+    expected = _run_tiny(stock, online, fast=False)
     expected_dump = dump(stock)
     use_fast()
-    got, used = _run_tiny(fast, online, fast=True)
-    assert all(used)
+    with caplog.at_level(logging.WARNING, logger="propel.featurestore.online_write"):
+        got = _run_tiny(fast, online, fast=True)
+    assert not _stock_paths(caplog), "Feast ran Propel's writer for every view"
     assert got == expected
     assert dump(fast) == expected_dump
     first = got[0][0]
@@ -282,14 +284,14 @@ def _check_tiny(tmp_path, monkeypatch, online: str, dump, use_stock=lambda: None
     return got
 
 
-def test_tiny_view_sqlite_identical_to_feast(tmp_path, monkeypatch):
-    got = _check_tiny(tmp_path, monkeypatch, "sqlite", _sqlite_dump)
+def test_tiny_view_sqlite_identical_to_feast(tmp_path, monkeypatch, caplog):
+    got = _check_tiny(tmp_path, monkeypatch, caplog, "sqlite", _sqlite_dump)
     assert got[2][0]["n"] == [1, 2, 3, 4, 5, 200, None]
 
 
 @pytest.mark.redis
-def test_tiny_view_redis_identical_to_feast(tmp_path, redis_url, monkeypatch):
-    got = _check_tiny(tmp_path, monkeypatch, "redis", _redis_dump, _redis_db(monkeypatch, redis_url, 3),
+def test_tiny_view_redis_identical_to_feast(tmp_path, redis_url, monkeypatch, caplog):
+    got = _check_tiny(tmp_path, monkeypatch, caplog, "redis", _redis_dump, _redis_db(monkeypatch, redis_url, 3),
                       _redis_db(monkeypatch, redis_url, 4))
     assert got[2][0]["n"] == [100, 2**62, 3, 4, 0, 200, None]
 
@@ -297,7 +299,7 @@ def test_tiny_view_redis_identical_to_feast(tmp_path, redis_url, monkeypatch):
 def test_sqlite_tables_converted_to_clustered_layout(tmp_path, caplog):
     """A store in Feast's layout is rebuilt WITHOUT ROWID with its rows; Feast re-applies, writes and reads it."""
     ws = Workspace.resolve(tmp_path / "ws")
-    feast_reads, _ = _run_tiny(ws, "sqlite", fast=False)
+    feast_reads = _run_tiny(ws, "sqlite", fast=False)
     feast_layout = _sqlite_dump(ws)
     assert not any("WITHOUT ROWID" in (sql or "") for *_, sql in feast_layout["schema"])
     with caplog.at_level(logging.WARNING, logger="propel.featurestore.online_write"):
@@ -305,7 +307,7 @@ def test_sqlite_tables_converted_to_clustered_layout(tmp_path, caplog):
     assert "moving propel_tiny to the clustered layout" in caplog.text
     clustered = _sqlite_dump(ws)
     assert {k: v for k, v in clustered.items() if k != "schema"} == {k: v for k, v in feast_layout.items() if k != "schema"}
-    reads, _ = _run_tiny(ws, "sqlite", fast=False)  # Feast's apply, materialize and reads on the new layout
+    reads = _run_tiny(ws, "sqlite", fast=False)  # Feast's apply, materialize and reads on the new layout
     assert reads[-1][:2] == feast_reads[-1][:2]
     schema = {name: sql for _, name, _, sql in _sqlite_dump(ws)["schema"]}
     for table in ("propel_tiny", "propel_shops"):
@@ -314,7 +316,6 @@ def test_sqlite_tables_converted_to_clustered_layout(tmp_path, caplog):
 
 def test_unsupported_view_falls_back_to_feast(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="propel.featurestore.online_write"):
-        got, used = _run_tiny(Workspace.resolve(tmp_path / "ws"), "sqlite", fast=True, float32=True)
-    assert used == [False, True] * len(RUNS), "the Float32 view went through Feast, the other did not"
-    assert "materializing tiny with Feast's stock path" in caplog.text
+        got = _run_tiny(Workspace.resolve(tmp_path / "ws"), "sqlite", fast=True, float32=True)
+    assert {m.split()[1] for m in _stock_paths(caplog)} == {"tiny"}, "the Float32 view went through Feast, the other did not"
     assert got[0][0]["x"][4] == pytest.approx(1 / 3, rel=1e-6) and got[0][0]["n"][0] == -10
