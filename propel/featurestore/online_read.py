@@ -2,7 +2,7 @@
 
 Feast's `get_online_features`, even with the feature service resolved once, converts every value
 through protos and runtime type checks: measured on SQLite with churn_v1 (82 features), it is ~2x
-slower than this reader for one customer and ~5x for 100. `OnlineReader` resolves the service once,
+slower than this reader for one customer (2.3 ms against 1.1) and 2.5-5x for 100. `OnlineReader` resolves the service once,
 then reads the same tables Feast reads (SQLite: one indexed SELECT per view; Redis: one pipelined
 HMGET per entity for all views, Feast's keys and fields) and decodes the values as Feast's converter
 does, so answers equal Feast's (tests/featurestore/test_online_write.py compares them value for value).

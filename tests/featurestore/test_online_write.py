@@ -319,3 +319,25 @@ def test_unsupported_view_falls_back_to_feast(tmp_path, caplog):
         got = _run_tiny(Workspace.resolve(tmp_path / "ws"), "sqlite", fast=True, float32=True)
     assert {m.split()[1] for m in _stock_paths(caplog)} == {"tiny"}, "the Float32 view went through Feast, the other did not"
     assert got[0][0]["x"][4] == pytest.approx(1 / 3, rel=1e-6) and got[0][0]["n"][0] == -10
+
+
+def test_missing_private_feast_symbol_falls_back_to_public_api(tmp_path, monkeypatch, caplog):
+    """A Feast release without one of the private helpers: one warning, then Feast's stock engine and
+    `get_online_features` give the same answers (the readers inside _run_tiny compare them with Feast's)."""
+    from propel.featurestore import feast_private
+
+    expected = _run_tiny(Workspace.resolve(tmp_path / "stock"), "sqlite", fast=False)
+    monkeypatch.setitem(feast_private.SYMBOLS, "mmh3", "feast.infra.online_stores.helpers:_renamed_mmh3")
+    feast_private.lookup.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            got = _run_tiny(Workspace.resolve(tmp_path / "fallback"), "sqlite", fast=True)
+            reader = OnlineReader(fstore.feature_store(Workspace.resolve(tmp_path / "fallback"), "sqlite"), "tiny_service",
+                                  key="person_id")
+    finally:
+        feast_private.lookup.cache_clear()
+    assert got == expected
+    assert reader.through_feast
+    assert caplog.text.count("has no feast.infra.online_stores.helpers:_renamed_mmh3") == 1, "warned once"
+    assert {m.split()[1] for m in _stock_paths(caplog)} == {"tiny", "shops"}
+    assert "this Feast lacks mmh3" in caplog.text
