@@ -15,7 +15,7 @@ from rich.console import Console
 from propel.config import Workspace
 
 app = typer.Typer(help="Propel: unified customer data, features, models and decisions for marketing.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console(stderr=True, soft_wrap=True)
 
 
