@@ -271,7 +271,7 @@ def test_fast_model_input_equals_the_pandas_path(champions):
 
 @pytest.fixture(scope="module")
 def bento(tmp_path_factory) -> tuple[str, dict]:
-    """`bentoml build` in the repo (bentofile.yaml) into a temporary BENTOML_HOME: the Bento's tag and the
+    """`bentoml build` in the repo (pyproject.toml's [tool.bentoml.build]) into a temporary BENTOML_HOME: the Bento's tag and the
     environment that finds it."""
     env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")), "BENTOML_DO_NOT_TRACK": "True"}
     done = subprocess.run([BIN / "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -283,11 +283,11 @@ def bento(tmp_path_factory) -> tuple[str, dict]:
 @pytest.mark.slow  # builds a Bento
 def test_bento_builds_with_the_project_dependencies(bento):
     tag, env = bento
-    spec = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert spec["python"]["packages"] == project["dependencies"]
     name, version = tag.split(":")
     path = Path(env["BENTOML_HOME"]) / "bentos" / name / version
+    spec = yaml.safe_load((path / "src" / "bentofile.yaml").read_text())  # the options BentoML built with
+    assert spec["python"]["packages"] == project["dependencies"], "the Bento's packages are pyproject.toml's"
     assert (path / "src" / "propel" / "serving" / "service.py").exists() and (path / "src" / "propel" / "featurestore" / "repo" / "feature_store.yaml").exists()
     routes = {r["route"] for r in yaml.safe_load((path / "bento.yaml").read_text())["schema"]["routes"]}
     assert {"/recommend", "/similar_items", "/score/churn", "/score/propensity", "/score/uplift", "/reload"} <= routes
