@@ -64,6 +64,11 @@ monitor: $(STAMP) ## Check drift, freshness and daily KPIs; fails (exit 1) when 
 serve: $(STAMP) ## Serve recommendations and scores over HTTP (BentoML; PORT, WORKERS override propel.toml)
 	$(BIN)/propel serve $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
+MLFLOW_PORT ?= 5000
+.PHONY: mlflow-ui
+mlflow-ui: $(STAMP) ## Open MLflow's UI on the workspace's runs and models (PROPEL_HOME, else here; MLFLOW_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(or $(PROPEL_HOME),.))/mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
 .PHONY: demo
 demo: $(STAMP) ## Run the whole pipeline on generated demo data
 	@test -d $(RAW) || $(MAKE) --no-print-directory data

@@ -346,7 +346,7 @@ def model_section(ws: Workspace) -> str:
         created = datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
         head = (f"<h3>{_esc(model.name)} v{_esc(version.version)}</h3>"
                 + _note(f"Created {created} UTC, run {run.info.run_id[:8]}, feature "
-                        f"service {tags.get('propel.feature_service', '?')}, labels {tags.get('propel.label_source', '?')}, "
+                        f"service {tags.get('feast.feature_service', tags.get('propel.feature_service', '?'))}, labels {tags.get('propel.label_source', '?')}, "
                         f"selection metric {tags.get('propel.selection_metric', '?')}. Metrics on the out-of-time test "
                         f"split; rows below the champion are its baselines on the same rows."))
         plots = []

@@ -200,7 +200,7 @@ def data_hash(df: pd.DataFrame) -> str:
 def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: TrainSettings, metric: str):
     """An MLflow run with what every task logs: tags, parameters, row counts, data hash, training data."""
     with mlflow.start_run(experiment_id=registry.experiment(ws, task), run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
-        mlflow.set_tags({"propel.task": task, "propel.feature_service": frame.feature_service,
+        mlflow.set_tags({"propel.task": task, "feast.feature_service": frame.feature_service,
                          "propel.label_source": frame.label_source, "propel.lake_load": load_catalog(ws)["lake_load"],
                          "propel.selection_metric": metric,
                          **{f"propel.lake_version.{t}": v for t, v in Lake(ws).versions().items()}})
@@ -216,12 +216,16 @@ def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: Train
         yield run
 
 
+# logged with every model (MLflow code_paths), so it loads from the registry where Propel is not installed
+MODEL_CODE = [str(Path(__file__).resolve().parents[1])]
+
+
 def log_model(task: str, model, frame: Frame, test: pd.DataFrame) -> str:
-    """Log the pyfunc with signature and input example, register it; returns the new version."""
+    """Log the pyfunc with its code, signature and input example, register it; returns the new version."""
     sample = model_input(test.head(200), frame.features, frame.categorical)
     example = sample.head(5)
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=model, registered_model_name=task, input_example=example,
+        name="model", python_model=model, registered_model_name=task, input_example=example, code_paths=MODEL_CODE,
         signature=infer_signature(sample, model.predict(None, example)),
         pip_requirements=[f"lightgbm=={lgb.__version__}", "scikit-learn", "pandas", "numpy"])
     return str(info.registered_model_version)

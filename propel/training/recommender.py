@@ -35,7 +35,7 @@ from propel.training.evaluate import _save, plt
 from propel.training.interactions import (MIN_TEST_CUSTOMERS, RELIABLE_TEST_CUSTOMERS, Events, Histories, Interactions,
                                           Split, customers_with_items, holdout, load_events, popularity,
                                           validation_split)
-from propel.training.pipeline import NotEligible, TrainResult, decide_and_promote
+from propel.training.pipeline import MODEL_CODE, NotEligible, TrainResult, decide_and_promote
 from propel.training.rank_metrics import KS, all_metrics
 from propel.training.rec_models import ALS, BPR, ItemKNN, Popularity, RandomModel, RecModel
 from propel.training.recommender_model import TASK, Recommender
@@ -264,7 +264,7 @@ def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
                 mlflow.log_artifact(str(path), "tables" if path.suffix == ".csv" else "plots")
         example = pd.DataFrame({"customer_id": events.customers[split.test_users[:5]].astype(str)})
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=rec, registered_model_name=TASK, input_example=example,
+            name="model", python_model=rec, registered_model_name=TASK, input_example=example, code_paths=MODEL_CODE,
             signature=infer_signature(example, rec.predict(None, example), params={"k": 10}),
             pip_requirements=[f"implicit=={version('implicit')}", f"torch=={version('torch')}", "numpy", "pandas",
                               "scipy", "threadpoolctl"])

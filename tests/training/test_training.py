@@ -139,7 +139,7 @@ def test_churn_run_logs_everything_and_becomes_champion(trained):
         assert key in m, key
     assert 0.5 < m["roc_auc"] <= 1 and run.data.params["data_hash"]
     assert m["roc_auc"] == pytest.approx(m["lightgbm_uncalibrated_roc_auc"], abs=1e-12), "calibration ties no rows"
-    assert run.data.tags["propel.feature_service"] == "churn_v1"
+    assert run.data.tags["feast.feature_service"] == "churn_v1"  # Feast's tag convention
     artifacts = {f.path for d in ("plots", "tables") for f in client.list_artifacts(first.run_id, d)}
     assert {"plots/roc.png", "plots/pr.png", "plots/gains.png", "plots/calibration.png", "plots/importance.png",
             "tables/gains_table.csv", "tables/feature_importance.csv"} <= artifacts
