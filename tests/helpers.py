@@ -53,9 +53,9 @@ def copy_workspace(source: Workspace, dest: Path) -> Workspace:
     return Workspace.resolve(shutil.copytree(source.root, dest))
 
 
-def start(command: list, log: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """`command --port <free port>` (`propel serve` or `bentoml serve`); returns once /healthz answers."""
+def start(command: list, log: Path, env: dict | None = None, probe: str = "/healthz") -> tuple[subprocess.Popen, str]:
+    """`command --port <free port>` (`propel serve`, `bentoml serve`, `feast ui`...); returns once `probe` answers."""
     try:
-        return start_server(command, log, "/healthz", 180, env)
+        return start_server(command, log, probe, 180, env)
     except RuntimeError as exc:
         pytest.fail(str(exc))
