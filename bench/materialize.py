@@ -59,8 +59,9 @@ def _redis_cpu(ws: Workspace) -> float:
 
 
 def _stock_materialize(ws: Workspace, online: str) -> None:
-    """Feast's own `materialize`, view by view, over the interval propel.featurestore.store.materialize uses."""
-    store = fstore.feature_store(ws, online)
+    """Feast's own `materialize` with its stock engine, view by view, over the interval
+    propel.featurestore.store.materialize uses."""
+    store = fstore.feature_store(ws, online, fast=False)
     end = datetime.fromisoformat(load_catalog(ws)["cutoffs"][-1]).replace(tzinfo=timezone.utc) + timedelta(seconds=1)
     for view in store.list_feature_views():
         store.materialize(start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=end, feature_views=[view.name])

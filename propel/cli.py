@@ -162,14 +162,16 @@ def features_build(
 @features_app.command("apply")
 @friendly
 def features_apply(ctx: typer.Context, online: OnlineOption = None) -> None:
-    """Register entities, feature views and feature services in the Feast registry."""
+    """Register entities, feature views and feature services in the Feast registry, and write the workspace's
+    Feast repo (data/feast/repo) for Feast's own CLI."""
     import time
 
     from propel.featurestore.store import apply
 
     started = time.perf_counter()
     names = apply(ctx.obj, online)
-    console.print(f"[green]features apply[/] {len(names)} objects registered ({time.perf_counter() - started:.1f}s)")
+    console.print(f"[green]features apply[/] {len(names)} objects registered ({time.perf_counter() - started:.1f}s); "
+                  f"Feast repo: {ctx.obj.feast_repo}")
 
 
 @features_app.command("materialize")

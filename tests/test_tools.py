@@ -14,13 +14,12 @@ import shlex
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import mlflow
 import pandas as pd
-import pytest
 
 from propel.config import Workspace
 from propel.featurestore import store as fstore
