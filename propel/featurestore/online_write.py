@@ -8,7 +8,7 @@ and rows go to SQLite as one multi-row upsert per entity, sorted by key, with ev
 bytearray (which Python's sqlite3 binds without an adapter lookup), or to Redis as HSETs run by a
 small server-side script per batch of entities. What lands is what Feast's own writers would
 store (same tables, keys, bytes, timestamps), so Feast's read path is unchanged;
-tests/test_online_write.py checks that against stock Feast.
+tests/featurestore/test_online_write.py checks that against stock Feast.
 
 It runs inside Feast: `propel.featurestore.engine` is the batch engine named in the workspace's
 feature_store.yaml, so `feast materialize[-incremental]` and `FeatureStore.materialize` take this path
