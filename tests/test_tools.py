@@ -107,6 +107,9 @@ def test_feast_mlflow_commands_of_the_readme(champions, copy_of, tmp_path):
             "experiment_ids": [registry.experiment(ws, "churn")],
             "filter": "tags.`feast.feature_service` = 'churn_v1'"}).json()
         assert runs.get("runs"), "runs carry Feast's feature-service tag"
+        versions = httpx.get(f"{url}/api/2.0/mlflow/model-versions/search", params={"filter": "name='churn'"},
+                             timeout=30).json()["model_versions"]
+        assert all({"key": "feast.feature_service", "value": "churn_v1"} in v["tags"] for v in versions), versions
     finally:
         stop(proc)
 

@@ -200,7 +200,9 @@ def data_hash(df: pd.DataFrame) -> str:
 def tracked_run(ws: Workspace, task: str, frame: Frame, params: dict, cfg: TrainSettings, metric: str):
     """An MLflow run with what every task logs: tags, parameters, row counts, data hash, training data."""
     with mlflow.start_run(experiment_id=registry.experiment(ws, task), run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
-        mlflow.set_tags({"propel.task": task, "feast.feature_service": frame.feature_service,
+        # feast.*: Feast's own MLflow tag convention (feast.mlflow_integration)
+        mlflow.set_tags({"propel.task": task, "feast.project": ws.settings().feast.project,
+                         "feast.feature_service": frame.feature_service,
                          "propel.label_source": frame.label_source, "propel.lake_load": load_catalog(ws)["lake_load"],
                          "propel.selection_metric": metric,
                          **{f"propel.lake_version.{t}": v for t, v in Lake(ws).versions().items()}})
@@ -228,7 +230,9 @@ def log_model(task: str, model, frame: Frame, test: pd.DataFrame) -> str:
         name="model", python_model=model, registered_model_name=task, input_example=example, code_paths=MODEL_CODE,
         signature=infer_signature(sample, model.predict(None, example)),
         pip_requirements=[f"lightgbm=={lgb.__version__}", "scikit-learn", "pandas", "numpy"])
-    return str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_model_version_tag(task, version, "feast.feature_service", frame.feature_service)
+    return version
 
 
 def log_classifier_run(ws: Workspace, task: str, frame: Frame, fitted: Fitted, scores: dict[str, np.ndarray],
