@@ -69,7 +69,7 @@ class TrainSettings:
     valid_share: float = 0.2  # share of customers held out of fitting for early stopping and calibration
     min_positives: int = 500  # eligibility gate: fewer positives in training -> refuse to train
     min_negatives: int = 500  # eligibility gate for negatives
-    selection_metric: str = "roc_auc"  # champion/challenger metric for churn and propensity (uplift: qini)
+    selection_metric: str = "roc_auc"  # champion/challenger metric for churn and propensity (uplift: qini_auc)
     promotion_margin: float = 0.0  # the challenger must beat the champion by more than this
     learning_rate: float = 0.05
     num_leaves: int = 15

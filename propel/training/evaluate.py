@@ -61,10 +61,52 @@ def qini_curve(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> tuple[
 
 
 def qini_coefficient(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> float:
-    """Area between the model's Qini curve and random targeting, normalised by the number of rows."""
+    """Area between the model's Qini curve and random targeting, normalised by the number of rows (x 100):
+    Propel's original figure, on a scale of its own; `qini_auc` is the comparable one."""
     x, gain = qini_curve(y, treated, uplift)
     random = x * gain[-1]
     return float(np.trapezoid(gain - random, x) / max(len(y), 1) * 100)
+
+
+def _threshold_curve(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-uplift's `qini_curve` / `uplift_curve`: rows targeted (x) and the gain at each distinct predicted
+    uplift (ties enter together, so a constant score is the straight random line), from (0, 0)."""
+    order = np.argsort(uplift, kind="mergesort")[::-1]
+    y, t, u = np.asarray(y, float)[order], np.asarray(treated).astype(bool)[order], np.asarray(uplift, float)[order]
+    cut = np.r_[np.flatnonzero(np.diff(u)), len(u) - 1]
+    n_t, y_t, y_c = np.cumsum(t)[cut], np.cumsum(y * t)[cut], np.cumsum(y * ~t)[cut]
+    n, n_c = cut + 1.0, cut + 1.0 - np.cumsum(t)[cut]
+    zeros = np.zeros(len(cut))
+    if kind == "qini":
+        gain = y_t - y_c * np.divide(n_t, n_c, out=zeros.copy(), where=n_c > 0)
+    else:
+        gain = (np.divide(y_t, n_t, out=zeros.copy(), where=n_t > 0) - np.divide(y_c, n_c, out=zeros.copy(), where=n_c > 0)) * n
+    return np.r_[0.0, n], np.r_[0.0, gain]
+
+
+def _normalised_area(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray, kind: str) -> float:
+    """(area of the model's curve - random's) / (area of the perfect ranking's curve - random's)."""
+    y, t = np.asarray(y, float), np.asarray(treated).astype(float)
+    if kind == "qini":  # perfect: treated responders first, control responders last (negative effects allowed)
+        perfect = y * t - y * (1 - t)
+    else:  # scikit-uplift's perfect_uplift_curve
+        summand = y if np.sum((y == 1) & (t == 0)) > np.sum((y == 0) & (t == 1)) else t
+        perfect = 2 * (y == t) + summand
+    x_p, g_p = _threshold_curve(y, t, perfect, kind)
+    random = np.trapezoid([0, g_p[-1]], [0, x_p[-1]])
+    best = np.trapezoid(g_p, x_p) - random
+    x, g = _threshold_curve(y, t, uplift, kind)
+    return float((np.trapezoid(g, x) - random) / best) if best else float("nan")
+
+
+def qini_auc(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> float:
+    """Normalised Qini coefficient (scikit-uplift's `qini_auc_score`): 0 = random targeting, 1 = perfect."""
+    return _normalised_area(y, treated, uplift, "qini")
+
+
+def auuc(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> float:
+    """Normalised area under the uplift curve (scikit-uplift's `uplift_auc_score`): 0 = random, 1 = perfect."""
+    return _normalised_area(y, treated, uplift, "uplift")
 
 
 def uplift_at(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray, share: float) -> float:
@@ -135,7 +177,7 @@ def plot_qini(y: np.ndarray, treated: np.ndarray, uplifts: dict[str, np.ndarray]
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, u in uplifts.items():
         x, gain = qini_curve(y, treated, u)
-        ax.plot(x, gain, label=f"{name} (Qini {qini_coefficient(y, treated, u):.2f})")
+        ax.plot(x, gain, label=f"{name} (normalised Qini {qini_auc(y, treated, u):.3f})")
     ax.plot([0, 1], [0, gain[-1]], "k:", lw=1, label="random")
     ax.set(xlabel="share targeted", ylabel="incremental conversions", title="Qini curve")
     ax.legend(fontsize=8)

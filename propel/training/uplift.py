@@ -1,7 +1,9 @@
 """`propel train uplift`: who buys *because* they were contacted. T-learner over the randomized
 control groups: one response model on treated touches, one on control touches; uplift = difference.
-Evaluated on the out-of-time test with Qini and uplift@k, next to the response model's ranking
-(which favours customers who would buy anyway) and random targeting."""
+Evaluated on the out-of-time test with the normalised Qini coefficient (`qini_auc`, scikit-uplift's
+`qini_auc_score`: 0 random, 1 perfect; the champion rule), the normalised AUUC, Propel's original `qini`
+figure and uplift@k, next to the response model's ranking (which favours customers who would buy anyway)
+and random targeting."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pandas as pd
 from propel.lake.tables import Lake
 from propel.config import Workspace
 from propel.training import labels
-from propel.training.evaluate import plot_qini, qini_coefficient, uplift_at
+from propel.training.evaluate import auuc, plot_qini, qini_auc, qini_coefficient, uplift_at
 from propel.training.model import PropelUplift, decile_edges
 from propel.training.tasks import SERVICES
 from propel.training.pipeline import (TrainResult, build_frame, check_eligible, decide_and_promote, fit_classifier,
@@ -26,7 +28,8 @@ SERVICE = SERVICES["uplift"]
 
 def uplift_metrics(test: pd.DataFrame, uplift: np.ndarray, prefix: str = "") -> dict[str, float]:
     y, treated = test["label"].to_numpy(), (test["group"] == "treatment").to_numpy()
-    out = {f"{prefix}qini": qini_coefficient(y, treated, uplift)}
+    out = {f"{prefix}qini": qini_coefficient(y, treated, uplift), f"{prefix}qini_auc": qini_auc(y, treated, uplift),
+           f"{prefix}auuc": auuc(y, treated, uplift)}
     out.update({f"{prefix}uplift_at_{k}": uplift_at(y, treated, uplift, k / 100) for k in (10, 20, 30)})
     return out
 
@@ -63,18 +66,18 @@ def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
             rankings["true uplift"] = np.where(known, true, 0)
     params = {"learner": "T-learner", "treated_best_iteration": treated.params["best_iteration"],
               "control_best_iteration": control.params["best_iteration"]}
-    with tracked_run(ws, "uplift", frame, params, cfg, "qini") as run:
+    with tracked_run(ws, "uplift", frame, params, cfg, "qini_auc") as run:
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_qini(test["label"].to_numpy(), (test["group"] == "treatment").to_numpy(),
                                               rankings, Path(tmp))), "plots")
         version = log_model("uplift", model, frame, test)
     notes = []
-    if metrics["qini"] <= metrics["random_qini"]:
-        notes.append(f"Qini {metrics['qini']:.3f} is not above random targeting ({metrics['random_qini']:.3f})")
+    if metrics["qini_auc"] <= metrics["random_qini_auc"]:
+        notes.append(f"normalised Qini {metrics['qini_auc']:.3f} is not above random targeting "
+                     f"({metrics['random_qini_auc']:.3f})")
 
     def qini_of(m, t):
-        return qini_coefficient(t["label"].to_numpy(), (t["group"] == "treatment").to_numpy(),
-                                m.predict(None, t)["score"].to_numpy())
+        return qini_auc(t["label"].to_numpy(), (t["group"] == "treatment").to_numpy(), m.predict(None, t)["score"].to_numpy())
 
-    return decide_and_promote(ws, "uplift", version, run.info.run_id, metrics, test, cfg, notes, "qini", qini_of)
+    return decide_and_promote(ws, "uplift", version, run.info.run_id, metrics, test, cfg, notes, "qini_auc", qini_of)
