@@ -12,11 +12,21 @@ over-credits rare channels). Touches younger than the lookback at the end of the
 outcome is unknown. Orders without any touch are organic and credit nobody.
 
 Models, per converting path: last touch, first touch, linear, time decay (weight 2^(-age / half-life)),
-position-based (40% first, 40% last, 20% shared by the middle; 50/50 for two touches), Shapley (each
-distinct channel/campaign of the path gets an equal share: the Shapley value of the game "a coalition
-converts the paths whose channels it contains"), and a first-order Markov chain over all paths whose
-removal effects (the fall in conversion probability when a state is removed) are normalised to shares
-of all converting paths. Revenue, and first orders (new customers, for CAC), are credited the same way.
+position-based (40% first, 40% last, 20% shared by the middle; 50/50 for two touches), linear over
+distinct channels (`linear_distinct`: each distinct channel/campaign of the path gets an equal share, the
+Shapley value of a unanimity game, which this column was once called), data-driven Shapley (`shapley`,
+below), and a first-order Markov chain over all paths whose removal effects (the fall in conversion
+probability when a state is removed) are normalised to shares of all converting paths. Revenue, and first
+orders (new customers, for CAC), are credited the same way.
+
+Data-driven Shapley (Shao & Li 2011; Dalessandro et al. 2012): the worth v(S) of a coalition S of channels
+(campaigns) is the conversion rate of the paths, converting or not, whose distinct channels are exactly S
+(0 for a coalition no path has; v(empty) = 0). A converting path with channels S is shared out by the
+Shapley values of the game restricted to S (each channel's marginal contribution v(T + i) - v(T), averaged
+over the orders in which S can be assembled), negative values counted as 0 and the rest normalised to the
+path's one conversion. Exact (all 2^|S| subsets) for paths with up to `EXACT_PLAYERS` distinct keys;
+above, Monte Carlo over `SAMPLED_ORDERS` random orders (seeded), whose largest standard error of a share
+is reported (`Attribution.shapley_error`).
 
 Only `markov_incremental` estimates what a channel causes; the others share out conversions that touched
 it, including those that would have happened anyway. On generated data both Markov models rank channels
@@ -27,6 +37,7 @@ the effects are within the noise (figures in docs/analytics.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +50,11 @@ from propel.lake.schema import CHANNELS
 from propel.config import Workspace
 
 TOUCH_CHANNELS = tuple(c for c in CHANNELS if c not in ("web", "app", "store"))  # marketing, not shopping, channels
-RULE_MODELS = ("last_touch", "first_touch", "linear", "time_decay", "position", "shapley")
-MODELS = (*RULE_MODELS, "markov", "markov_incremental")
+RULE_MODELS = ("last_touch", "first_touch", "linear", "time_decay", "position", "linear_distinct")
+PATH_MODELS = (*RULE_MODELS, "shapley")  # each converting path's credit shared out among its touches
+EXACT_PLAYERS = 12  # exact Shapley values up to 2^12 coalitions per path; sampled above
+SAMPLED_ORDERS = 400  # random orders per path above EXACT_PLAYERS: share errors of about 1/sqrt(400) of their spread
+MODELS = (*PATH_MODELS, "markov", "markov_incremental")
 LEVELS = {"channel": "channel", "campaign": "campaign"}
 NO_CAMPAIGN = "(no campaign)"
 
@@ -77,6 +91,65 @@ def touches(con, lookback_days: int) -> pd.DataFrame:
         ORDER BY path_id, ts, channel""").df()
 
 
+def _coalition_rates(sets: pd.Series, converted: pd.Series) -> dict[frozenset, float]:
+    """v(S): the conversion rate of the paths whose set of distinct keys is exactly S."""
+    return pd.Series(converted.to_numpy(float)).groupby(sets.to_numpy()).mean().to_dict()
+
+
+def _exact_shapley(players: list, v: dict) -> np.ndarray:
+    """Shapley values of the game v restricted to `players`, from all 2^n coalitions (bit masks)."""
+    n = len(players)
+    masks = np.arange(2 ** n)
+    members = (masks[:, None] >> np.arange(n)) & 1
+    worth = np.array([v.get(frozenset(p for p, m in zip(players, row) if m), 0.0) for row in members])
+    size = members.sum(axis=1)
+    weight = np.array([math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n) for k in range(n)])
+    phi = np.empty(n)
+    for i in range(n):
+        without = masks[members[:, i] == 0]
+        phi[i] = np.sum(weight[size[without]] * (worth[without | (1 << i)] - worth[without]))
+    return phi
+
+
+def _sampled_shapley(players: list, v: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Monte Carlo Shapley values over SAMPLED_ORDERS random orders, and their standard errors."""
+    n = len(players)
+    gains = np.empty((SAMPLED_ORDERS, n))
+    for row in range(SAMPLED_ORDERS):
+        order, before, coalition = rng.permutation(n), 0.0, set()
+        for i in order:
+            coalition.add(players[i])
+            after = v.get(frozenset(coalition), 0.0)
+            gains[row, i], before = after - before, after
+    return gains.mean(axis=0), gains.std(axis=0, ddof=1) / np.sqrt(SAMPLED_ORDERS)
+
+
+def shapley_credits(t: pd.DataFrame, level: str, seed: int = 0) -> tuple[pd.Series, float]:
+    """Per-touch data-driven Shapley credit (each converting path's credits sum to 1), and the largest standard
+    error of a sampled path share (0 when every path was exact)."""
+    key = t[LEVELS[level]].astype(str)
+    sets = key.groupby(t["path_id"], sort=False).agg(frozenset)
+    outcome = t.groupby("path_id", sort=False)["converted"].first()
+    v = _coalition_rates(sets, outcome.loc[sets.index])
+    rng, shares, error = np.random.default_rng(seed), {}, 0.0
+    for coalition in sorted(set(sets[outcome.loc[sets.index]]), key=sorted):
+        players = sorted(coalition)
+        if len(players) <= EXACT_PLAYERS:
+            phi, se = _exact_shapley(players, v), np.zeros(len(players))
+        else:
+            phi, se = _sampled_shapley(players, v, rng)
+        positive = np.clip(phi, 0, None)
+        total = positive.sum()
+        share = positive / total if total > 0 else np.full(len(players), 1 / len(players))
+        if total > 0:
+            error = max(error, float((se / total).max()))
+        shares.update({(coalition, p): s for p, s in zip(players, share)})
+    path_set = t["path_id"].map(sets)
+    same_key = t.assign(_k=key).groupby(["path_id", "_k"])["ts"].transform("size").to_numpy()
+    credit = [shares.get((c, k), 0.0) for c, k in zip(path_set, key)] / same_key
+    return pd.Series(credit * t["converted"].to_numpy(), index=t.index), error
+
+
 def rule_credits(t: pd.DataFrame, level: str, half_life_days: float) -> pd.DataFrame:
     """Per-touch credit (each converting path's credits sum to 1) of every rule-based model at `level`."""
     path = t["path_id"]
@@ -92,7 +165,7 @@ def rule_credits(t: pd.DataFrame, level: str, half_life_days: float) -> pd.DataF
         "last_touch": last * 1.0, "first_touch": first * 1.0, "linear": 1.0 / n,
         "time_decay": (decay / decay.groupby(path).transform("sum")).to_numpy(),
         "position": np.select([n == 1, n == 2, first | last], [1.0, 0.5, 0.4], 0.2 / np.maximum(n - 2, 1)),
-        "shapley": 1.0 / (distinct * same_key),
+        "linear_distinct": 1.0 / (distinct * same_key),
     }, index=t.index)
     return credit.mul(t["converted"].to_numpy(), axis=0)
 
@@ -169,6 +242,9 @@ class Attribution:
     organic_orders: int
     lookback_days: int
     half_life_days: float
+    shapley_error: dict[str, float]  # per level: largest standard error of a sampled Shapley share (0: all exact)
+    credits: pd.DataFrame  # per touch of a converting path: customer_id, order_ts, channel, revenue, first_order and
+    #                        each path model's channel-level credit (the report's drill-down re-adds them per filter)
 
     def side_by_side(self, level: str = "channel", measure: str = "conversions") -> pd.DataFrame:
         """One row per channel (campaign), one column per model, plus cost and sends."""
@@ -204,11 +280,15 @@ def attribute(ws: Workspace, lookback_days: int | None = None, half_life_days: f
                            WHERE t."group" = 'treatment'""").df()
     orders = con.execute(f"SELECT count(*) FROM ({ORDERS})").fetchone()[0]
     real = t[t["kind"] != "holdout"]
-    frames = []
+    frames, errors = [], {}
     for level, column in LEVELS.items():
         credit = rule_credits(real, level, half_life_days)
+        credit["shapley"], errors[level] = shapley_credits(real, level, ws.settings().train.seed)
+        if level == "channel":
+            converted = real["converted"].to_numpy()
+            per_touch = real.loc[converted, ["customer_id", "order_ts", "channel", "revenue", "first_order"]].join(credit[converted])
         keys = real[column]
-        for model in RULE_MODELS:
+        for model in PATH_MODELS:
             w = credit[model]
             frames.append(pd.DataFrame({
                 "model": model, "level": level, "conversions": w.groupby(keys).sum(),
@@ -225,4 +305,14 @@ def attribute(ws: Workspace, lookback_days: int | None = None, half_life_days: f
     table["cac"] = np.where(paid & (table["new_customers"] > 0), table["cost"] / table["new_customers"].where(table["new_customers"] > 0), np.nan)
     converting = int(real.loc[real["converted"], "path_id"].nunique())
     return Attribution(table, int(real["path_id"].nunique()), converting, int(orders - converting), lookback_days,
-                       half_life_days)
+                       half_life_days, errors, per_touch)
+
+
+def rank_correlation(result: Attribution, true_effect: pd.Series, level: str = "channel") -> pd.Series:
+    """Spearman correlation, per model, between the conversions it credits per send and the true effect per
+    send of each channel (campaign) that has both (on generated data: `propel.demo.oracle.Oracle`)."""
+    side = result.side_by_side(level)
+    keys = side.index[(side["sends"] > 0) & side.index.isin(true_effect.index)]
+    per_send = side.loc[keys, list(MODELS)].div(side.loc[keys, "sends"], axis=0)
+    truth = true_effect.loc[keys]
+    return pd.Series({m: per_send[m].corr(truth, method="spearman") for m in MODELS}, name="spearman")

@@ -41,7 +41,7 @@ OUTCOMES = """
              FROM campaign_touches t JOIN campaigns c USING (campaign_id) CROSS JOIN end_
              WHERE t.sent_at + INTERVAL {days} DAY <= end_.end_ts),
     buys AS (SELECT customer_id, ts, revenue FROM events WHERE event_type = 'purchase')
-    SELECT s.campaign_id, s.channel, s."group", s.customer_id,
+    SELECT s.campaign_id, s.channel, s."group", s.customer_id, s.sent_at,
            count(b.ts) FILTER (WHERE b.ts >= s.sent_at) > 0 AS converted,
            coalesce(sum(b.revenue) FILTER (WHERE b.ts >= s.sent_at), 0) AS revenue,
            count(b.ts) FILTER (WHERE b.ts < s.sent_at) > 0 AS pre_converted,
@@ -52,7 +52,7 @@ OUTCOMES = """
 
 
 def outcomes(con, window_days: int) -> pd.DataFrame:
-    """One row per touch: campaign_id, channel, group, customer_id, converted, revenue (in the window), and
+    """One row per touch: campaign_id, channel, group, customer_id, sent_at, converted, revenue (in the window), and
     pre_converted, pre_revenue (the `PRE_DAYS` before the send)."""
     return con.execute(OUTCOMES.format(days=int(window_days), pre=PRE_DAYS)).df()
 

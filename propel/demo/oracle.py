@@ -141,6 +141,15 @@ class Oracle:
         return rows[["customer_id", "campaign_id"]].merge(truth[["customer_id", "campaign_id", "uplift"]],
                                                           on=["customer_id", "campaign_id"], how="left")["uplift"].to_numpy()
 
+    def lift_per_send(self, channel_of: pd.Series | None = None) -> pd.Series:
+        """The planted mean conversion lift (p_treated - p_control) of a sent message, by campaign; by channel
+        (all its campaigns' sends) when `channel_of` maps campaign ids to channels."""
+        truth = pd.read_parquet(self.dir / "treatment_effects.parquet")
+        sent = truth[truth["group"] == "treatment"]
+        lift = sent["p_treated"] - sent["p_control"]
+        key = sent["campaign_id"] if channel_of is None else sent["campaign_id"].map(channel_of)
+        return lift.groupby(key).mean()
+
     def preferred_category(self, customer_ids) -> np.ndarray:
         """Each customer's planted preferred category (the generator draws item categories from a per-person
         preference vector; this is its largest entry); None without ground truth."""

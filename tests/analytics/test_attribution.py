@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from propel.analytics.attribution import MODELS, attribute, markov, rule_credits, touches
+from propel.analytics.attribution import MODELS, attribute, markov, rank_correlation, rule_credits, shapley_credits, touches
 from propel.lake.ingest import ingest
 from propel.lake.tables import Lake
 from propel.cli import app
@@ -49,9 +49,50 @@ def test_rule_based_models_give_known_credit():
     w = 2.0 ** -(np.array([10, 6, 3, 0]) / 3)
     assert by.loc["A", "time_decay"] == pytest.approx((w[0] + w[3]) / w.sum())
     assert by.loc["C", "time_decay"] == pytest.approx(w[2] / w.sum())
-    assert by.loc["A", "shapley"] == pytest.approx(1 / 3) and by.loc["B", "shapley"] == pytest.approx(1 + 1 / 3)
+    assert by.loc["A", "linear_distinct"] == pytest.approx(1 / 3) and by.loc["B", "linear_distinct"] == pytest.approx(1 + 1 / 3)
     assert credit[~t["converted"]].to_numpy().sum() == 0, "a path that did not convert gives no credit"
     assert credit.groupby(t["path_id"]).sum().loc[["p1", "p2"]].to_numpy() == pytest.approx(np.ones((2, 6)))
+
+
+def _game(counts: dict[str, tuple[int, int]]) -> pd.DataFrame:
+    """Paths from {channels: (paths, converting)}: e.g. "AB" = touched A then B."""
+    paths = []
+    for channels, (n, conv) in counts.items():
+        paths += [(f"{channels}{i}", [(c, len(channels) - j) for j, c in enumerate(channels)], i < conv, 10.0)
+                  for i in range(n)]
+    return _paths(*paths)
+
+
+def test_data_driven_shapley_on_a_known_game():
+    # v(A) = 2/10, v(B) = 1/10, v(AB) = 5/10. Shapley on {A, B}: A = (0.2 + (0.5 - 0.1)) / 2 = 0.3,
+    # B = (0.1 + (0.5 - 0.2)) / 2 = 0.2: a converting AB path gives A 0.6 and B 0.4.
+    t = _game({"A": (10, 2), "B": (10, 1), "AB": (10, 5)})
+    credit, error = shapley_credits(t, "channel")
+    by = credit.groupby(t["channel"]).sum()
+    assert by["A"] == pytest.approx(2 + 5 * 0.6) and by["B"] == pytest.approx(1 + 5 * 0.4) and error == 0
+    assert credit.groupby(t["path_id"]).sum()[lambda s: s > 0].to_numpy() == pytest.approx(1.0)
+    assert credit[~t["converted"]].sum() == 0
+    # the equal split ignores that B converts less on its own
+    assert rule_credits(t, "channel", 7)["linear_distinct"].groupby(t["channel"]).sum()["A"] == pytest.approx(4.5)
+
+
+def test_sampled_shapley_matches_exact_within_its_stated_error(monkeypatch):
+    from propel.analytics import attribution
+
+    rng = np.random.default_rng(1)
+    players = list("ABCDEFGH")
+    v = {frozenset(s for s, keep in zip(players, row) if keep): rng.random()
+         for row in (np.arange(256)[:, None] >> np.arange(8)) & 1}
+    v[frozenset()] = 0.0  # the empty coalition converts nothing, as in shapley_credits
+    exact = attribution._exact_shapley(players, v)
+    assert exact.sum() == pytest.approx(v[frozenset(players)]), "efficiency: the values sum to v(all)"
+    mean, se = attribution._sampled_shapley(players, v, np.random.default_rng(2))
+    assert (np.abs(mean - exact) <= 4 * se).all() and (se > 0).all()
+    monkeypatch.setattr(attribution, "EXACT_PLAYERS", 1)
+    t = _game({"A": (10, 2), "B": (10, 1), "AB": (10, 5)})
+    credit, error = shapley_credits(t, "channel")
+    assert 0 < error < 0.05, "sampling states its error"
+    assert credit.groupby(t["channel"]).sum()["A"] == pytest.approx(5.0, abs=5 * 5 * error)
 
 
 def test_two_touch_position_split_is_half_and_half():
