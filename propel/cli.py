@@ -328,6 +328,7 @@ def attribution(
     level: Annotated[str, typer.Option(help="channel or campaign.")] = "channel",
     lookback_days: Annotated[Optional[int], typer.Option("--lookback-days", min=1, help="Touches this many days before an order can get credit (default 7).")] = None,
     half_life_days: Annotated[Optional[float], typer.Option("--half-life-days", min=0.01, help="Time-decay half-life in days (default 7).")] = None,
+    truth: Annotated[Optional[Path], typer.Option(help="Generator ground truth (_truth/): rank correlation of each model with the planted lift.")] = None,
 ) -> None:
     """Credit orders to channels and campaigns under every model, with cost, ROI and CAC (saved as CSV)."""
     from rich.table import Table
@@ -344,6 +345,16 @@ def attribution(
         for key, row in frame.iterrows():
             table.add_row(str(key), *("" if v != v else f"{v:,.2f}" if abs(v) < 10 else f"{v:,.0f}" for v in row))
         out.print(table)
+    if truth:
+        from propel.analytics.attribution import rank_correlation
+        from propel.demo.oracle import Oracle
+        from propel.lake.tables import Lake
+
+        channel_of = Lake(ctx.obj).connect().execute("SELECT campaign_id, channel FROM campaigns").df()
+        lift = Oracle(truth).lift_per_send(channel_of.set_index("campaign_id")["channel"] if level == "channel" else None)
+        rho = rank_correlation(result, lift, level)
+        out.print(f"Spearman correlation of credited conversions per send with the planted lift per send ({level}): "
+                  + ", ".join(f"{m} {r:.2f}" for m, r in rho.items()))
     path = result.save(ctx.obj.reports)
     console.print(f"[green]attribution[/] {result.converting_paths:,} converting paths of {result.paths:,}, "
                   f"{result.organic_orders:,} orders without touches -> {path}")

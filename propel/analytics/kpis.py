@@ -74,14 +74,6 @@ def by_channel(con) -> pd.DataFrame:
         ORDER BY revenue DESC NULLS LAST, events DESC""").df()
 
 
-def channel_over_time(con, freq: str = "week") -> pd.DataFrame:
-    """Revenue per period and channel the order was placed on (long format)."""
-    p = _period(freq)
-    return con.execute(f"""SELECT CAST({p.format(col='ts')} AS DATE) AS period, channel, sum(revenue) AS revenue,
-                                  count(*) AS orders
-                           FROM ({ORDERS}) GROUP BY ALL ORDER BY 1, 2""").df()
-
-
 def retention(con, freq: str = "month") -> pd.DataFrame:
     """Cohorts by first-order period: customers, and the share ordering again k periods later (k = 1, 2, ...)."""
     p = _period(freq)

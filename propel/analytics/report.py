@@ -2,10 +2,13 @@
 
 Sections: KPIs over time and by channel (with retention cohorts and CLTV), segments, attribution, A/B
 tests, recommendation impact, model cards (the champions' test metrics and plots from MLflow) and
-monitoring. Charts are matplotlib SVG inlined in the page, MLflow's plots are base64 PNG: nothing is
-fetched from anywhere, so the file can be mailed or opened offline. A section whose inputs do not exist
-yet (no features, no champion) says what to run instead. A small inline script marks every chart that
-the browser laid out with a non-empty size (`data-drawn`), which the browser test checks.
+monitoring. Filters for period, channel, city tier and segment (a bar at the top) re-draw the KPI,
+attribution and campaign views in the page: their additive facts (drilldown.py) are inlined as JSON and
+re-added by drilldown.js, drawn with Plotly (its JS inlined from the plotly package). The other charts are
+matplotlib SVG, MLflow's plots base64 PNG: nothing is fetched from anywhere, so the file can be mailed or
+opened offline. A section whose inputs do not exist yet (no features, no champion) says what to run
+instead. A small inline script marks every chart that the browser laid out with a non-empty size
+(`data-drawn`), which the browser test checks.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import tempfile
 import time
@@ -26,7 +30,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from propel.analytics import attribution, cltv, experiments, kpis, monitor, recommendations, segments  # noqa: E402
+from plotly.offline import get_plotlyjs  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from propel.analytics import attribution, cltv, drilldown, experiments, kpis, monitor, recommendations, segments  # noqa: E402
 from propel.lake.tables import Lake  # noqa: E402
 from propel.config import Workspace  # noqa: E402
 
@@ -46,16 +53,27 @@ text-align:right}table.t th:first-child,table.t td:first-child{text-align:left}t
 figcaption{font-size:12px;color:#4a5568}.note{color:#4a5568;font-size:12.5px}.missing{color:#975a16;background:#fffaf0;padding:8px;border-radius:4px}
 .alert{color:#9b2c2c;background:#fff5f5;padding:4px 8px;margin:3px 0;border-radius:4px}.ok{color:#276749}
 .kpi{display:inline-block;min-width:130px;margin:4px 12px 4px 0}.kpi b{display:block;font-size:20px}
+#filters{padding:8px 32px;background:#fff;border-bottom:1px solid #e2e8f0;position:sticky;top:36px;z-index:5;font-size:13px}
+#filters label{margin-right:12px}#filters select{margin-left:4px}.plot{width:100%;min-height:300px}.half{flex:1 1 480px}
 """
 SCRIPT = """
-document.querySelectorAll('figure.chart').forEach(function (f) {
-  var g = f.querySelector('svg, img'), r = g ? g.getBoundingClientRect() : {width: 0, height: 0};
-  var marks = g && g.tagName.toLowerCase() === 'svg' ? g.querySelectorAll('path, rect, use').length : (g && g.naturalWidth) || 0;
-  f.dataset.drawn = (r.width > 20 && r.height > 20 && marks > 0) ? 'yes' : 'no';
+(window.propelReady || Promise.resolve()).then(function () {
+  document.querySelectorAll('figure.chart').forEach(function (f) {
+    var g = f.querySelector('svg, img'), r = g ? g.getBoundingClientRect() : {width: 0, height: 0};
+    var marks = g && g.tagName.toLowerCase() === 'svg' ? f.querySelectorAll('svg path, svg rect, svg use').length : (g && g.naturalWidth) || 0;
+    f.dataset.drawn = (r.width > 20 && r.height > 20 && marks > 0) ? 'yes' : 'no';
+  });
+  document.body.dataset.chartsDrawn = document.querySelectorAll('figure.chart[data-drawn="yes"]').length;
+  document.body.dataset.charts = document.querySelectorAll('figure.chart').length;
 });
-document.body.dataset.chartsDrawn = document.querySelectorAll('figure.chart[data-drawn="yes"]').length;
-document.body.dataset.charts = document.querySelectorAll('figure.chart').length;
 """
+DRILLDOWN_JS = Path(__file__).with_name("drilldown.js")
+FILTERS = """<div id="filters"><label>from <select id="f-from"></select></label><label>to <select id="f-to"></select></label>
+<label>channel <select id="f-channel"></select></label><label>city tier <select id="f-tier"></select></label>
+<label>segment <select id="f-segment"></select></label><button id="f-reset" type="button">reset</button>
+<span class="note">Showing <span id="f-summary"></span>: the KPI, attribution and campaign views marked
+"filtered" follow these filters (channel = the channel an order was placed on for KPIs, the marketing channel
+for attribution and campaigns); the other tables cover all data.</span></div>"""
 
 
 # ---- building blocks -----------------------------------------------------------------------------------
@@ -109,6 +127,11 @@ def image(png: bytes, name: str, caption: str = "") -> str:
     return f'<figure class="chart" data-chart="{_esc(name)}"><img alt="{_esc(name)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
+def plot(name: str, element: str, css: str = "") -> str:
+    """A figure that drilldown.js draws into (div `element`)."""
+    return f'<figure class="chart{" " + css if css else ""}" data-chart="{_esc(name)}"><div class="plot" id="{element}"></div></figure>'
+
+
 def _figure(width: float = 6.4, height: float = 3.0):
     fig, ax = plt.subplots(figsize=(width, height))
     ax.spines[["top", "right"]].set_visible(False)
@@ -127,42 +150,18 @@ def kpi_section(ws: Workspace, con) -> str:
     out = [_note(f"Per {freq}. An order is the purchases of one session; conversion rate = sessions with an order / "
                  "sessions; active customers = customers with an order; repeat rate = share of them who had bought "
                  "before; CAC = campaign cost of the period / new customers. The last period may be partial.")]
-    if len(series) >= 2:
-        last, prev = series.iloc[-2], series.iloc[-3] if len(series) >= 3 else series.iloc[-2]
-        tiles = [("revenue", "revenue"), ("orders", "orders"), ("AOV", "aov"), ("conversion", "conversion_rate"),
-                 ("active customers", "active_customers"), ("repeat rate", "repeat_rate"), ("new customers", "new_customers")]
-        out.append(f"<h3>Last complete {freq} ({_fmt(last['period'])})</h3><div>")
-        for label, col in tiles:
-            value = f"{last[col]:.1%}" if col.endswith("rate") else _fmt(last[col])
-            change = (last[col] / prev[col] - 1) if prev[col] else np.nan
-            delta = "" if np.isnan(change) or prev is last else f"{change:+.0%} vs previous"
-            out.append(f'<span class="kpi">{_esc(label)}<b>{_esc(value)}</b><small>{_esc(delta)}</small></span>')
-        out.append("</div>")
+    tiles = [("revenue", "revenue"), ("orders", "orders"), ("AOV", "aov"), ("conversion", "conversion_rate"),
+             ("sessions", "sessions"), ("new customers", "new_customers")]
+    out.append("<h3>Selection (filtered)</h3><div>" + "".join(
+        f'<span class="kpi">{_esc(label)}<b data-kpi="{key}"></b></span>' for label, key in tiles) + "</div>")
+    out.append(f'<div class="grid">{plot("revenue_orders", "plot-kpi", "half")}{plot("revenue_by_channel", "plot-kpi-channel", "half")}</div>')
     x = pd.to_datetime(series["period"])
-    fig, ax = _figure()
-    ax.bar(x, series["revenue"], width=5 if freq == "week" else 20, color=COLORS[0], label="revenue")
-    ax2 = ax.twinx()
-    ax2.plot(x, series["orders"], color=COLORS[1], marker="o", ms=3, label="orders")
-    ax.set_ylabel("revenue", fontsize=8), ax2.set_ylabel("orders", fontsize=8)
-    ax.set_title(f"Revenue and orders per {freq}", fontsize=10)
-    grid = [chart(fig, "revenue_orders")]
     fig, ax = _figure()
     ax.plot(x, series["conversion_rate"], color=COLORS[2], marker="o", ms=3, label="conversion rate")
     ax.plot(x, series["repeat_rate"], color=COLORS[3], marker="o", ms=3, label="repeat rate")
-    ax.set_title(f"Conversion and repeat rate per {freq}", fontsize=10)
+    ax.set_title(f"Conversion and repeat rate per {freq} (all data)", fontsize=10)
     ax.legend(fontsize=8)
-    grid.append(chart(fig, "rates"))
-    by_time = kpis.channel_over_time(con, freq).pivot(index="period", columns="channel", values="revenue").fillna(0)
-    fig, ax = _figure()
-    bottom = np.zeros(len(by_time))
-    for i, ch in enumerate(by_time.columns):
-        ax.bar(pd.to_datetime(by_time.index), by_time[ch], bottom=bottom, width=5 if freq == "week" else 20,
-               color=COLORS[i % len(COLORS)], label=ch)
-        bottom += by_time[ch].to_numpy()
-    ax.set_title(f"Revenue by the channel orders were placed on, per {freq}", fontsize=10)
-    ax.legend(fontsize=8, ncol=3)
-    grid.append(chart(fig, "revenue_by_channel"))
-    out.append(f'<div class="grid">{"".join(grid)}</div>')
+    out.append(chart(fig, "rates"))
     out.append(f"<h3>KPIs per {freq}</h3>" + table(series.set_index("period"), ("conversion_rate", "repeat_rate")))
     out.append("<h3>By channel</h3>" + table(kpis.by_channel(con).set_index("channel"), ("conversion_rate", "repeat_rate")))
     cohorts = kpis.retention(con, freq)
@@ -215,8 +214,8 @@ def cltv_block(ws: Workspace, con) -> str:
             + "<h4>By acquisition channel (first order)</h4>" + table(cltv.by_acquisition_channel(con, values)))
 
 
-def segment_section(ws: Workspace, con) -> str:
-    seg, profiles = segments.latest(ws)
+def segment_section(ws: Workspace, con, latest: tuple[pd.DataFrame, list[dict]]) -> str:
+    seg, profiles = latest
     consent = con.execute("SELECT customer_id, true AS consent FROM contactable").df()
     seg = seg.merge(consent, on="customer_id", how="left")
     seg["consent"] = seg["consent"].astype("boolean").fillna(False).astype(bool)
@@ -244,25 +243,22 @@ def segment_section(ws: Workspace, con) -> str:
     return "".join(out)
 
 
-def attribution_section(ws: Workspace) -> str:
-    result = attribution.attribute(ws)
-    side = result.side_by_side()
-    fig, ax = _figure(7.5, 3.2)
-    models = list(attribution.MODELS)
-    width = 0.8 / len(models)
-    for i, m in enumerate(models):
-        ax.bar(np.arange(len(side)) + i * width, side[m].fillna(0), width, color=COLORS[i % len(COLORS)], label=m)
-    ax.set_xticks(np.arange(len(side)) + 0.4 - width / 2, side.index)
-    ax.set_ylabel("attributed conversions", fontsize=8)
-    ax.legend(fontsize=7, ncol=4)
-    ax.set_title("Conversions credited to each channel, by model", fontsize=10)
+def attribution_section(result: attribution.Attribution) -> str:
+    errors = ", ".join(f"{level} {e:.3f}" for level, e in result.shapley_error.items() if e > 0)
     return (_note(f"{result.converting_paths:,} converting paths out of {result.paths:,} paths with touches; "
                   f"{result.organic_orders:,} orders had no touch in the {result.lookback_days}-day lookback (organic). "
-                  f"Time decay half-life {result.half_life_days:g} days. Rule-based models and the classic Markov removal "
-                  "effect credit every touched conversion, including those that would have happened anyway; "
-                  "markov_incremental uses the campaigns' control groups as the counterfactual and estimates "
-                  "conversions the channel caused.")
-            + chart(fig, "attribution") + "<h3>Conversions by model</h3>" + table(side)
+                  f"Time decay half-life {result.half_life_days:g} days. linear_distinct splits a path equally among its "
+                  "distinct channels; shapley is data-driven (Shapley values of the channels' coalition conversion "
+                  "rates over converting and non-converting paths; exact up to "
+                  f"{attribution.EXACT_PLAYERS} channels per path, sampled above"
+                  + (f", largest standard error of a sampled share: {errors}" if errors else "") + "). "
+                  "Rule-based models, Shapley and the classic Markov removal effect credit every touched conversion, "
+                  "including those that would have happened anyway; markov_incremental uses the campaigns' control "
+                  "groups as the counterfactual and estimates conversions the channel caused. The filtered view "
+                  "re-adds the per-path models; the Markov models value the whole chain and are in the tables below.")
+            + "<h3>Conversions by channel (filtered)</h3>" + plot("attribution", "plot-attribution")
+            + '<table class="t" id="attr-table"></table>'
+            + "<h3>Conversions by model (all data)</h3>" + table(result.side_by_side())
             + "<h3>Money</h3>" + table(result.money()) + "<h3>By campaign</h3>" + table(result.side_by_side("campaign")))
 
 
@@ -272,26 +268,29 @@ def experiment_section(ws: Workspace) -> str:
         return _note("No campaign with both a treatment and a control group whose response window has ended.")
     cfg = ws.settings()
     camp = ab[ab["level"] == "campaign"].sort_values("start")
-    fig, ax = _figure(6.4, 0.3 * len(camp) + 1.2)
-    y = np.arange(len(camp))
-    ax.errorbar(camp["lift"], y, xerr=[camp["lift"] - camp["lift_low"], camp["lift_high"] - camp["lift"]], fmt="o",
-                color=COLORS[0], ecolor="#a0aec0", capsize=3)
-    ax.axvline(0, color="#718096", lw=1)
-    ax.set_yticks(y, [f"{k} ({c})" for k, c in zip(camp["key"], camp["channel"])], fontsize=7)
-    ax.set_xlabel(f"conversion lift (treatment - control), {cfg.analytics.confidence:.0%} interval", fontsize=8)
-    ax.set_title("Campaign lift in conversion", fontsize=10)
-    cols = ["channel", "treated", "control", "control_share", "srm_p", "srm", "rate_treated", "rate_control", "lift",
-            "lift_low", "lift_high", "lift_p", "rpc_lift", "rpc_low", "rpc_high", "rpc_p", "incremental_revenue", "cost", "net"]
-    pct = ("control_share", "rate_treated", "rate_control", "lift", "lift_low", "lift_high")
+    cols = ["channel", "treated", "control", "srm_p", "srm", "rate_control", "lift", "lift_low", "lift_high",
+            "lift_cuped", "lift_cuped_low", "lift_cuped_high", "lift_variance_reduction", "lift_p_adjusted", "mde",
+            "verdict", "rpc_lift", "rpc_cuped", "rpc_variance_reduction", "rpc_p_adjusted", "incremental_revenue", "cost", "net"]
+    pct = ("rate_control", "lift", "lift_low", "lift_high", "lift_cuped", "lift_cuped_low", "lift_cuped_high",
+           "lift_variance_reduction", "rpc_variance_reduction", "mde")
     srm = camp[camp["srm"]]
     warning = "".join(f'<p class="alert">Sample-ratio mismatch in {_esc(k)}: {int(t):,} treated vs {int(c):,} control '
                       f"(p = {p:.2g}); its results are not trustworthy until the split is explained.</p>"
                       for k, t, c, p in zip(srm["key"], srm["treated"], srm["control"], srm["srm_p"]))
+    reduction = camp["lift_variance_reduction"].median(), camp["rpc_variance_reduction"].median()
     return (_note(f"A touch converts when the customer orders within {cfg.train.response_window_days} days of the send. "
-                  "Lift: difference of proportions (Wald interval, pooled z-test); revenue per customer (rpc): Welch's "
+                  f"Lift: difference of proportions with Newcombe's {cfg.analytics.confidence:.0%} interval (Wilson "
+                  "score intervals combined). CUPED adjusts each outcome by the customer's orders and revenue in the "
+                  f"{experiments.PRE_DAYS} days before the send (median variance reduction {reduction[0]:.0%} for "
+                  f"conversion, {reduction[1]:.0%} for revenue per customer); its p-values are Benjamini-Hochberg adjusted "
+                  f"across the {len(camp)} campaigns (and separately across channels), and the verdict uses them. MDE: "
+                  f"the smallest lift detected with {experiments.POWER:.0%} power. Revenue per customer (rpc): Welch's "
                   f"t-test; SRM: chi-square against a {cfg.analytics.control_share:.0%} control share. Net = incremental "
-                  "revenue - campaign cost.") + warning + chart(fig, "ab_lift")
-            + "<h3>By campaign</h3>" + table(camp.set_index("key")[cols], pct)
+                  "revenue - campaign cost.") + warning
+            + "<h3>Campaign lift (filtered)</h3>" + _note("Raw difference of the selected touches, Newcombe interval; "
+                                                          "verdicts, CUPED and adjusted p-values are for all touches (tables below).")
+            + '<p class="note" id="ab-count"></p>' + plot("ab_lift", "plot-ab") + '<table class="t" id="ab-table"></table>'
+            + "<h3>By campaign (all touches)</h3>" + table(camp.set_index("key")[cols], pct)
             + "<h3>By channel (campaigns pooled)</h3>" + table(ab[ab["level"] == "channel"].set_index("key")[cols[1:]], pct))
 
 
@@ -392,6 +391,21 @@ def monitoring_section(result: dict) -> str:
 
 
 # ---- page ----------------------------------------------------------------------------------------------
+def _attempt(build):
+    """(value, None), or (None, the reason) when its inputs do not exist yet; computed once for two sections."""
+    try:
+        return build(), None
+    except PREREQUISITES as exc:
+        return None, exc
+
+
+def _given(attempt):
+    value, reason = attempt
+    if reason is not None:
+        raise reason
+    return value
+
+
 def render(ws: Workspace, now: datetime | None = None) -> str:
     """The whole report as one HTML string."""
     started = time.perf_counter()
@@ -400,14 +414,20 @@ def render(ws: Workspace, now: datetime | None = None) -> str:
     if not span[2]:
         raise FileNotFoundError(f"{Lake(ws).root}: the lake has no events yet. Run `propel ingest RAW_DIR` first.")
     monitored = None
+    freq = kpis.period_for(con)
+    latest, attributed = _attempt(lambda: segments.latest(ws)), _attempt(lambda: attribution.attribute(ws))
+    facts = drilldown.facts(ws, con, freq, latest[0][0] if latest[0] else None, attributed[0])
+    facts["z"] = float(stats.norm.ppf(0.5 + facts["confidence"] / 2))
 
     def monitoring() -> str:
         nonlocal monitored
         monitored = monitor.check(ws, now)
         return monitoring_section(monitored)
 
-    builders = {"kpis": lambda: kpi_section(ws, con), "segments": lambda: segment_section(ws, con),
-                "attribution": lambda: attribution_section(ws), "experiments": lambda: experiment_section(ws),
+    builders = {"kpis": lambda: kpi_section(ws, con),
+                "segments": lambda: segment_section(ws, con, _given(latest)),
+                "attribution": lambda: attribution_section(_given(attributed)),
+                "experiments": lambda: experiment_section(ws),
                 "recommendations": lambda: recommendation_section(ws, con), "models": lambda: model_section(ws),
                 "monitoring": monitoring}
     body = []
@@ -420,11 +440,13 @@ def render(ws: Workspace, now: datetime | None = None) -> str:
     alerts = len(monitored["alerts"]) if monitored else 0
     nav = "".join(f'<a href="#{k}">{_esc(t)}</a>' for k, t in SECTIONS.items())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    data = json.dumps(facts, separators=(",", ":"), default=str).replace("</", "<\\/")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Propel report</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head><body>'
             f"<header><h1>Propel marketing report</h1>Data {span[0]} to {span[1]} ({span[2]:,} events); generated {stamp} "
-            f"in {time.perf_counter() - started:.0f}s; {alerts} monitoring alert(s).</header><nav>{nav}</nav>"
-            f'<main>{"".join(body)}</main><script>{SCRIPT}</script></body></html>')
+            f"in {time.perf_counter() - started:.0f}s; {alerts} monitoring alert(s).</header><nav>{nav}</nav>{FILTERS}"
+            f'<main>{"".join(body)}</main><script type="application/json" id="facts">{data}</script>'
+            f"<script>{get_plotlyjs()}</script><script>{DRILLDOWN_JS.read_text()}</script><script>{SCRIPT}</script></body></html>")
 
 
 def write_report(ws: Workspace, path: Path | None = None, now: datetime | None = None) -> Path:

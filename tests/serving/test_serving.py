@@ -329,7 +329,7 @@ def test_report_is_rendered_in_the_background(http):
         time.sleep(1)
         r = http.get("/report")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), r.text[:500]
-    assert "Propel" in r.text
+    assert "Propel" in r.text and 'id="f-tier"' in r.text, "the drill-down report, filters and all"
 
 
 def test_logs_carry_no_customer_ids(http, server_log, customers):
