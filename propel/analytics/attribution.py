@@ -275,6 +275,9 @@ def attribute(ws: Workspace, lookback_days: int | None = None, half_life_days: f
     half_life_days = half_life_days or cfg.half_life_days
     con = Lake(ws).connect()
     t = touches(con, lookback_days)
+    if t.empty:
+        raise ValueError(f"{Lake(ws).root}: no marketing touch to attribute (campaign_touches, or events on "
+                         f"{', '.join(TOUCH_CHANNELS)}) older than the {lookback_days}-day lookback")
     costs = con.execute("SELECT campaign_id, channel, cost FROM campaigns").df()
     sends = con.execute("""SELECT t.campaign_id, c.channel FROM campaign_touches t JOIN campaigns c USING (campaign_id)
                            WHERE t."group" = 'treatment'""").df()

@@ -172,6 +172,13 @@ def test_ab_tests_cover_the_true_lift_and_flag_the_broken_split(two_years):
     true_lift = effects[effects["group"] == "treatment"].assign(d=lambda e: e.p_treated - e.p_control).groupby("campaign_id")["d"].mean()
     covered = (campaigns["lift_low"] <= true_lift) & (true_lift <= campaigns["lift_high"])
     assert covered.mean() >= 0.85, f"95% intervals cover the planted lift for only {covered.mean():.0%} of campaigns"
+    cuped = (campaigns["lift_cuped_low"] <= true_lift) & (true_lift <= campaigns["lift_cuped_high"])
+    assert cuped.mean() >= 0.85, f"CUPED intervals cover the planted lift for only {cuped.mean():.0%} of campaigns"
+    assert campaigns["lift_variance_reduction"].between(0, 1).all() and campaigns["lift_variance_reduction"].median() > 0.01
+    assert (campaigns["lift_p_adjusted"] >= campaigns["lift_cuped_p"] - 1e-12).all(), "BH never lowers a p-value"
+    undecided = campaigns[campaigns["verdict"].str.startswith("no verdict")]
+    assert len(undecided) and (campaigns["verdict"].isin(["lift", "loss"]) | campaigns.index.isin(undecided.index)).all()
+    assert (undecided["mde"] > 0).all() and undecided["verdict"].str.contains("detects only lifts of").all()
     channels = table[table["level"] == "channel"].set_index("key")
     assert set(channels.index) == set(campaigns["channel"]) and (channels["treated"] > 1000).all()
     assert (campaigns["net"] == campaigns["incremental_revenue"] - campaigns["cost"]).all()

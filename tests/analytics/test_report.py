@@ -179,3 +179,19 @@ def test_filters_redraw_the_totals_that_duckdb_computes(report, champions, tmp_p
     assert page["high"].to_numpy() == pytest.approx(expected.loc[page.index, "lift_high"].to_numpy(), abs=1e-9)
     assert requested <= {"file", "data"}, f"the page fetched {requested}"
     assert not errors, errors[0]
+
+
+def test_a_lake_without_campaigns_or_features_still_reports(ws, raw):
+    from propel.analytics.report import render
+    from propel.lake.ingest import ingest
+    from tests.helpers import NOW, write
+
+    write(raw, "customers.csv", "customer_id,signup_at\nC1,2025-01-01\nC2,2025-01-01")  # no city_tier column
+    write(raw, "events.csv", "event_id,ts,customer_id,channel,event_type,revenue,quantity,session_id\n"
+          "e1,2025-03-03T10:00:00Z,C1,web,page_view,,,s1\ne2,2025-03-03T10:01:00Z,C1,web,purchase,20,1,s1\n"
+          "e3,2025-03-12T10:00:00Z,C2,app,purchase,5,1,s5")
+    ingest(raw, ws, now=NOW)
+    page = render(ws)
+    facts = json.loads(re.search(r'<script type="application/json" id="facts">(.*?)</script>', page, re.S).group(1))
+    assert facts["values"]["tier"] == ["(unknown)"] and sum(facts["kpi"]["revenue"]) == 25 and facts["kpi"]["orders"] == [1, 1]
+    assert "no marketing touch to attribute" in page and 'id="f-segment"' in page

@@ -207,7 +207,7 @@ def test_propensity_and_uplift_train(trained, generated):
     p = propensity.train(ws, oracle=Oracle(generated / "_truth"))
     assert p.promoted and 0.5 < p.metrics["roc_auc"] <= 1 and "oracle_roc_auc" in p.metrics
     u = uplift.train(ws, oracle=Oracle(generated / "_truth"))
-    assert u.promoted and {"qini", "random_qini", "response_model_qini", "uplift_at_10", "oracle_qini"} <= set(u.metrics)
+    assert u.promoted and {"qini", "qini_auc", "auuc", "random_qini_auc", "response_model_qini", "uplift_at_10", "oracle_qini"} <= set(u.metrics)
     loaded = mlflow.pyfunc.load_model("models:/uplift@champion")
     rows = fstore.historical_features(fstore.feature_store(ws), "propensity_v1", pd.DataFrame({
         "customer_id": ["C0000001"], "event_timestamp": [pd.Timestamp("2026-10-20")],
