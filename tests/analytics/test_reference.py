@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import lifetimes
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from sklearn.metrics import ndcg_score
+from sklift import metrics as sklift
+from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from propel.analytics import cltv, experiments
 from propel.training.evaluate import auuc, qini_auc
@@ -23,7 +27,6 @@ def _uplift_data(n: int, seed: int):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-uplift calls a deprecated scikit-learn helper
 @pytest.mark.parametrize("seed", [0, 1])
 def test_qini_and_auuc_match_scikit_uplift(seed):
-    sklift = pytest.importorskip("sklift.metrics")
     y, treated, uplift = _uplift_data(800, seed)
     for scores in (uplift, np.round(uplift, 1)):  # also with ties, which enter the curve together
         assert qini_auc(y, treated, scores) == pytest.approx(sklift.qini_auc_score(y, scores, treated), rel=1e-9)
@@ -33,8 +36,6 @@ def test_qini_and_auuc_match_scikit_uplift(seed):
 
 
 def test_ndcg_matches_scikit_learn():
-    from sklearn.metrics import ndcg_score
-
     rng = np.random.default_rng(3)
     users, items, k = 40, 30, 10
     relevant = sp.csr_matrix((rng.random((users, items)) < 0.1).astype(float))
@@ -51,7 +52,6 @@ def _lifetimes_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_bgnbd_and_gamma_gamma_match_lifetimes():
-    lifetimes = pytest.importorskip("lifetimes")
     from tests.analytics.test_analytics import _simulate_bgnbd
 
     summary, _ = _simulate_bgnbd(1500, np.random.default_rng(4))
@@ -87,8 +87,6 @@ def test_newcombe_interval_matches_the_published_example_and_statsmodels():
 
 
 def test_welch_revenue_interval_matches_statsmodels():
-    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
-
     rng = np.random.default_rng(6)
     a, b = rng.gamma(0.5, 40, 300), rng.gamma(0.5, 30, 90)
     r = experiments.compare(_rows(30, 300, a), _rows(9, 90, b), control_share=0.2, confidence=0.9)
