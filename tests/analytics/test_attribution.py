@@ -201,6 +201,7 @@ def test_cli_prints_and_saves_the_table(tiny):
 SCENARIO = {"sms": 6.0, "email": 3.0, "push": 1.5, "social": 0.0}
 
 
+@pytest.mark.slow  # generates and ingests its own year of data
 def test_markov_models_rank_channels_by_true_effect(tmp_path, monkeypatch):
     from propel.demo import generate as gen
     from propel.demo.oracle import Oracle
