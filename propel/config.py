@@ -194,9 +194,10 @@ class ServeSettings:
     reload_seconds: float = 5.0  # each worker checks the registry this often and loads new champions (0 = only POST /reload)
     access_log: bool = False  # BentoML's per-request access log (client address, path, status, latency; no bodies)
     report_seconds: float = 900.0  # GET /report serves a rendered report this long, then renders a fresh one
+    max_body_bytes: int = 2_000_000  # larger request bodies are answered 413 before they are read
 
     def __post_init__(self) -> None:
-        for name in ("port", "workers", "max_ids", "max_k", "timeout_seconds"):
+        for name in ("port", "workers", "max_ids", "max_k", "timeout_seconds", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serve.{name} must be positive, not {getattr(self, name)}")
 

@@ -5,6 +5,7 @@ of range or too many ids is a 400 whose `detail[].loc` names the field. Limits c
 workspace's `[serve]` settings, hence the models are built by `schemas(settings)`.
 """
 
+import copy
 from types import SimpleNamespace
 from typing import Annotated
 
@@ -85,8 +86,8 @@ def schemas(cfg: ServeSettings) -> SimpleNamespace:
     class ContactScoreRequest(ScoreRequest):
         """Propensity and uplift score a contact: what is sent is part of the model input."""
 
-        campaign_channel: Id | None = Field(None, description="channel of the message (required when the model uses it)")
-        offer_type: Id | None = Field(None, description="offer of the message (required when the model uses it)")
+        campaign_channel: Id = Field(description="channel of the message: one the model was trained on")
+        offer_type: Id = Field(description="offer of the message: one the model was trained on")
 
     class Filters(Strict):
         category: Id | None = None
@@ -112,3 +113,80 @@ def schemas(cfg: ServeSettings) -> SimpleNamespace:
 
     return SimpleNamespace(ScoreRequest=ScoreRequest, ContactScoreRequest=ContactScoreRequest, Filters=Filters,
                            RecommendRequest=RecommendRequest, SimilarItemsRequest=SimilarItemsRequest)
+
+
+ERROR = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "string"},
+    "detail": {"type": "array", "description": "what is wrong, per field (`loc` is the field's path)", "items": {
+        "type": "object", "required": ["loc", "msg"],
+        "properties": {"loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                       "msg": {"type": "string"}}}}}}
+RETRY_AFTER = {"Retry-After": {"required": True, "schema": {"type": "integer"}}}
+MODEL_ROUTES = ("/recommend", "/similar_items", "/score/churn", "/score/propensity", "/score/uplift")
+
+
+def _answer(description: str, media: str = "application/json", **extra) -> dict:
+    schema = {"$ref": "#/components/schemas/Error"} if media == "application/json" else {"type": "string"}
+    return {"description": description, "content": {media: {"schema": schema}}, **extra}
+
+
+def openapi(base: dict, *, api_key: bool, open_paths: set[str], max_body: int,
+            levels: dict[str, dict[str, list[str]]], categories: list[str] | None) -> dict:
+    """BentoML's spec of the service made true to what the server answers: errors as they are sent
+    (`detail` a list), every status an endpoint answers (401 with an API key, 413, 415, 429, 503, never a
+    500), the pages outside BentoML's APIs, and the values the loaded champions accept (`levels`: per
+    route, the campaign fields' trained values; the catalogue's `categories`), so a request the spec calls
+    valid is one the server accepts. Schemathesis checks it (tests/test_serving.py)."""
+    spec = copy.deepcopy(base)
+    components = spec.setdefault("components", {})
+    for name in ("InvalidArgument", "NotFound", "InternalServerError"):
+        components.get("schemas", {}).pop(name, None)
+    components.setdefault("schemas", {})["Error"] = ERROR
+    paths = spec["paths"]
+    paths["/metadata"] = {"get": {"description": "The loaded models and the request limits.", "responses": {
+        "200": {"description": "per task: version, training run, feature service, load time",
+                "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    paths["/report"] = {"get": {"description": "The analytics report (HTML), rendered in the background.", "responses": {
+        "200": {"description": "the report", "content": {"text/html": {"schema": {"type": "string"}}}},
+        "202": _answer("being rendered: retry after Retry-After seconds", headers=RETRY_AFTER),
+        "503": _answer("the report cannot be rendered (e.g. nothing ingested yet)")}}}
+    paths["/readyz"]["get"]["responses"]["503"] = _answer("no model can serve, or the online store is unreachable")
+    paths["/metrics"]["get"]["responses"]["200"] = {"description": "Prometheus metrics",
+                                                    "content": {"text/plain": {"schema": {"type": "string"}}}}
+    for path, item in paths.items():
+        for method, op in item.items():
+            responses = op["responses"] = {str(code): answer for code, answer in op["responses"].items()}
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if body.get("required"):
+                op["requestBody"]["required"] = True  # no body is `{}`, which lacks the required fields
+            responses.pop("500", None)
+            for code in ("400", "404"):
+                if code in responses:
+                    responses[code] = _answer(responses[code]["description"])
+            if method == "post":
+                responses["413"] = _answer(f"the body is larger than {max_body:,} bytes (serve.max_body_bytes)")
+                responses["415"] = _answer("the body is not sent as application/json")
+            if path != "/similar_items":
+                responses.pop("404", None)
+            if path in MODEL_ROUTES:
+                responses["503"] = _answer("the model is not loaded, or the online store failed")
+            if path.startswith("/score/"):
+                responses["429"] = _answer("the worker's scoring queue is full: retry after Retry-After seconds",
+                                           headers=RETRY_AFTER)
+            if path == "/reload":
+                responses["202"] = {"description": "still loading (see /metadata)",
+                                    "content": {"application/json": {"schema": {"type": "object"}}}}
+            if api_key and path not in open_paths:
+                responses["401"] = _answer("missing or wrong X-API-Key header")
+                op["security"] = [{"ApiKey": []}]
+    if api_key:
+        components["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+    for path, fields in levels.items():
+        props = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        for name, values in fields.items():
+            props[name]["enum"] = list(values)
+    if categories is not None and "Filters" in components["schemas"]:
+        components["schemas"]["Filters"]["properties"]["category"] = {
+            "anyOf": [{"type": "string", "enum": list(categories)}, {"type": "null"}], "default": None,
+            "description": "a catalogue category"}
+    return spec

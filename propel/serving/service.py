@@ -29,12 +29,14 @@ import gc
 import hmac
 import importlib.util
 import logging
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,9 +50,9 @@ from starlette.routing import Route
 
 from propel.config import Workspace
 from propel.serving.runtime import Runtime
+from propel.serving.schemas import RecommendResponse, ScoreResponse, SimilarItemsResponse, openapi, schemas
+from propel.serving.scoring import BadContext, CustomerScorer, check_context
 from propel.training.tasks import RECOMMENDER
-from propel.serving.schemas import (RecommendResponse, ScoreResponse, SimilarItemsResponse, schemas)
-from propel.serving.scoring import BadContext, check_context
 from propel.serving.served_log import ServedLog
 
 # No tracing exporter is configured, so BentoML's OpenTelemetry middleware would only build and drop ~5
@@ -61,7 +63,9 @@ log = logging.getLogger("propel.serving")
 WS = Workspace.resolve()  # PROPEL_HOME, else the current folder
 SETTINGS = WS.settings().serve
 S = schemas(SETTINGS)
-INLINE_IDS = 32  # scoring batches up to this size run on the event loop; larger ones in a worker thread
+INLINE_IDS = 32  # scoring batches up to this size run on the event loop; larger ones in a worker thread (BatchQueue)
+QUEUE_SHARE = 0.75  # the queued scoring work of a worker is kept under this share of serve.timeout_seconds
+DRAIN_FACTOR = 32  # a body past the limit is read (and dropped) up to this many times the limit, then cut off
 OPEN_PATHS = {"/healthz", "/livez", "/readyz", "/metrics"}  # answered without the API key
 
 FALLBACKS = Counter("propel_fallback", "Answers served by a fallback, per endpoint and reason", ["endpoint", "reason"])
@@ -84,23 +88,124 @@ def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
 
 
 class Gate:
-    """ASGI middleware: the optional API key, and /readyz answered with per-task detail (BentoML's own
-    /readyz only says yes or no)."""
+    """ASGI middleware in front of every route: the optional API key; request bodies checked before BentoML
+    parses them (JSON only, else 415; at most serve.max_body_bytes, else 413, refused from Content-Length
+    or while reading, never parsed); /readyz with per-task detail (BentoML's own only says yes or no); and
+    /docs.json, the OpenAPI spec as this server answers it (serving.schemas.openapi)."""
 
-    def __init__(self, app, api_key: str):
-        self.app, self.key = app, api_key.encode()
+    def __init__(self, app, api_key: str, max_body: int):
+        self.app, self.key, self.max_body = app, api_key.encode(), max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            path = scope["path"]
-            if path == "/readyz" and "propel" in _live:
+            path, headers, method = scope["path"], dict(scope["headers"]), scope["method"]
+            if path == "/readyz" and method in ("GET", "HEAD") and "propel" in _live:
                 state = _live["propel"].runtime.readiness()
                 return await _json(state, 200 if state["ready"] else 503)(scope, receive, send)
             if self.key and path not in OPEN_PATHS:
-                given = dict(scope["headers"]).get(b"x-api-key", b"")
-                if not hmac.compare_digest(given, self.key):
+                if not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
                     return await _error(401, "missing or wrong X-API-Key header")(scope, receive, send)
+            if path == "/docs.json" and method in ("GET", "HEAD") and "propel" in _live:
+                return await _json(_live["propel"].openapi())(scope, receive, send)
+            if method == "POST":
+                refused = self._refuse(headers)
+                body = None if refused else await self._body(receive)
+                if refused or body is None:
+                    return await (refused or self._too_large())(scope, receive, send)
+                receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+    def _refuse(self, headers: dict) -> JSONResponse | None:
+        media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if media != b"application/json":
+            return _error(415, "send the request body as JSON (Content-Type: application/json)", "content-type")
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit():
+            return _error(400, "Content-Length is not a number", "content-length")
+        return self._too_large() if int(length) > self.max_body else None
+
+    def _too_large(self) -> JSONResponse:
+        return _error(413, f"the request body is larger than serve.max_body_bytes ({self.max_body:,} bytes)", "body")
+
+    async def _body(self, receive) -> bytes | None:
+        """The whole body, or None past the limit: the rest is then read and dropped (up to DRAIN_FACTOR
+        times the limit) so that the client, still sending, gets to read the 413."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            size += len(message.get("body", b""))
+            if size <= self.max_body:
+                chunks.append(message.get("body", b""))
+            if not message.get("more_body") or size > DRAIN_FACTOR * self.max_body:
+                return b"".join(chunks) if size <= self.max_body else None
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that hands the app the body Gate already read, then the connection's own events."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+    return replay
+
+
+class NoRequestValues(logging.Filter):
+    """Keeps request values out of the server log: BentoML logs the exception of a rejected request, and a
+    pydantic or JSON error quotes the input (customer ids...). The record keeps the exception's type and,
+    for anything but a validation error, its stack (code lines, no values); not its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            stack = "" if isinstance(exc, ValueError) else "\n" + "".join(traceback.format_tb(exc.__traceback__))
+            record.msg = f"{record.getMessage()}: {type(exc).__name__} (message not logged: it may quote the request){stack}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            if isinstance(exc, ValueError):  # a rejected request (pydantic, JSON): the client's error, not ours
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+for _name in ("bentoml._internal.server.http_app", "uvicorn.error"):  # BentoML's log_exception; uvicorn's ASGI errors
+    logging.getLogger(_name).addFilter(NoRequestValues())
+
+
+class Busy(Exception):
+    """A batch that would not finish within the request timeout: answered 429 with Retry-After."""
+
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after
+
+
+class BatchQueue:
+    """Large scoring batches of one worker, one at a time (the work holds the GIL: side by side they only
+    stretch each other past the timeout, the 504s of issue 17), and only as many as can finish within the
+    request timeout; a batch predicted to finish later is refused at once with 429 and Retry-After. The
+    prediction is the measured seconds per id of earlier batches of the same kind (task, with or without
+    reasons); before a kind has been measured, it is only queued behind nothing."""
+
+    def __init__(self, budget: float):
+        self.budget, self.pending, self.busy = budget, 0.0, 0  # seconds of admitted work; batches admitted
+        self.per_id: dict[tuple, float] = {}
+        self.lock: asyncio.Lock | None = None
+
+    async def run(self, kind: tuple, n: int, fn, *args):
+        rate = self.per_id.get(kind)
+        cost = rate * n if rate is not None else 0.0
+        if self.busy and (rate is None or self.pending + cost > self.budget):
+            raise Busy(max(1, math.ceil(self.pending)))
+        self.lock = self.lock or asyncio.Lock()
+        self.busy, self.pending = self.busy + 1, self.pending + cost
+        try:
+            async with self.lock:
+                started = time.perf_counter()
+                result = await anyio.to_thread.run_sync(fn, *args)
+                measured = (time.perf_counter() - started) / n
+                self.per_id[kind] = measured if rate is None else 0.7 * rate + 0.3 * measured
+            return result
+        finally:
+            self.busy, self.pending = self.busy - 1, self.pending - cost
 
 
 async def metadata(_request):
@@ -113,7 +218,7 @@ class Report:
     """GET /report: rendering costs seconds of CPU, so `propel report` runs in a child process (never holding
     this interpreter while requests wait; analytics is a later stage than serving, so it is not imported
     here) and the page is kept in memory for serve.report_seconds; until the first one is ready the answer
-    is a 503 saying to retry."""
+    is a 202 with Retry-After."""
 
     def __init__(self, ws: Workspace, max_age: float):
         self.ws, self.max_age = ws, max_age
@@ -141,7 +246,7 @@ class Report:
             return HTMLResponse(self.html)
         if self.error is not None:
             return _error(503, self.error)
-        return JSONResponse({"error": "the report is being rendered; retry in a few seconds"}, 503, {"Retry-After": "5"})
+        return JSONResponse({"error": "the report is being rendered; retry in a few seconds"}, 202, {"Retry-After": "5"})
 
     def render(self) -> str:
         with tempfile.TemporaryDirectory() as tmp:
@@ -177,11 +282,28 @@ class Propel:
         self.runtime = Runtime(WS)
         self.report = Report(WS, SETTINGS.report_seconds)
         self.served = ServedLog(WS)  # what /recommend answered, for analytics (written off the request path)
+        self.queue = BatchQueue(QUEUE_SHARE * SETTINGS.timeout_seconds)
         self._lock = threading.Lock()
         self._stamp = self.runtime.stamp()
         self.runtime.refresh()
         self._freeze()
         _live["propel"] = self
+
+    def openapi(self) -> dict:
+        """GET /docs.json: BentoML's spec as this server answers it (serving.schemas.openapi), with the campaign
+        values and categories of the champions loaded now."""
+        if not hasattr(self, "_spec"):
+            self._spec = self.bento_service.openapi_spec.asdict()
+        levels = {}
+        for task in ("propensity", "uplift"):
+            scorer = getattr(self.runtime.tasks.get(task), "model", None)
+            if isinstance(scorer, CustomerScorer):
+                levels[f"/score/{task}"] = {c: scorer.champion.levels.get(c, []) for c in scorer.champion.context_fields}
+        rec = getattr(self.runtime.tasks.get(RECOMMENDER), "model", None)
+        categories = getattr(rec, "categories", None)
+        return openapi(self._spec, api_key=bool(SETTINGS.api_key), open_paths=OPEN_PATHS,
+                       max_body=SETTINGS.max_body_bytes, levels=levels,
+                       categories=None if categories is None else [str(c) for c in categories])
 
     @staticmethod
     def _freeze() -> None:
@@ -279,7 +401,11 @@ class Propel:
             if len(ids) <= INLINE_IDS:
                 results = scorer.score(ids, context, request.reasons)
             else:
-                results = await anyio.to_thread.run_sync(scorer.score, ids, context, request.reasons)
+                results = await self.queue.run((task, request.reasons > 0), len(ids), scorer.score, ids, context,
+                                               request.reasons)
+        except Busy as busy:
+            return JSONResponse({"error": f"this worker's scoring queue is full; retry in {busy.retry_after} s"}, 429,
+                                {"Retry-After": str(busy.retry_after)})
         except Exception as exc:  # noqa: BLE001 - the online store failed: a 503 with the cause, no ids logged
             log.warning("%s: online read or scoring failed: %s", endpoint, type(exc).__name__)
             return _error(503, f"scoring failed reading the online store: {type(exc).__name__}")
@@ -315,4 +441,4 @@ class Propel:
         return _json({"status": "done", "changed": loading.result(), "tasks": tasks})
 
 
-Propel.add_asgi_middleware(Gate, api_key=SETTINGS.api_key)
+Propel.add_asgi_middleware(Gate, api_key=SETTINGS.api_key, max_body=SETTINGS.max_body_bytes)
