@@ -125,15 +125,16 @@ OnlineOption = Annotated[Optional[str], typer.Option("--online", help="Online st
 def forget(
     ctx: typer.Context,
     customer_ids: Annotated[list[str], typer.Argument(help="Customer ids to forget (merged-away ids resolve to the person).")],
-    online: OnlineOption = None,
+    online: Annotated[Optional[str], typer.Option("--online", help="Not needed: every online store in use (SQLite, Redis) "
+                                                                   "is cleaned; accepted so older scripts still run.")] = None,
 ) -> None:
-    """Remove people from the lake, feature tables, online store and served-recommendations log, and keep them out of future loads."""
+    """Remove people from the lake, quarantine, feature tables, every online store, the served-recommendations
+    log and the recommender's packages (a running server stops personalising for them at once), and keep them
+    out of future loads. Running it again with the same ids finishes a run that stopped half-way."""
     from propel.forget import forget as run
-    from propel.serving import served_log
 
-    report = run(ctx.obj, customer_ids, online)
-    logged = served_log.forget(ctx.obj, set(customer_ids) | set(report.customers))
-    console.print(f"[green]forget[/] {report.summary()}; served recommendations {logged:,}")
+    report = run(ctx.obj, customer_ids)
+    console.print(f"[green]forget[/] {report.summary()}")
     if report.not_found:
         raise typer.Exit(1)
 

@@ -1,9 +1,21 @@
-"""`propel forget CUSTOMER_ID...`: the right to be forgotten.
+"""`propel forget CUSTOMER_ID...`: the right to be forgotten, one orchestrator above every stage it cleans.
 
-Removes every row about the person from the lake (all their identifiers, the quarantine included),
-the feature tables and the online store, and records a tombstone: the SHA-256 of each identifier, so
-ingestion drops their rows if old files are loaded again without keeping anything that identifies
-them. Models are not retrained; the next training run simply cannot see the person.
+The steps run in this order, so that a run stopped half-way (a crash, Redis down) is finished by running
+it again:
+1. tombstones (propel.lake.tombstones): the SHA-256 of each of the person's identifiers. From then on
+   ingestion drops their rows, and a running server treats them as unknown: its runtime re-reads the
+   tombstones when they change, so `/recommend` answers the popular fallback at once, without a restart;
+2. every online store in use (SQLite, and Redis when it has a Feast registry), with Feast's key encoding;
+3. the feature snapshots, profile and segments;
+4. the served-recommendations log;
+5. the recommender's registered packages, every version: their rows and histories removed in place and
+   input examples synthetic (propel.training.recommender_model.scrub_packages; a new version would
+   leave the data in the old ones);
+6. the lake, the quarantine and the identity map, last and in one lake commit (`Lake.delete_rows`): until
+   then the person still resolves through the identity map, so a second run redoes every step; after it,
+   an asked id whose hash is tombstoned is "already forgotten" and steps 2-5 run again for it.
+Models are not retrained: what they learnt in aggregate (item factors, popularity) stays until the next
+training, which cannot see the person.
 """
 
 from __future__ import annotations
@@ -11,29 +23,36 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
-
-from propel.lake.tables import Lake
 from propel.config import Workspace
+from propel.lake import tombstones
+from propel.lake.tables import Lake
+from propel.serving import served_log
+from propel.training.recommender_model import scrub_packages
 
 
 @dataclass
 class ForgetReport:
     customers: list[str]
     not_found: list[str]
+    already: list[str] = field(default_factory=list)  # asked ids tombstoned by an earlier run: finished again
     identifiers: int = 0
     lake_rows: dict[str, int] = field(default_factory=dict)
     feature_rows: int = 0
-    online_rows: int = 0
+    online_rows: dict[str, int] = field(default_factory=dict)  # per online store in use
+    served: int = 0
+    package_rows: dict[str, int] = field(default_factory=dict)  # customers removed per recommender version
 
     def summary(self) -> str:
         lake = ", ".join(f"{k} {v:,}" for k, v in self.lake_rows.items() if v) or "nothing"
+        online = ", ".join(f"{k} {v:,}" for k, v in self.online_rows.items()) or "none in use"
+        packages = ", ".join(f"v{k} {v:,}" for k, v in self.package_rows.items()) or "none"
+        already = f"; already forgotten, finished again: {', '.join(self.already)}" if self.already else ""
         missing = f"; not found: {', '.join(self.not_found)}" if self.not_found else ""
         return (f"forgot {len(self.customers)} customer(s), {self.identifiers} identifiers: lake rows removed: {lake}; "
-                f"feature rows {self.feature_rows:,}; online entries {self.online_rows:,}{missing}")
+                f"feature rows {self.feature_rows:,}; online entries: {online}; served recommendations "
+                f"{self.served:,}; recommender packages: {packages}{already}{missing}")
 
 
 def _rewrite(con, path: Path, keep_sql: str) -> int:
@@ -48,7 +67,7 @@ def _rewrite(con, path: Path, keep_sql: str) -> int:
     return before - kept
 
 
-def forget(ws: Workspace, customer_ids: list[str], online: str | None = None) -> ForgetReport:
+def forget(ws: Workspace, customer_ids: list[str]) -> ForgetReport:
     lake = Lake(ws)
     con = lake.connect()
     con.execute("CREATE TEMP TABLE asked (id VARCHAR)")
@@ -59,29 +78,43 @@ def forget(ws: Workspace, customer_ids: list[str], online: str | None = None) ->
                          "WHERE customer_id IN (SELECT id FROM asked)").df()["customer_id"].tolist()
     found = set(con.execute("SELECT id FROM asked WHERE id IN (SELECT identity_value FROM identity_map WHERE "
                             "identity_type = 'customer_id') OR id IN (SELECT customer_id FROM identity_map)").df()["id"])
-    report = ForgetReport(sorted(people), [c for c in customer_ids if c not in found])
-    if not people:
+    stones = tombstones.keys(ws.tombstones)
+    already = [c for c in customer_ids if c not in found and tombstones.customer_key(c) in stones]
+    report = ForgetReport(sorted(people), [c for c in customer_ids if c not in found and c not in already], already)
+    if not people and not already:
         return report
-    con.execute("CREATE TEMP TABLE gone AS SELECT identity_type, identity_value FROM identity_map WHERE customer_id IN "
-                f"({', '.join('?' * len(people))})", people)
+    con.execute("CREATE TEMP TABLE gone AS SELECT identity_type, identity_value FROM identity_map "
+                "WHERE customer_id IN (SELECT unnest(?::VARCHAR[]))", [people])
     report.identifiers = con.execute("SELECT count(*) FROM gone").fetchone()[0]
+    # every id a store keyed by customer id may hold them under: the survivors, their merged-away ids, ids asked again
+    ids = sorted({*people, *already, *(r[0] for r in con.execute(
+        "SELECT identity_value FROM gone WHERE identity_type = 'customer_id'").fetchall())})
+    keys = [r[0] for r in con.execute("SELECT sha256(identity_type || ':' || identity_value) FROM gone").fetchall()]
+    tombstones.add(ws.tombstones, [*keys, *map(tombstones.customer_key, ids)])
 
-    stones = con.execute("SELECT sha256(identity_type || ':' || identity_value) AS key FROM gone").df()
-    stones["forgotten_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
-    path = lake.ws.tombstones
-    if path.exists():
-        stones = pd.concat([pd.read_parquet(path), stones], ignore_index=True).drop_duplicates("key")
-    stones.to_parquet(path, index=False)
-
-    con.execute("CREATE TEMP TABLE forgotten AS SELECT unnest(?::VARCHAR[]) AS id", [people])
+    report.online_rows = _forget_online(ws, ids)
+    con.execute("CREATE TEMP TABLE forgotten AS SELECT unnest(?::VARCHAR[]) AS id", [ids])
     people_sql = "customer_id NOT IN (SELECT id FROM forgotten)"
-    # The lake part: every row naming one of their identifiers, deleted from all tables in one commit.
+    feature_files = (sorted(ws.customer_snapshots.glob("*.parquet")) + [ws.profile]
+                     + sorted(ws.segments.glob("*.parquet")))
+    report.feature_rows = sum(_rewrite(con, p, people_sql) for p in feature_files if p.exists())
+    report.served = served_log.forget(ws, set(ids))
+    report.package_rows = scrub_packages(ws, tombstones.keys(ws.tombstones))
+    if people:
+        report.lake_rows = _forget_lake(con, lake)
+    return report
+
+
+def _forget_lake(con, lake: Lake) -> dict[str, int]:
+    """Every lake row naming one of the identifiers in `gone` (the quarantine included), and the people in
+    `forgotten` from the identity map and merges (temp tables of `con`), deleted from all tables in one
+    commit; rows removed per table."""
     node = "({t}, {v}) IN (SELECT (identity_type, identity_value) FROM gone)"
     cid = "{col} IN (SELECT identity_value FROM gone WHERE identity_type = 'customer_id')"
     raw = "json_extract_string(raw, '$.{}')"
     ids = "SELECT identity_value FROM gone WHERE identity_type = 'customer_id' UNION SELECT id FROM forgotten"
     nodes = node.format(t="identity_type", v="identity_value")
-    report.lake_rows = lake.delete_rows(con, {
+    return lake.delete_rows(con, {
         "events": f"{nodes} OR {cid.format(col='source_customer_id')}",
         "campaign_touches": f"{nodes} OR {cid.format(col='source_customer_id')}",
         "identities": f"{nodes} OR {node.format(t='linked_type', v='linked_value')}",
@@ -93,39 +126,44 @@ def forget(ws: Workspace, customer_ids: list[str], online: str | None = None) ->
         "identity_map": "customer_id IN (SELECT id FROM forgotten)",
         "identity_merges": f"merged_id IN ({ids}) OR into_id IN ({ids})",
     })
-    feature_files = (sorted(ws.customer_snapshots.glob("*.parquet")) + [ws.profile]
-                     + sorted(ws.segments.glob("*.parquet")))
-    report.feature_rows = sum(_rewrite(con, p, people_sql) for p in feature_files if p.exists())
-    report.online_rows = _forget_online(ws, people, online)
-    return report
 
 
-def _forget_online(ws: Workspace, people: list[str], online: str | None) -> int:
-    """Delete the people's entries from the online store, with Feast's own key encoding."""
+def _forget_online(ws: Workspace, ids: list[str]) -> dict[str, int]:
+    """Delete the ids' entries from every online store in use (one with a Feast registry), with Feast's own
+    key encoding; entries removed per store."""
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.infra.online_stores.helpers import _redis_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from propel.featurestore.store import feature_store
+    from propel.featurestore.store import ONLINE_STORES, feature_store
 
-    store = feature_store(ws, online)
-    if not ws.feast_registry(store.config.online_store.type).exists():
-        return 0
-    cfg = store.config
-    keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=p)]) for p in people]
-    views = [v for v in store.list_feature_views() if "customer" in v.entities]
-    if cfg.online_store.type == "redis":
-        client = store._get_provider().online_store._get_client(cfg.online_store)
-        return int(client.delete(*[_redis_key(cfg.project, k, cfg.entity_key_serialization_version) for k in keys]))
-    path = Path(cfg.online_store.path)
-    if not path.exists():
-        return 0
-    blobs = [serialize_entity_key(k, entity_key_serialization_version=cfg.entity_key_serialization_version) for k in keys]
-    removed = 0
-    with sqlite3.connect(path) as db:
-        for view in views:
-            table = f"{cfg.project}_{view.name}"
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
-                removed += sum(db.execute(f'DELETE FROM "{table}" WHERE entity_key = ?', (b,)).rowcount for b in blobs)
+    keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=i)]) for i in ids]
+    removed = {}
+    for online in (s for s in ONLINE_STORES if ws.feast_registry(s).exists()):
+        store = feature_store(ws, online)
+        cfg = store.config
+        if online == "redis":
+            import redis
+
+            client = store._get_provider().online_store._get_client(cfg.online_store)
+            try:
+                removed[online] = int(client.delete(*[_redis_key(cfg.project, k, cfg.entity_key_serialization_version)
+                                                      for k in keys]))
+            except redis.RedisError as exc:
+                raise ValueError(f"the Redis online store ([feast] redis_url) cannot be reached: {type(exc).__name__}. "
+                                 "The person is tombstoned (ingestion and the server already leave them out); run "
+                                 "`propel forget` again with the same ids once Redis is back to finish") from None
+            continue
+        path = Path(cfg.online_store.path)
+        blobs = [serialize_entity_key(k, entity_key_serialization_version=cfg.entity_key_serialization_version)
+                 for k in keys]
+        removed[online] = 0
+        if path.exists():
+            with sqlite3.connect(path) as db:
+                for view in (v for v in store.list_feature_views() if "customer" in v.entities):
+                    table = f"{cfg.project}_{view.name}"
+                    if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+                        removed[online] += sum(db.execute(f'DELETE FROM "{table}" WHERE entity_key = ?', (b,)).rowcount
+                                               for b in blobs)
     return removed

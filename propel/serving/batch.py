@@ -34,6 +34,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -225,7 +226,7 @@ def run(ws: Workspace, job: Job, audience: Audience, selection: Selection, out: 
     `score_all(folder)`, when given, scores the whole audience instead (Spark: `propel.serving.spark.write_scores`)
     and returns the Parquet file(s) it wrote under `folder`, with the columns `job.score_chunk` gives."""
     started = time.perf_counter()
-    fmt = output_format(out)
+    fmt = output_format(ws, out)
     counts = audience.counts()
     con = audience.con
     tmp = Path(tempfile.mkdtemp(prefix="propel-score-", dir=ws.data if ws.data.exists() else None))
@@ -264,7 +265,10 @@ def run(ws: Workspace, job: Job, audience: Audience, selection: Selection, out: 
     return summary
 
 
-def output_format(out: Path | None) -> str | None:
+def output_format(ws: Workspace, out: Path | None) -> str | None:
+    """The export's format; ValueError for a path an export must not write: an unknown suffix, a missing
+    folder, or anywhere inside the workspace's own data (lake, features, Feast, MLflow...), symlinks and
+    `..` resolved, so an export can never overwrite what the pipeline reads."""
     if out is None:
         return None
     fmt = FORMATS.get(out.suffix.lower())
@@ -272,7 +276,29 @@ def output_format(out: Path | None) -> str | None:
         raise ValueError(f"--out {out}: write .csv or .parquet")
     if not out.parent.exists():
         raise ValueError(f"--out {out}: folder {out.parent} does not exist")
+    target = out.resolve()
+    for folder in (ws.lake, ws.features, ws.feast_data, ws.mlruns, ws.data):  # the most specific named first
+        if target.is_relative_to(folder.resolve()):
+            raise ValueError(f"--out {out}: that is inside the workspace's {folder.name} folder ({folder}), which "
+                             "holds Propel's own data; write the export outside it (e.g. --out exports/"
+                             f"{out.name})")
     return fmt
+
+
+FORMULA = r"^[=+\-@\t\r]"  # cell starts a spreadsheet would run as a formula (OWASP, CSV injection)
+
+
+def csv_safe(table: pa.Table) -> pa.Table:
+    """OWASP's CSV-injection advice for every text cell of a CSV export: one starting with = + - @, a tab or
+    a carriage return gets a leading single quote, so a spreadsheet shows it instead of running it (an id
+    like `=HYPERLINK(...)`). Numbers stay numbers: a negative score is not text."""
+    for i, col in enumerate(table.columns):
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            quoted = pc.if_else(pc.match_substring_regex(col, FORMULA), pc.binary_join_element_wise("'", col, ""), col)
+            table = table.set_column(i, table.field(i).with_type(col.type), quoted)
+    return table
 
 
 def summary_path(out: Path) -> Path:
@@ -335,7 +361,7 @@ def _export(job: Job, audience: Audience, out: Path, fmt: str, tmp: Path, chunk_
             if writer is None:
                 schema = table.schema
                 writer = pacsv.CSVWriter(partial, schema) if fmt == "csv" else pq.ParquetWriter(partial, schema)
-            writer.write_table(table.cast(schema))
+            writer.write_table(csv_safe(table.cast(schema)) if fmt == "csv" else table.cast(schema))
             done += len(df)
             advance(f"{done:,} rows")
     if writer is None:

@@ -58,7 +58,7 @@ def execute(ws: Workspace, req: ScoreRequest, progress: bool = False) -> dict:
     for option, bad in misplaced.items():
         if bad:
             raise ValueError(f"{option} does not apply to '{req.task}'")
-    output_format(req.out)
+    output_format(ws, req.out)
     send_at = (req.send_at or datetime.now(timezone.utc)).replace(microsecond=0)
     send_at = send_at if send_at.tzinfo else send_at.replace(tzinfo=timezone.utc)
     top_reasons = cfg.reasons if req.reasons is None else req.reasons

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from propel.config import Workspace
 from propel.progress import steps
 from propel.serving import served_log
-from propel.serving.batch import Audience, Job, Selection, Snapshot, frames, output_format, summary_path
+from propel.serving.batch import (Audience, Job, Selection, Snapshot, csv_safe, frames, output_format,
+                                  summary_path)
 
 
 def load(ws: Workspace):
@@ -75,7 +76,7 @@ def recommendations(ws: Workspace, snap: Snapshot, selection: Selection, out: Pa
         raise ValueError("--top/--min-score select customers by a score; batch recommendations list k items for "
                          "every customer of the audience (use --where, or --item/--category for an item audience)")
     started = time.perf_counter()
-    fmt = output_format(out)
+    fmt = output_format(ws, out)
     rec, version = load(ws)
     audience = Audience(ws, snap, selection.where, selection.honour_consent)
     counts = audience.counts()
@@ -104,7 +105,7 @@ def recommendations(ws: Workspace, snap: Snapshot, selection: Selection, out: Pa
                 if writer is None:
                     partial, schema = out.with_name(out.name + ".partial"), table.schema
                     writer = pacsv.CSVWriter(partial, schema) if fmt == "csv" else pq.ParquetWriter(partial, schema)
-                writer.write_table(table.cast(schema))
+                writer.write_table(csv_safe(table.cast(schema)) if fmt == "csv" else table.cast(schema))
             advance(f"{rows:,} rows")
     if writer is not None:
         writer.close()

@@ -5,7 +5,8 @@ A task without a champion (or whose champion cannot load) is recorded with the r
 endpoints answer 503; the others keep working. `refresh()` loads champions promoted since the last
 look (unchanged versions are kept), and re-opens the feature store when `features apply` rewrote
 its registry, so a promotion reaches a running server without a restart: the service calls it on
-POST /reload and whenever `stamp()` (the registries' modification times) changes.
+POST /reload and whenever `stamp()` (the registries' modification times) changes. `propel forget`
+reaches it without either: `recommender()` applies the tombstones whenever their file changes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 
 from propel.featurestore import store as fstore
 from propel.config import Workspace
+from propel.lake import tombstones
 from propel.serving.scoring import CustomerScorer, load_champion
 from propel.training.tasks import RECOMMENDER, TASKS
 from propel.training import registry
@@ -50,6 +52,33 @@ class Runtime:
     store: object | None = None
     store_error: str | None = None
     store_stamp: float | None = None
+    forgotten: frozenset[str] = frozenset()  # the tombstones, as last read
+    forgotten_stamp: tuple | None = None
+
+    def tombstones(self) -> frozenset[str]:
+        """`propel forget`'s tombstones: one stat of their file per call, re-read when it changed."""
+        path = self.ws.tombstones
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self.forgotten_stamp:
+            try:
+                self.forgotten, self.forgotten_stamp = tombstones.keys(path), stamp
+            except (OSError, ValueError) as exc:  # unreadable for a moment: the next call reads it again
+                log.warning("tombstones not read (%s); retried on the next call", type(exc).__name__)
+        return self.forgotten
+
+    def recommender(self) -> Loaded | None:
+        """The recommender's state with the tombstones applied to its model, so a person forgotten a moment
+        ago gets the popular fallback from the next request on (the package is rewritten without them as
+        well, for the next load: propel.forget)."""
+        forgotten = self.tombstones()
+        loaded = self.tasks.get(RECOMMENDER)
+        if loaded is not None and loaded.model is not None and loaded.model.forgotten is not forgotten:
+            loaded.model.forget(forgotten)
+        return loaded
 
     def stamp(self) -> tuple[float, ...]:
         """Modification times of the model registry and the Feast registry (0 when absent)."""

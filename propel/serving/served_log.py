@@ -9,7 +9,8 @@ puts the answer on a queue; a daemon thread writes the queue every FLUSH_SECONDS
 and `close()` writes the rest at shutdown. A crash loses at most the last FLUSH_SECONDS of the log, and a
 half-written last line is skipped by `read()`. A batch run writes its lists as Parquet files
 (`batch-<run>-<part>.parquet`, same columns). Nothing else about the customer is logged (the id as the
-caller sent it; no contact data, no request headers).
+caller sent it; no contact data, no request headers), and nothing about a customer `propel forget` has
+tombstoned by the time the queue is written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import duckdb
@@ -31,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from propel.config import Workspace
+from propel.lake.tombstones import customer_key
 
 FLUSH_SECONDS = 1.0  # the writer thread appends the queued answers this often
 COLUMNS = {"recommendation_id": "VARCHAR", "served_at": "TIMESTAMPTZ", "customer_id": "VARCHAR",
@@ -52,8 +55,10 @@ def _row(served_at: float, answer: dict) -> dict:
 class ServedLog:
     """Appends /recommend answers to this process's log file, off the request path."""
 
-    def __init__(self, ws: Workspace, flush_seconds: float = FLUSH_SECONDS):
+    def __init__(self, ws: Workspace, flush_seconds: float = FLUSH_SECONDS,
+                 forgotten: Callable[[], frozenset[str]] = frozenset):
         self.folder, self.flush_seconds = ws.served_log, flush_seconds
+        self.forgotten = forgotten  # the tombstones now: answers to forgotten customers are never written
         self.queue: deque = deque()  # (time, answer); append and popleft are thread-safe
         self.stop = threading.Event()
         self.writer: threading.Thread | None = None
@@ -73,6 +78,9 @@ class ServedLog:
     def flush(self) -> int:
         """Append everything queued so far; returns how many answers were written."""
         batch = [self.queue.popleft() for _ in range(len(self.queue))]
+        stones = self.forgotten()  # checked at writing time: `propel forget` may have run since the answer
+        if stones:
+            batch = [(t, a) for t, a in batch if customer_key(a["customer_id"]) not in stones]
         by_day: dict[str, list[str]] = {}
         for n, (served_at, answer) in enumerate(batch, 1):
             day = time.strftime("%Y-%m-%d", time.gmtime(served_at))

@@ -281,7 +281,8 @@ class Propel:
     def __init__(self) -> None:
         self.runtime = Runtime(WS)
         self.report = Report(WS, SETTINGS.report_seconds)
-        self.served = ServedLog(WS)  # what /recommend answered, for analytics (written off the request path)
+        # what /recommend answered, for analytics (written off the request path; never for a forgotten customer)
+        self.served = ServedLog(WS, forgotten=self.runtime.tombstones)
         self.queue = BatchQueue(QUEUE_SHARE * SETTINGS.timeout_seconds)
         self._lock = threading.Lock()
         self._stamp = self.runtime.stamp()
@@ -348,8 +349,8 @@ class Propel:
     # ---- recommendations -------------------------------------------------------------------------
     @bentoml.api(route="/recommend")
     async def recommend(self, request: S.RecommendRequest, /) -> RecommendResponse:
-        """Top-k items for a customer (popular items, flagged, when the customer is unknown)."""
-        loaded = self.runtime.tasks.get(RECOMMENDER)
+        """Top-k items for a customer (popular items, flagged, when the customer is unknown or forgotten)."""
+        loaded = self.runtime.recommender()
         if loaded is None or loaded.model is None:
             return self._unavailable(RECOMMENDER, "recommend")
         model, f = loaded.model, request.filters

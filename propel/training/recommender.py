@@ -38,7 +38,7 @@ from propel.training.interactions import (MIN_TEST_CUSTOMERS, RELIABLE_TEST_CUST
 from propel.training.pipeline import MODEL_CODE, NotEligible, TrainResult, decide_and_promote
 from propel.training.rank_metrics import KS, all_metrics
 from propel.training.rec_models import ALS, BPR, ItemKNN, Popularity, RandomModel, RecModel
-from propel.training.recommender_model import TASK, Recommender
+from propel.training.recommender_model import TASK, Recommender, example_input
 from propel.training.sequence_model import SequenceModel
 from propel.training.topk import top_k_rows
 
@@ -262,7 +262,7 @@ def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
         with tempfile.TemporaryDirectory() as tmp:
             for path in comparison_artifacts(table, winner, metric, split.protocol.replace("_", "-"), Path(tmp)):
                 mlflow.log_artifact(str(path), "tables" if path.suffix == ".csv" else "plots")
-        example = pd.DataFrame({"customer_id": events.customers[split.test_users[:5]].astype(str)})
+        example = example_input()
         info = mlflow.pyfunc.log_model(
             name="model", python_model=rec, registered_model_name=TASK, input_example=example, code_paths=MODEL_CODE,
             signature=infer_signature(example, rec.predict(None, example), params={"k": 10}),

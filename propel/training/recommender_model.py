@@ -17,12 +17,15 @@ Behaviour:
   recomputes the customer's state from history + fresh items (see propel/training/rec_models.py);
 - `exploration_share` of the k slots (rounded down; 0.1 -> 1 of 10) go to new items the model cannot
   rank yet (no interactions), picked by a hash of the customer id (stable per customer), flagged
-  `explored`, score 0, placed last.
+  `explored`, score 0, placed last;
+- a customer forgotten since packaging (`propel forget`'s tombstones, applied by `forget()`) is unknown.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -30,12 +33,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from propel.config import RecommendSettings, Workspace
+from propel.lake.tombstones import customer_key, keys as tombstone_keys
 from propel.training.interactions import Histories
 from propel.training.tasks import RECOMMENDER
 from propel.training.rec_models import FactorModel, RecModel
 from propel.training.topk import NormOrder, top_k, top_k_rows
 
 TASK = RECOMMENDER
+EXAMPLE_IDS = ("example-customer-1", "example-customer-2", "example-customer-3")  # input examples: never real ids
 BATCH_ROWS = 20_000  # customers per chunk in batch scoring (bounds the score blocks' memory)
 
 
@@ -68,7 +73,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         self._derive()
 
     DERIVED = ("rankable", "new_items", "new_pool", "dense", "norm_order", "_customer_row", "_item_row",
-               "_category_code", "_customer_index")
+               "_category_code", "_customer_index", "forgotten")
 
     def _derive(self) -> None:
         """Masks and indexes computed from the stored arrays, at packaging and again at loading."""
@@ -83,6 +88,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         self._item_row = {c: i for i, c in enumerate(self.items)}
         self._category_code = {c: i for i, c in enumerate(self.categories)}
         self._customer_index = pd.Index(self.customers)
+        self.forgotten: frozenset[str] = frozenset()  # tombstone keys of customers to treat as unknown
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in self.DERIVED}
@@ -91,9 +97,34 @@ class Recommender(mlflow.pyfunc.PythonModel):
         self.__dict__.update(state)
         self._derive()
 
+    # ---- forgetting ------------------------------------------------------------------------------
+    def forget(self, tombstones: frozenset[str]) -> None:
+        """Treat tombstoned customers as unknown from now on (popular fallback): how a running service
+        honours `propel forget` at once, without reloading (one attribute swap, safe under reads)."""
+        self.forgotten = tombstones
+
+    def drop_forgotten(self, tombstones: frozenset[str]) -> int:
+        """Remove tombstoned customers' ids, histories, purchases and state for good (the package that
+        `propel forget` rewrites); returns how many customers were removed."""
+        gone = np.fromiter((customer_key(str(c)) in tombstones for c in self.customers), bool, len(self.customers))
+        if not gone.any():
+            return 0
+        rows = np.flatnonzero(~gone)
+        h = self.histories
+        self.customers, self.purchased, self.state = self.customers[rows], self.purchased[rows], self.state[rows]
+        self.histories = Histories(h.weights[rows], None if h.seq is None else h.seq[rows])
+        self._derive()
+        return int(gone.sum())
+
+    def _row(self, customer_id: str | None) -> int | None:
+        row = self._customer_row.get(customer_id) if customer_id is not None else None
+        if row is not None and self.forgotten and customer_key(customer_id) in self.forgotten:
+            return None
+        return row
+
     # ---- the contract --------------------------------------------------------------------------
     def knows_customer(self, customer_id: str) -> bool:
-        return customer_id in self._customer_row
+        return self._row(customer_id) is not None
 
     def knows_item(self, item_id: str) -> bool:
         return item_id in self._item_row
@@ -102,7 +133,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
                   min_price: float | None = None, max_price: float | None = None,
                   allowed_items: list[str] | None = None, exclude: list[str] | None = None,
                   fresh_items: list[str] | None = None) -> Recommendations:
-        row = self._customer_row.get(customer_id) if customer_id is not None else None
+        row = self._row(customer_id)
         fresh = [self._item_row[i] for i in fresh_items or () if i in self._item_row]
         wanted = self._filter(category, min_price, max_price, allowed_items, exclude)
         pool = self.new_pool if wanted is None else np.flatnonzero(self.new_items & wanted)
@@ -144,6 +175,8 @@ class Recommender(mlflow.pyfunc.PythonModel):
         item_id, score, explored, fallback."""
         ids = np.asarray(customer_ids, dtype=object)
         rows = self._customer_index.get_indexer(ids)
+        if self.forgotten:
+            rows[[i for i in np.flatnonzero(rows >= 0) if customer_key(str(ids[i])) in self.forgotten]] = -1
         pool = self.new_pool
         n_explore = min(int(k * self.exploration_share), len(pool))
         n_model = k - n_explore
@@ -240,4 +273,53 @@ def load_recommender(ws: Workspace) -> tuple[Recommender, str]:
     if champ is None:
         raise LookupError(f"no '{TASK}' champion in {ws.root}; run `propel train recommender` first")
     model = mlflow.pyfunc.load_model(f"models:/{TASK}/{champ.version}").unwrap_python_model()
+    model.forget(tombstone_keys(ws.tombstones))  # anyone forgotten since (or a forget that did not finish)
     return model, str(champ.version)
+
+
+def example_input() -> pd.DataFrame:
+    """The input example logged with a package: synthetic ids, so no package carries a real one."""
+    return pd.DataFrame({"customer_id": list(EXAMPLE_IDS)})
+
+
+def scrub_packages(ws: Workspace, tombstones: frozenset[str]) -> dict[str, int]:
+    """`propel forget` in the recommender's registered packages, every version (a rollback must not bring
+    a person back): tombstoned customers removed from python_model.pkl, rewritten in place (an atomic
+    replace; the version, its metrics and the alias history stay), and input examples holding real ids
+    (packages logged before EXAMPLE_IDS) rewritten with synthetic ones. Rewriting in place rather than
+    logging a new version is what removes the data: every older version would otherwise still hold it.
+    Returns the customers removed per version."""
+    import json
+    from urllib.parse import unquote, urlparse
+
+    import cloudpickle
+
+    from propel.training import registry
+
+    if not ws.mlflow_db.exists():
+        return {}
+    client = registry.tracking(ws)
+    removed = {}
+    for version in client.search_model_versions(f"name = '{TASK}'"):
+        uri = urlparse(client.get_model_version_download_uri(TASK, version.version))
+        if uri.scheme != "file":
+            raise ValueError(f"{TASK} v{version.version} is stored at {uri.geturl()}, not in this workspace: remove "
+                             "the forgotten customers from it there, or retrain and delete the version")
+        folder = Path(unquote(uri.path))
+        if not folder.resolve().is_relative_to(ws.mlruns.resolve()):
+            raise ValueError(f"{TASK} v{version.version} is stored at {folder}, outside this workspace's mlruns "
+                             "(a moved or copied workspace?); propel forget only rewrites packages of its own workspace")
+        with (folder / "python_model.pkl").open("rb") as fh:
+            model = cloudpickle.load(fh)
+        removed[str(version.version)] = n = model.drop_forgotten(tombstones)
+        if n:
+            tmp = folder / ".python_model.pkl.tmp"
+            with tmp.open("wb") as fh:
+                cloudpickle.dump(model, fh)
+            os.replace(tmp, folder / "python_model.pkl")
+        example = {"columns": ["customer_id"], "data": [[c] for c in EXAMPLE_IDS]}
+        for name, body in (("input_example.json", example), ("serving_input_example.json", {"dataframe_split": example})):
+            if (folder / name).exists() and json.loads((folder / name).read_text()) != body:
+                (folder / f".{name}.tmp").write_text(json.dumps(body))
+                os.replace(folder / f".{name}.tmp", folder / name)
+    return removed

@@ -303,6 +303,45 @@ def test_bad_arguments_exit_2(champions, args, message):
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
 
 
+def test_out_inside_the_workspace_data_is_refused(champions, copy_of, tmp_path):
+    """Issue 17: `--out data/lake/customers/L000001.parquet` replaced the CRM table with scores. Any path
+    inside the workspace's data, Feast or MLflow folders is refused (symlinks and `..` resolved), exit 2, and
+    the lake is unchanged."""
+    ws = copy_of(champions)
+    lake = {p: p.read_bytes() for p in sorted(ws.lake.rglob("*")) if p.is_file()}
+    target = next(p for p in lake if p.suffix == ".parquet")
+    result = cli(ws, "churn", "--out", str(target))
+    assert result.exit_code == 2 and "inside the workspace's lake folder" in " ".join(result.output.split())
+    assert {p: p.read_bytes() for p in sorted(ws.lake.rglob("*")) if p.is_file()} == lake
+    (tmp_path / "link").symlink_to(ws.lake)
+    (tmp_path / "exports").mkdir()
+    for out in (tmp_path / "link" / "scores.csv", ws.data / "scores.csv", ws.features / ".." / "lake" / "s.parquet",
+                ws.mlruns / "scores.csv", ws.feast_data / "scores.parquet"):
+        with pytest.raises(ValueError, match="inside the workspace's"):
+            batch.output_format(ws, out)
+    assert batch.output_format(ws, tmp_path / "exports" / ".." / "scores.csv") == "csv"
+
+
+def test_csv_exports_escape_formula_cells(champions, copy_of, tmp_path):
+    """OWASP's CSV-injection advice in every CSV export (scores, recommendations): text cells starting with
+    = + - @ or a tab get a leading quote; numbers stay numbers; Parquet keeps the values as they are."""
+    ws = copy_of(champions)
+    snap = snapshot(ws)
+    planted = ['=HYPERLINK("http://evil.example","open")', "+SUM(1)", "-2+3", "@cmd", "\tTAB"]
+    df = pd.read_parquet(snap.path)
+    df.loc[df.index[:len(planted)], "customer_id"] = planted
+    df.to_parquet(snap.path, index=False)
+    for task, out in (("churn", tmp_path / "scores.csv"), ("recommender", tmp_path / "recs.csv")):
+        result = cli(ws, task, "--ignore-consent", "--out", str(out), *(["--reasons", "0"] if task == "churn" else []))
+        assert result.exit_code == 0, result.output
+        got = pd.read_csv(out, keep_default_na=False)
+        assert {"'" + p for p in planted} <= set(got["customer_id"]), task
+        assert not got.select_dtypes("object").apply(lambda c: c.str.match(r"^[=+\-@\t\r]")).any().any(), task
+        assert pd.api.types.is_float_dtype(got["score"])
+    result = cli(ws, "churn", "--ignore-consent", "--reasons", "0", "--out", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 0 and set(planted) <= set(read(tmp_path / "scores.parquet")["customer_id"])
+
+
 def test_no_champion_is_a_clear_error(champions, tmp_path):
     ws = Workspace.resolve(tmp_path / "ws")
     shutil.copytree(champions.features, ws.features)  # features, but no models
