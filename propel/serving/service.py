@@ -154,7 +154,8 @@ def _replay(body: bytes, receive):
 class NoRequestValues(logging.Filter):
     """Keeps request values out of the server log: BentoML logs the exception of a rejected request, and a
     pydantic or JSON error quotes the input (customer ids...). The record keeps the exception's type and,
-    for anything but a validation error, its stack (code lines, no values); not its message."""
+    for anything but a ValueError (what pydantic and JSON errors are), its stack (code lines, no values);
+    never its message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None

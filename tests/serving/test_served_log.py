@@ -100,6 +100,19 @@ def server_ws(champions, tmp_path_factory) -> Workspace:
     return ws
 
 
+def test_answers_to_a_forgotten_customer_are_never_written(ws):
+    """Tombstones are checked when the queue is written, not when the answer was queued: an answer served just
+    before `propel forget` and written just after must not bring the person back into the log."""
+    from propel.lake import tombstones
+
+    log = served_log.ServedLog(ws, forgotten=lambda: tombstones.keys(ws.tombstones))
+    log.record(answer("r1", ["I1"], customer="C1"))
+    log.record(answer("r2", ["I2"], customer="C2"))
+    tombstones.add(ws.tombstones, [tombstones.customer_key("C1")])
+    assert log.flush() == 1
+    assert served_log.read(ws)["customer_id"].tolist() == ["C2"]
+
+
 def test_the_service_logs_what_recommend_answered(server_ws, tmp_path):
     proc, url = start([BIN / "propel", "--workspace", server_ws.root, "serve", "--workers", "1"], tmp_path / "server.log")
     try:
