@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -49,8 +50,16 @@ bpr_iterations = 30
 
 
 def copy_workspace(source: Workspace, dest: Path) -> Workspace:
-    """A private copy of a shared workspace, for a test that writes into it."""
-    return Workspace.resolve(shutil.copytree(source.root, dest))
+    """A private copy of a shared workspace, for a test that writes into it. MLflow records absolute
+    artefact paths, so the copy's registry is pointed at its own copies of the packages (otherwise it would
+    load, and `propel forget` would rewrite, the source's)."""
+    ws = Workspace.resolve(shutil.copytree(source.root, dest))
+    if ws.mlflow_db.exists():
+        with sqlite3.connect(ws.mlflow_db) as db:
+            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+                                  ("experiments", "artifact_location"), ("model_versions", "storage_location")):
+                db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (str(source.root), str(ws.root)))
+    return ws
 
 
 def start(command: list, log: Path, env: dict | None = None, probe: str = "/healthz") -> tuple[subprocess.Popen, str]:

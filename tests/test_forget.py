@@ -5,7 +5,6 @@ the person is no longer personalised, at once and after a restart, and no artefa
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 
 import cloudpickle
@@ -119,21 +118,11 @@ def test_every_online_store_and_a_second_run_finishes_the_first(ws, raw, redis_u
     assert fstore.online_features(stores["redis"], "churn_v1", ["C2"])[1] == ["C2"]
 
 
-def own_registry(ws, source):
-    """A copied workspace whose MLflow registry points at its own artefacts (MLflow records absolute paths,
-    so a plain copy would load, and forget would rewrite, the source's packages)."""
-    with sqlite3.connect(ws.mlflow_db) as db:
-        for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location"),
-                              ("experiments", "artifact_location"), ("model_versions", "storage_location")):
-            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (str(source.root), str(ws.root)))
-    return ws
-
-
 def test_forget_reaches_the_running_server_and_every_package(champions, copy_of, tmp_path):
     """A person the recommender knows: personalised by a running server; after `propel forget` the popular
     fallback at once (no restart, no reload) and after a restart; no recommender version keeps their rows,
     no input example a real id, no file of the model registry their id; the online store is clean."""
-    ws = own_registry(copy_of(champions), champions)
+    ws = copy_of(champions)
     model, version = load_recommender(ws)
     person = next(c for c in model.customers if lake_frame(
         ws, f"SELECT count(*) FROM identity_map WHERE customer_id = '{c}'").iloc[0, 0])

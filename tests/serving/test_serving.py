@@ -290,7 +290,7 @@ def test_a_large_body_is_a_413_before_it_is_parsed(http, server_log):
 def test_concurrent_large_batches_are_queued_or_refused_never_timed_out(server, champions):
     """8 concurrent /score/churn calls of 1,000 ids with reasons (issue 17: 63 of 64 were 504): each is
     scored (200, all 1,000 results) or refused at once (429 with Retry-After); a retry after it is scored."""
-    path = champions.features / CUSTOMER_DIR / "*.parquet"
+    path = champions.customer_snapshots / "*.parquet"
     ids = [r[0] for r in duckdb.sql(f"SELECT DISTINCT customer_id FROM read_parquet('{path}') ORDER BY 1").fetchall()]
     ids = (ids * (1000 // len(ids) + 1))[:1000]
     body = {"customer_ids": ids, "reasons": 3}
