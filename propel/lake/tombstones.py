@@ -1,6 +1,7 @@
 """Tombstones: the SHA-256 of each forgotten identifier (`type:value`), kept in the lake so ingestion
 drops a forgotten person's rows when old files are loaded again, without keeping anything that
-identifies them. `propel.forget` writes them; ingestion reads them."""
+identifies them. `propel.forget` writes them first; ingestion reads them, and so do the serving runtime
+and the recommender (a forgotten customer is unknown to it from the next request on)."""
 
 from __future__ import annotations
 
@@ -48,11 +49,6 @@ def add(path: Path, new: Iterable[str]) -> int:
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return len(fresh)
-
-
-def forgotten(ids: Iterable[str], tombstones: frozenset[str]) -> list[str]:
-    """The customer ids among `ids` that are tombstoned."""
-    return [c for c in ids if c is not None and customer_key(c) in tombstones]
 
 
 def tombstone_sql(lake: Lake) -> str:

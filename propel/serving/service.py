@@ -25,6 +25,7 @@ Why it is fast (the issue's targets are p99 <= 10 ms; see docs/benchmarks.md "Se
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import hmac
 import importlib.util
@@ -67,6 +68,7 @@ INLINE_IDS = 32  # scoring batches up to this size run on the event loop; larger
 QUEUE_SHARE = 0.75  # the queued scoring work of a worker is kept under this share of serve.timeout_seconds
 DRAIN_FACTOR = 32  # a body past the limit is read (and dropped) up to this many times the limit, then cut off
 OPEN_PATHS = {"/healthz", "/livez", "/readyz", "/metrics"}  # answered without the API key
+ARRIVED: contextvars.ContextVar[float] = contextvars.ContextVar("arrived")  # when Gate saw the request (monotonic)
 
 FALLBACKS = Counter("propel_fallback", "Answers served by a fallback, per endpoint and reason", ["endpoint", "reason"])
 MISSES = Counter("propel_unknown_ids", "Requested customer or item ids the models or the online store do not know",
@@ -98,6 +100,7 @@ class Gate:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
+            ARRIVED.set(time.monotonic())
             path, headers, method = scope["path"], dict(scope["headers"]), scope["method"]
             if path == "/readyz" and method in ("GET", "HEAD") and "propel" in _live:
                 state = _live["propel"].runtime.readiness()
@@ -182,9 +185,10 @@ class Busy(Exception):
 class BatchQueue:
     """Large scoring batches of one worker, one at a time (the work holds the GIL: side by side they only
     stretch each other past the timeout, the 504s of issue 17), and only as many as can finish within the
-    request timeout; a batch predicted to finish later is refused at once with 429 and Retry-After. The
-    prediction is the measured seconds per id of earlier batches of the same kind (task, with or without
-    reasons); before a kind has been measured, it is only queued behind nothing."""
+    request timeout: a batch predicted to finish later than `budget` seconds after its request arrived
+    (ARRIVED) is refused at once with 429 and Retry-After, and so is one still waiting when its turn could
+    no longer come in time. The prediction is the measured seconds per id of earlier batches of the same
+    kind (task, with or without reasons); before a kind has been measured, a batch only runs behind nothing."""
 
     def __init__(self, budget: float):
         self.budget, self.pending, self.busy = budget, 0.0, 0  # seconds of admitted work; batches admitted
@@ -194,16 +198,27 @@ class BatchQueue:
     async def run(self, kind: tuple, n: int, fn, *args):
         rate = self.per_id.get(kind)
         cost = rate * n if rate is not None else 0.0
-        if self.busy and (rate is None or self.pending + cost > self.budget):
+        now = time.monotonic()
+        left = ARRIVED.get(now) + self.budget - now  # of this request's budget
+        if self.busy and (rate is None or self.pending + cost > left):
             raise Busy(max(1, math.ceil(self.pending)))
         self.lock = self.lock or asyncio.Lock()
         self.busy, self.pending = self.busy + 1, self.pending + cost
         try:
-            async with self.lock:
+            if self.lock.locked():
+                try:
+                    await asyncio.wait_for(self.lock.acquire(), max(0.001, left - cost))
+                except TimeoutError:
+                    raise Busy(max(1, math.ceil(self.pending - cost))) from None
+            else:
+                await self.lock.acquire()
+            try:
                 started = time.perf_counter()
                 result = await anyio.to_thread.run_sync(fn, *args)
                 measured = (time.perf_counter() - started) / n
                 self.per_id[kind] = measured if rate is None else 0.7 * rate + 0.3 * measured
+            finally:
+                self.lock.release()
             return result
         finally:
             self.busy, self.pending = self.busy - 1, self.pending - cost

@@ -32,7 +32,7 @@ from propel.training.recommender_model import load_recommender
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-123"
-TIMEOUT = 1.5  # serve.timeout_seconds: short, so that 8 large batches at once would outlast it without the queue
+TIMEOUT = 2.0  # serve.timeout_seconds: short, so that 8 large batches at once would outlast it without the queue
 
 
 @pytest.fixture(scope="module")
