@@ -11,11 +11,14 @@ WITH_REQUEST_CONTEXT = {"propensity_v1"}
 
 
 def feature_services(views: dict[str, FeatureView]) -> list[FeatureService]:
-    """Each service's groups as projections of the views holding them (a whole view when every feature is in)."""
+    """Each service's groups as projections of the views holding them (a whole view when every feature is in).
+    Groups whose view this workspace lacks (no CRM attributes, segments not built yet) are left out; a
+    service with none of its views is not registered."""
     services = []
-    for name, groups in FEATURE_SERVICES.items():
+    for name, all_groups in FEATURE_SERVICES.items():
+        groups = [g for g in all_groups if FEATURE_GROUPS[g][0] in views]
         names = {FEATURE_GROUPS[g][0] for g in groups}
-        if not names <= views.keys():
+        if not names:
             continue
         picked = {f.name for v in names for f in view_features(v) if f.group in groups}
         projections = [views[v] if not view_features(v) or picked >= {f.name for f in views[v].features}

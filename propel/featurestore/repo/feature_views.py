@@ -22,16 +22,18 @@ DUCKDB_TO_FEAST = {"BIGINT": Int64, "INTEGER": Int64, "DOUBLE": Float64, "FLOAT"
 
 def feature_views(ws: Workspace) -> dict[str, FeatureView]:
     """One view per feature table (its description lists the groups in it); a snapshot is valid for two
-    build intervals."""
+    build intervals. A customers table without extra columns has no profile view: a view needs a feature,
+    and a placeholder one would reach every training set's SQL."""
     catalog = load_catalog(ws)
     ttl = timedelta(days=2 * catalog["every_days"])
     sources = {"customer_features": (customer, data_sources.customer_features(ws), ttl),
-               "item_stats": (item, data_sources.item_features(ws), ttl),
-               "customer_profile": (customer, data_sources.customer_profile(ws), timedelta(0))}
+               "item_stats": (item, data_sources.item_features(ws), ttl)}
+    crm = [Field(name=c, dtype=DUCKDB_TO_FEAST.get(t, String), description="CRM attribute")
+           for c, t in catalog["profile_columns"].items()]
+    if crm:
+        sources["customer_profile"] = (customer, data_sources.customer_profile(ws), timedelta(0))
     if any(ws.segments.glob("*.parquet")):  # registered once `propel segments` has written them
         sources["customer_segments"] = (customer, data_sources.customer_segments(ws), ttl)
-    crm = [Field(name=c, dtype=DUCKDB_TO_FEAST.get(t, String), description="CRM attribute")
-           for c, t in catalog["profile_columns"].items()] or [Field(name="_no_crm_attributes", dtype=Int64)]
     views = {}
     for name, (entity, source, view_ttl) in sources.items():
         description = "; ".join(d for v, d in FEATURE_GROUPS.values() if v == name)
