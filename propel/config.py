@@ -67,8 +67,15 @@ class TrainSettings:
     churn_test_periods: int = 1  # latest labelled cutoffs held out as the out-of-time test
     response_test_periods: int = 2  # latest campaign send days held out as the test
     valid_share: float = 0.2  # share of customers held out of fitting for early stopping and calibration
-    min_positives: int = 500  # eligibility gate: fewer positives in training -> refuse to train
-    min_negatives: int = 500  # eligibility gate for negatives
+    # Labels that all describe one moment (a CRM extract) have no later period to test on: this share of
+    # customers, stratified by label, is the test instead
+    test_share: float = 0.2
+    # Fewer fitting rows than this: early stopping, model selection and calibration use stratified k-fold
+    # cross-validation by customer (cv_folds folds) instead of one validation split
+    cv_max_rows: int = 20_000
+    cv_folds: int = 5
+    min_positives: int = 100  # eligibility gate: fewer positives in training -> refuse to train
+    min_negatives: int = 100  # eligibility gate for negatives
     selection_metric: str = "roc_auc"  # champion/challenger metric for churn and propensity (uplift: qini_auc)
     promotion_margin: float = 0.0  # the challenger must beat the champion by more than this
     learning_rate: float = 0.05

@@ -292,14 +292,26 @@ def profile_columns(con) -> dict[str, str]:
             if name not in skip and pii_kind(name) is None}
 
 
+def span(con) -> tuple[date, date]:
+    """(first day with data, latest snapshot date) of a lake with events or customers. The data's own end is "now", never the wall clock: the
+    midnight after the newest event, or the day of the newest explicit label when that is later (a CRM
+    extract labelled as of its export day gets a snapshot on that day). A lake without events (a CRM
+    snapshot) starts at the first signup."""
+    first, end = con.execute("SELECT CAST(min(ts) AS DATE), CAST(max(ts) AS DATE) + 1 FROM events_all").fetchone()
+    signup, labelled = con.execute("SELECT (SELECT CAST(min(signup_at) AS DATE) FROM customers), "
+                                   "(SELECT CAST(max(as_of) AS DATE) FROM labels)").fetchone()
+    latest = max(d for d in (end, labelled, signup and signup + timedelta(days=1)) if d)
+    return first or signup, latest
+
+
 def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: bool = False) -> BuildReport:
     """Compute all snapshots from the lake into `data/features/`, replacing the previous build."""
     started = time.perf_counter()
     lake = Lake(ws)
-    if not lake.files("events"):
-        raise FileNotFoundError(f"{lake.root}: the lake has no events yet. Run `propel ingest RAW_DIR` first.")
+    if not lake.files("events") and not lake.files("customers"):
+        raise FileNotFoundError(f"{lake.root}: the lake has no events or customers yet. Run `propel ingest RAW_DIR` first.")
     con = lake.connect()
-    first, latest = con.execute("SELECT CAST(min(ts) AS DATE), CAST(max(ts) AS DATE) + 1 FROM events_all").fetchone()
+    first, latest = span(con)
     # a snapshot before any event has no behaviour in it: history shorter than the snapshots asked for gets fewer
     cuts = [T for T in cutoffs(latest, every_days, snapshots) if T > first] or [latest]
     out = ws.features

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 CONTEXT_COLUMNS = ("campaign_channel", "offer_type")  # response rows: what was sent, used as features
@@ -72,9 +73,42 @@ def time_split(times: pd.Series, ids: pd.Series, test_periods: int, valid_share:
     if not fit:
         raise ValueError(f"no period ends its {gap_days:g}-day label window before the test period "
                          f"({test_start:%Y-%m-%d}). Add history or shorten the horizon.")
-    held_out = pd.util.hash_pandas_object(ids.astype(str), index=False) % 1000 < valid_share * 1000
     split = pd.Series("gap", index=times.index)
     split[day.isin(fit)] = "train"
-    split[day.isin(fit) & held_out.to_numpy()] = "valid"
+    split[day.isin(fit) & validation_customers(ids, valid_share)] = "valid"
     split[day >= test_start] = "test"
     return split
+
+
+def validation_customers(ids: pd.Series, share: float) -> np.ndarray:
+    """A fixed `share` of customers (by a hash of their id) held out of fitting, as a boolean mask."""
+    return (pd.util.hash_pandas_object(ids.astype(str), index=False) % 1000 < share * 1000).to_numpy()
+
+
+def holdout_split(labels: pd.Series, ids: pd.Series, test_share: float, seed: int) -> pd.Series:
+    """Customer-level stratified holdout, for labels that all describe one moment (a CRM extract labelled
+    as of its export day): there is no later period to test on. Customers are ordered by a seeded hash of
+    their id within their label class and every k-th is 'test' (k = 1 / test_share), so both classes are
+    held out in proportion, a customer's rows stay together, and the same customers are held out run
+    after run (the champion rule compares models on customers neither saw)."""
+    keys = pd.util.hash_pandas_object(ids.astype(str), index=False, hash_key=f"propel{seed:010d}").to_numpy()
+    # a customer's class: positive if any of their rows is (merged ids can carry two rows)
+    cls = labels.groupby(ids.to_numpy()).transform("max").to_numpy()
+    people = pd.DataFrame({"id": ids.to_numpy(), "cls": cls, "key": keys}).drop_duplicates("id")
+    people = people.sort_values(["cls", "key"], kind="stable")
+    people["pos"] = people.groupby("cls").cumcount()
+    every = max(2, round(1 / test_share))
+    held = set(people.loc[people["pos"] % every == every // 2, "id"])
+    return pd.Series(np.where(ids.isin(held), "test", "train"), index=labels.index)
+
+
+def cv_folds(labels: pd.Series, ids: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """Stratified k-fold assignment grouped by customer (0..k-1 per row): each fold holds about the same
+    share of positives, and no customer is split across folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = np.empty(len(labels), dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels.to_numpy(), ids.astype(str).to_numpy())):
+        out[held] = k
+    return out
