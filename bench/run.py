@@ -8,6 +8,7 @@ Each stage runs as its own child process so its wall time and peak RSS are its o
   recommender              ALS fit 1M x 50k x 20M, recommend() latency, batch top-10 for 1M (bench/recommender.py)
   recommender-sparse       shape 4: a sparse, long ratings log (610 users, years), protocol and NDCG@10 vs popularity
                            (bench/recommender_sparse.py)
+  shapes                   each real-data shape of issue 16 end to end: protocol used, model vs baselines (bench/shapes.py)
 Pick with `BENCH=ingest-1m,ingest-10m make bench` (default: all); `BENCH_REUSE_LAKE=1` keeps a scale's lake
 from an earlier run and re-runs only the stages after ingestion. Results: bench/results/<stamp>.json, merged
 into bench/reference.json, from which docs/benchmarks.md's tables are rendered (bench/report.py).
@@ -32,6 +33,7 @@ import recommender as recommender_bench  # bench/recommender.py
 import recommender_sparse as recommender_sparse_bench  # bench/recommender_sparse.py
 import report  # bench/report.py
 import serve as serve_bench  # bench/serve.py
+import shapes as shapes_bench  # bench/shapes.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,7 +44,8 @@ SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m
           "score-1m": (20_000, 365),  # a champion trained on 20k people, scoring 1M synthetic customers
           "serve": (20_000, 365),  # the demo's models behind HTTP
           "recommender": (1_000_000, 0),  # synthetic interactions, no generated history
-          "recommender-sparse": (610, 0)}  # shape 4 of issue 16, built by its test's builder
+          "recommender-sparse": (610, 0),  # shape 4 of issue 16, built by its test's builder
+          "shapes": (0, 0)}  # sizes per shape in bench/shapes.py
 # DuckDB working memory per scale (propel.toml); 50M events need more than the laptop default to stage
 MEMORY = {"features-1m": "4.5GB"}
 
@@ -155,7 +158,7 @@ def main() -> None:
     for name in chosen:
         stages = {"score-1m": score_bench.stages, "serve": serve_bench.stages,
                   "recommender": recommender_bench.stages,
-                  "recommender-sparse": recommender_sparse_bench.stages}.get(name)
+                  "recommender-sparse": recommender_sparse_bench.stages, "shapes": shapes_bench.stages}.get(name)
         result["rows"] += stages(WORK / name, run) if stages else bench_scale(name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{result['when'].replace(':', '')}.json"
