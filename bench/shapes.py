@@ -32,13 +32,13 @@ def stages(base: Path, run) -> list[dict]:
 
 def one(name: str, customers: int, base: Path) -> dict:
     """Build the shape's raw data, run the pipeline in process, and summarise the training run."""
-    from features import store
-    from features.build import build
-    from features.ingest import ingest
-    from features.lake import Lake
+    from propel.featurestore import store
+    from propel.features.build import build
+    from propel.lake.ingest import ingest
+    from propel.lake.tables import Lake
     from propel.config import Workspace
     from tests import shapes
-    from training import churn, propensity, registry
+    from propel.training import churn, propensity, registry
 
     out = base / name
     shutil.rmtree(out, ignore_errors=True)

@@ -18,14 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.common import start_server, stop_server
-from features import store as fstore
-from features.build import build
-from features.ingest import ingest
+from propel.featurestore import store as fstore
+from propel.features.build import build
+from propel.lake.ingest import ingest
 from propel.cli import app
 from propel.config import Workspace
-from serving.scoring import CustomerScorer, load_champion
+from propel.serving.scoring import CustomerScorer, load_champion
 from tests import shapes
-from training import churn, propensity, registry
+from propel.training import churn, propensity, registry
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -42,7 +42,7 @@ def mlflow_db(tmp_path_factory) -> Path:
     """An MLflow store with its tables created, copied into each workspace: creating them takes ~13 s."""
     ws = Workspace.resolve(tmp_path_factory.mktemp("mlflow") / "ws")
     registry.tracking(ws).search_experiments()
-    return ws.mlruns / "mlflow.db"
+    return ws.mlflow_db
 
 
 def pipeline(tmp_path: Path, shape: shapes.Shape, mlflow_db: Path, every_days: int = 7, snapshots: int = 52,
@@ -51,7 +51,7 @@ def pipeline(tmp_path: Path, shape: shapes.Shape, mlflow_db: Path, every_days: i
     ws = Workspace.resolve(tmp_path / "ws")
     ingest(shape.raw, ws)
     ws.mlruns.mkdir(parents=True)
-    shutil.copy(mlflow_db, ws.mlruns / "mlflow.db")
+    shutil.copy(mlflow_db, ws.mlflow_db)
     ws.config_file.write_text(toml)
     build(ws, every_days=every_days, snapshots=snapshots)
     fstore.apply(ws)
@@ -67,9 +67,9 @@ def pipeline(tmp_path: Path, shape: shapes.Shape, mlflow_db: Path, every_days: i
     return ws, {**m, **run.data.tags, **run.data.params, "run_id": result.run_id}
 
 
-def scored_by_cli(ws: Workspace, task: str, tmp_path: Path) -> pd.DataFrame:
+def scored_by_cli(ws: Workspace, task: str, tmp_path: Path, *args: str) -> pd.DataFrame:
     out = tmp_path / f"{task}.csv"
-    result = CliRunner().invoke(app, ["--workspace", str(ws.root), "score", task, "--out", str(out)])
+    result = CliRunner().invoke(app, ["--workspace", str(ws.root), "score", task, "--out", str(out), *args])
     assert result.exit_code == 0, result.output
     return pd.read_csv(out, dtype={"customer_id": str})
 
@@ -115,7 +115,9 @@ def test_transactions_only_from_1997(tmp_path, mlflow_db):
     assert run["propel.protocol"].startswith("out_of_time") and run["propel.label_source"] == "derived"
     catalog = fstore.load_catalog(ws)
     assert catalog["cutoffs"][-1] == "1998-07-01", "the data's end is now, not the wall clock"
-    exported = scored_by_cli(ws, "churn", tmp_path)
+    # no CRM record, so no marketing consent: nobody may be exported for contact, but analysis may score them
+    assert scored_by_cli(ws, "churn", tmp_path).empty
+    exported = scored_by_cli(ws, "churn", tmp_path, "--ignore-consent")
     rows = in_process(ws, "churn", exported["customer_id"].head(2).tolist())
     assert [r["status"] for r in rows] == [200, 200]
     assert rows[0]["probability"] == pytest.approx(exported["score"].iloc[0], abs=1e-9)
@@ -156,7 +158,7 @@ def test_no_crm_attributes_and_no_campaigns(tmp_path, mlflow_db):
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["--workspace", str(ws.root), "report", "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
-    exported = scored_by_cli(ws, "churn", tmp_path)
+    exported = scored_by_cli(ws, "churn", tmp_path, "--ignore-consent")
     result = CliRunner().invoke(app, ["--workspace", str(ws.root), "train", "propensity"])
     assert result.exit_code == 2 and "Traceback" not in result.output and "campaign" in result.output, result.output
     rows = served(ws, "churn", exported["customer_id"].head(2).tolist(), tmp_path)

@@ -10,7 +10,7 @@ from propel.lake.tables import Lake
 from propel.config import Workspace
 from propel.training import labels
 from propel.training.tasks import SERVICES
-from propel.training.pipeline import TrainResult, build_frame, train_classifier
+from propel.training.pipeline import NotEligible, TrainResult, build_frame, train_classifier
 
 SERVICE = SERVICES["churn"]
 
@@ -23,7 +23,15 @@ def entity_rows(ws: Workspace) -> tuple:
     if explicit is not None:
         return explicit, "explicit", 0.0
     cutoffs = [date.fromisoformat(c) for c in load_catalog(ws)["cutoffs"]]
-    return labels.churn(con, cutoffs, cfg.churn_lookback_days, cfg.churn_horizon_days), "derived", cfg.churn_horizon_days
+    rows = labels.churn(con, cutoffs, cfg.churn_lookback_days, cfg.churn_horizon_days)
+    if rows.empty:
+        raise NotEligible(
+            "churn: no labels. Churn is derived from purchases (events with event_type = purchase): customers who "
+            f"bought within train.churn_lookback_days ({cfg.churn_lookback_days}) before a feature snapshot whose next "
+            f"train.churn_horizon_days ({cfg.churn_horizon_days}) are observed; that needs purchase events over at "
+            "least lookback + horizon days. Ingest them, or give explicit labels (a labels file with task = churn, "
+            "docs/data-contract.md)")
+    return rows, "derived", cfg.churn_horizon_days
 
 
 def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:

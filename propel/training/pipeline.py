@@ -104,7 +104,12 @@ def build_frame(ws: Workspace, entity: pd.DataFrame, service: str, label_source:
     data = fstore.historical_features(store, service, sample_customers(entity, cfg.max_rows, cfg.seed))
     protocol = split_protocol(data, cfg, gap_days, test_periods, cv)
     features = [c for c in data.columns if c not in NOT_FEATURES and not c.startswith("_")]
-    categorical = [c for c in features if not pd.api.types.is_numeric_dtype(data[c]) or pd.api.types.is_bool_dtype(data[c])]
+    for c in features:  # yes/no columns are numbers (1/0), as the online store returns them
+        values = data[c].dropna()
+        if pd.api.types.is_bool_dtype(data[c]) or (data[c].dtype == object and len(values)
+                                                    and values.map(type).isin([bool, np.bool_]).all()):
+            data[c] = data[c].astype("float64")
+    categorical = [c for c in features if not pd.api.types.is_numeric_dtype(data[c])]
     data[categorical] = data[categorical].astype("string")
     return Frame(data, features, categorical, service, label_source, labelled, protocol)
 

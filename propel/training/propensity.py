@@ -9,7 +9,7 @@ from propel.lake.tables import Lake
 from propel.config import Workspace
 from propel.training import labels
 from propel.training.tasks import SERVICES
-from propel.training.pipeline import TrainResult, build_frame, train_classifier
+from propel.training.pipeline import NotEligible, TrainResult, build_frame, train_classifier
 
 SERVICE = SERVICES["propensity"]
 
@@ -21,7 +21,14 @@ def entity_rows(ws: Workspace) -> tuple:
     if explicit is not None:
         return explicit, "explicit"
     rows = labels.response(con, ws.settings().train.response_window_days)
-    return rows[rows["group"] == "treatment"].reset_index(drop=True), "derived"
+    rows = rows[rows["group"] == "treatment"].reset_index(drop=True)
+    if rows.empty:
+        raise NotEligible(
+            "propensity: no labels. Responses are derived from campaign touches (who was sent a campaign, "
+            "campaign_touches with group = treatment, and whether they bought within train.response_window_days), "
+            "and this lake has none whose window has closed. Ingest campaign_touches (and campaigns), or give "
+            "explicit labels (a labels file with task = response, docs/data-contract.md)")
+    return rows, "derived"
 
 
 def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:

@@ -20,8 +20,8 @@ from propel.training import labels
 from propel.training.evaluate import auuc, plot_qini, qini_auc, qini_coefficient, uplift_at
 from propel.training.model import PropelUplift, decile_edges
 from propel.training.tasks import SERVICES
-from propel.training.pipeline import (TrainResult, build_frame, check_eligible, decide_and_promote, fit_classifier,
-                               log_model, tracked_run)
+from propel.training.pipeline import (NotEligible, TrainResult, build_frame, check_eligible, decide_and_promote,
+                                      fit_classifier, log_model, tracked_run)
 
 SERVICE = SERVICES["uplift"]
 
@@ -37,6 +37,10 @@ def uplift_metrics(test: pd.DataFrame, uplift: np.ndarray, prefix: str = "") -> 
 def train(ws: Workspace, tune_seconds: float = 0, oracle=None) -> TrainResult:
     cfg = ws.settings().train
     entity = labels.response(Lake(ws).connect(), cfg.response_window_days)
+    if entity.empty:
+        raise NotEligible("uplift: no labels. Uplift compares contacted customers with a randomly held-out control "
+                          "group: it needs campaign_touches with group = treatment and group = control (and campaigns) "
+                          "whose train.response_window_days have passed; this lake has none")
     # one validation split per arm, never k folds: each arm keeps the booster its calibration was fitted on
     frame = build_frame(ws, entity, SERVICE, "derived", cfg, cfg.response_window_days, cfg.response_test_periods, cv=False)
     parts = {s: frame.part(s) for s in ("train", "valid", "test")}

@@ -83,6 +83,50 @@ def test_time_split_keeps_label_windows_out_of_the_test():
         labels.time_split(days, ids, test_periods=1, valid_share=0.2, gap_days=40)
 
 
+def test_one_moment_holds_out_a_stratified_stable_share_of_customers():
+    rng = np.random.default_rng(0)
+    ids = pd.Series([f"{i:05d}" for i in range(2000)])
+    y = pd.Series((rng.random(2000) < 0.06).astype(int))
+    split = labels.holdout_split(y, ids, test_share=0.2, seed=7)
+    test = split == "test"
+    assert abs(test.mean() - 0.2) < 0.01 and abs(y[test].sum() / y.sum() - 0.2) < 0.02, "both classes held out in proportion"
+    assert split.equals(labels.holdout_split(y, ids, 0.2, 7)), "the same customers run after run"
+    assert not split.equals(labels.holdout_split(y, ids, 0.2, 8))
+
+
+def test_cv_folds_are_stratified_and_keep_a_customer_together():
+    ids = pd.Series(np.repeat([f"C{i}" for i in range(300)], 2))
+    y = pd.Series(np.repeat((np.arange(300) % 10 == 0).astype(int), 2))
+    folds = labels.cv_folds(y, ids, folds=5, seed=7)
+    assert set(folds) == set(range(5)) and (pd.Series(folds).groupby(ids).nunique() == 1).all()
+    assert all(y[folds == k].sum() >= 10 for k in range(5)), "every fold holds positives"
+
+
+def test_single_moment_small_frame_uses_holdout_and_cross_validation():
+    rng = np.random.default_rng(1)
+    n = 600
+    data = pd.DataFrame({"customer_id": [f"{i:04d}" for i in range(n)], "event_timestamp": pd.Timestamp("2024-06-30"),
+                         "x": rng.normal(size=n)})
+    data["label"] = (data["x"] + rng.normal(size=n) > 1.5).astype(int)
+    cfg = Workspace.resolve("/nonexistent").settings().train
+    protocol = pipeline.split_protocol(data, cfg, gap_days=0, test_periods=1)
+    assert protocol["test"] == "customer_holdout" and protocol["folds"] == 5 and "1 moment" in protocol["reason"]
+    assert set(data["split"]) == {"train", "test"} and set(data.loc[data["split"] == "train", "fold"]) == set(range(5))
+    cfg.cv_max_rows = 100  # many rows: one validation split instead
+    assert pipeline.split_protocol(data, cfg, 0, 1)["validation"] == "split" and set(data["split"]) == {"train", "valid", "test"}
+
+
+def test_a_fold_without_positives_does_not_stop_training():
+    rng = np.random.default_rng(2)
+    data = pd.DataFrame({"customer_id": [f"C{i}" for i in range(400)], "x": rng.normal(size=400)})
+    data["label"] = (data["x"] > 1.2).astype(int)
+    frame = pipeline.Frame(data, ["x"], [], "test_v1", "explicit", len(data))
+    folds = [(data.iloc[:300], data.iloc[300:350].assign(label=0)), (data.iloc[100:], data.iloc[:100])]
+    cfg = Workspace.resolve("/nonexistent").settings().train
+    cv = pipeline.cross_validate(frame, folds, cfg, pipeline.lgb_params(cfg, 0.1, 400), {})
+    assert len(cv["aucs"]) == 1 and cv["auc"] == cv["aucs"][0] > 0.8, "the one-class fold is left out of the mean"
+
+
 def test_metric_functions_against_hand_computed_values():
     y = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 1])
     s = np.arange(10, 0, -1) / 10  # ranks rows in the given order
@@ -160,10 +204,11 @@ def test_worse_challenger_stays_challenger_and_failure_changes_nothing(trained, 
     ws, first = trained
     original = pipeline.fit_classifier
 
-    def worse(frame, train, valid, cfg, task, params=None):  # a deliberately weak model: two trees on shuffled labels
-        shuffled = train.assign(label=np.random.default_rng(0).permutation(train["label"].to_numpy()))
+    def worse(frame, folds, cfg, task, params=None, **kwargs):  # a deliberately weak model: two trees, shuffled labels
+        rng = np.random.default_rng(0)
+        shuffled = [(t.assign(label=rng.permutation(t["label"].to_numpy())), h) for t, h in folds]
         cfg.max_rounds = 2
-        return original(frame, shuffled, valid, cfg, task, params)
+        return original(frame, shuffled, cfg, task, params)
 
     monkeypatch.setattr(pipeline, "fit_classifier", worse)
     result = churn.train(ws)
