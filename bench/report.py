@@ -21,7 +21,7 @@ from propel.docs import render as fill_sections
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "bench" / "reference.json"
 DOC = ROOT / "docs" / "benchmarks.md"
-STAGES = ("ingestion", "featurestore", "training", "scoring", "recommenders", "serving")  # the doc's marker names
+STAGES = ("ingestion", "featurestore", "training", "shapes", "scoring", "recommenders", "serving")  # the doc's marker names
 FIELDS = ("stage", "key", "what", "target", "figure", "met", "date", "machine", "command")
 
 
@@ -132,6 +132,23 @@ def closed_loop(prefix: str, min_rps_at_32: float | None = None, p99_ms_at_1: fl
     return read
 
 
+def shape_quality(label: str):
+    """One data shape of issue 16 (bench/shapes.py): its size, the protocol training chose, and the champion's
+    test ROC AUC against the better of its baselines fitted on the same rows (target: within 0.005)."""
+    def figure(row):
+        heuristic = f", heuristic {row['heuristic_roc_auc']:.3f}" if row.get("heuristic_roc_auc") is not None else ""
+        return (f"{row['events']:,} events, {row['customers']:,} customers, {row['label_rows']:,} labelled rows; "
+                f"`{row['protocol']}` ({row['selected']}); ROC AUC {row['roc_auc']:.3f} vs logistic "
+                f"{row['logistic_roc_auc']:.3f}{heuristic}; {num(row['seconds'])} s",
+                [("quality", row["gap_to_best_baseline"] <= 0.005)])
+    return of_row(label, figure, "roc_auc")
+
+
+SHAPES = {"crm_snapshot": "CRM snapshot, explicit churn labels at one `as_of` (~7k customers, telco-like)",
+          "transactions": "transactions only, purchases 1997-1998, derived churn (~10k customers, CDNOW-like)",
+          "attributes_only": "attributes only, one signup event each, explicit response labels (bank-marketing-like)",
+          "small_imbalanced": "small and imbalanced: 5,822 customers, ~5.5% positives, 85 numeric columns (CoIL-like)",
+          "no_crm_no_campaigns": "no CRM attributes, no campaigns: web/app/store behaviour, derived churn"}
 FM, REC, SERVE = "features-1m", "recommender package + recommend() + batch top-10", "serve"
 METRICS = [
     Metric("ingest-1m generate", "ingestion", "generate 20k customers x 365 days (~0.9M events, Parquet)", "",
@@ -163,6 +180,8 @@ METRICS = [
            inner_seconds("features-1m online reads + training set", "training_set", 60, rss=True)),
     Metric("features-1m train churn", "training", "`propel train churn` at 1M customers (2M-row training frame)", "",
            FM, timed("features-1m train churn")),
+    *[Metric(f"shape {name}", "shapes", what, "ROC AUC within 0.005 of the best baseline", "shapes",
+             shape_quality(f"shape {name}")) for name, what in SHAPES.items()],
     *[Metric(f"score-1m {label}", "scoring", what, target, "score-1m", scored(f"score-1m {label}", limit))
       for label, what, target, limit in (
           ("all customers -> parquet, no reasons", "score 1M customers, export all to Parquet, no reasons",
