@@ -80,6 +80,9 @@ def test_every_bench_row_is_read_from_a_whole_run():
             *[timed(f"score-1m {label}", exported=929_674, in_process_seconds=4.8, output_mib=11.0) for label in
               ("all customers -> parquet, no reasons", "all customers -> csv, no reasons",
                "top 10% -> csv with 3 reasons", "where + top 5000 -> csv with 3 reasons")],
+            *[timed(f"shape {name}", events=1000, customers=500, label_rows=400, protocol="customer_holdout+cv5",
+                    selected="additive", roc_auc=0.8, logistic_roc_auc=0.79, heuristic_roc_auc=None,
+                    gap_to_best_baseline=0.0) for name in report.SHAPES],
             timed("recommender ALS fit", fit_seconds=268.0),
             timed("recommender package + recommend() + batch top-10", package_seconds=11.6, batch_top10_seconds=43.0,
                   **{f: lat for f in ("recommend_top10", "recommend_top10_category_price",
