@@ -152,7 +152,7 @@ def test_small_and_imbalanced(tmp_path, mlflow_db):
 
 
 def test_no_crm_attributes_and_no_campaigns(tmp_path, mlflow_db):
-    shape = shapes.no_crm_no_campaigns(tmp_path / "raw", n=500)
+    shape = shapes.no_crm_no_campaigns(tmp_path / "raw")
     ws, run = pipeline(tmp_path, shape, mlflow_db, every_days=14, snapshots=20)
     assert "customer_profile" not in {v.name for v in fstore.feature_store(ws).list_feature_views()}
     assert run["propel.protocol"].startswith("out_of_time")
