@@ -4,7 +4,8 @@ Each builder writes CSVs into a raw folder and returns what the test needs to kn
 planted (a known driver of the label) with noise, so a sound protocol finds it and beats its baselines:
 
   crm_snapshot      1: a CRM extract with explicit churn labels for ~80% of the customers, one as_of for all,
-                       categorical strings, holes, a number stored as text, ids with leading zeros, no events
+                       categorical strings, holes, values as exported (yes/no, Y/N, YYYYMMDD, money and numbers
+                       as text, blank cells), ids with leading zeros, no events
   transactions      2: purchases only (date, quantity, revenue), one channel, 1997-1998, no CRM, no campaigns
   attributes_only   3: CRM columns plus one trivial signup event per customer, explicit response labels
   small_imbalanced  5: a few thousand customers, ~5.5% positives, 85 numeric socio-demographic columns
@@ -33,8 +34,9 @@ def _logistic(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))
 
 
-def _labels(raw: Path, ids: pd.Series, y: np.ndarray, task: str, as_of: pd.Timestamp, keep: np.ndarray) -> None:
-    pd.DataFrame({"customer_id": ids[keep], "as_of": as_of.strftime("%Y-%m-%d"), "task": task,
+def _labels(raw: Path, ids: pd.Series, y: np.ndarray, task: str, as_of: pd.Timestamp, keep: np.ndarray,
+            date_format: str = "%Y-%m-%d") -> None:
+    pd.DataFrame({"customer_id": ids[keep], "as_of": as_of.strftime(date_format), "task": task,
                   "label": y[keep]}).to_csv(raw / "labels.csv", index=False)
 
 
@@ -53,22 +55,23 @@ def crm_snapshot(raw: Path, n: int = 1500, seed: int = 1) -> Shape:
              + 0.6 * (payment == "Electronic check") - 0.035 * tenure + 0.5 * (support == "No") + rng.normal(0, 0.6, n))
     y = (rng.random(n) < _logistic(logit)).astype(int)
     ids = pd.Series([f"{i:06d}" for i in rng.permutation(n) + 7])  # leading zeros must survive
-    crm = pd.DataFrame({
-        "customer_id": ids, "signup_at": (as_of - pd.to_timedelta(tenure * 30 + 1, "D")).strftime("%Y-%m-%d"),
-        "marketing_consent": rng.random(n) < 0.8, "gender": rng.choice(["Female", "Male"], n),
-        "senior_citizen": (rng.random(n) < 0.16).astype(int), "partner": rng.random(n) < 0.5,
+    yes_no = np.array(["No", "Yes"])
+    crm = pd.DataFrame({  # as a CRM exports it: YYYYMMDD dates, Y/N and Yes/No flags, money and numbers as text
+        "customer_id": ids, "signup_at": (as_of - pd.to_timedelta(tenure * 30 + 1, "D")).strftime("%Y%m%d"),
+        "marketing_consent": np.where(rng.random(n) < 0.8, "Y", "N"), "gender": rng.choice(["Female", "Male"], n),
+        "senior_citizen": (rng.random(n) < 0.16).astype(int), "partner": yes_no[(rng.random(n) < 0.5).astype(int)],
         "tenure_months": tenure, "contract": contract, "internet_service": internet, "payment_method": payment,
-        "tech_support": support, "paperless_billing": rng.random(n) < 0.6, "monthly_charges": monthly,
-        # a number stored as text in the export (blank for brand-new customers): clean values until ingestion
-        # coerces the raw forms
-        "total_charges": np.where(tenure == 0, np.nan, np.round(monthly * np.maximum(tenure, 1), 2)),
-        "region": pd.Series(rng.choice(["north", "south", "east", "west"], n)).where(rng.random(n) > 0.15),
+        "tech_support": support, "paperless_billing": yes_no[(rng.random(n) < 0.6).astype(int)],
+        "monthly_charges": [f"${m:,.2f}" for m in monthly],
+        # a number stored as text, a blank cell for brand-new customers
+        "total_charges": [" " if t == 0 else f"{m * t:.2f}" for m, t in zip(monthly, tenure)],
+        "region": pd.Series(rng.choice(["north", "south", "east", "west"], n)).where(rng.random(n) > 0.15, ""),
     })
     for j in range(8):  # filler categoricals with holes, as wide exports have
         crm[f"service_{j}"] = pd.Series(rng.choice(["Yes", "No", "No phone service"], n)).where(rng.random(n) > 0.1)
     crm.to_csv(raw / "customers.csv", index=False)
     keep = rng.random(n) < 0.8
-    _labels(raw, ids, y, "churn", as_of, keep)
+    _labels(raw, ids, y, "churn", as_of, keep, "%Y%m%d")
     return Shape("crm_snapshot", "churn", raw, as_of, ids[~keep].tolist())
 
 

@@ -101,6 +101,10 @@ def test_crm_snapshot_with_explicit_labels(tmp_path, mlflow_db):
     ws, run = pipeline(tmp_path, shape, mlflow_db, snapshots=4)
     assert run["propel.protocol"] == "customer_holdout+cv5" and "1 moment" in run["propel.protocol_reason"]
     assert run["propel.label_source"] == "explicit"
+    model = load_champion(ws, "churn").model
+    # money, numbers as text and yes/no flags arrive as numbers; contract and payment as categories
+    assert {"monthly_charges", "total_charges", "partner", "tenure_months"} <= set(model.features) - set(model.categories)
+    assert {"contract", "payment_method"} <= set(model.categories)
     exported = scored_by_cli(ws, "churn", tmp_path)
     assert exported["customer_id"].str.fullmatch(r"0\d{5}").all(), "ids keep their leading zeros"
     scores = exported.set_index("customer_id")["score"]
