@@ -244,7 +244,7 @@ def candidates(cfg: TrainSettings, pos_rate: float, rows: int) -> dict[str, dict
     leaf = max(5, min(cfg.min_data_in_leaf, rows // 50))
     grid = {"configured": base,
             "additive": {**base, "num_leaves": 3, "min_data_in_leaf": leaf, "learning_rate": 0.1, "lambda_l2": 1.0},
-            "small": {**base, "num_leaves": 7, "min_data_in_leaf": leaf, "feature_fraction": 0.5, "lambda_l2": 10.0}}
+            "small": {**base, "num_leaves": 7, "min_data_in_leaf": leaf, "lambda_l2": 10.0}}
     if rows >= cfg.cv_max_rows:
         grid["large"] = {**base, "num_leaves": 63, "min_data_in_leaf": cfg.min_data_in_leaf}
     return grid
@@ -252,7 +252,7 @@ def candidates(cfg: TrainSettings, pos_rate: float, rows: int) -> dict[str, dict
 
 # Model selection compares candidates on at most this many fitting rows (a seeded sample of whole customers):
 # beyond it the choice is settled and each candidate would cost a full fit.
-SELECT_MAX_ROWS = 200_000
+SELECT_MAX_ROWS = 100_000
 
 
 def select_params(frame: Frame, cfg: TrainSettings, tune_seconds: float) -> tuple[str, dict, dict[str, float], dict | None]:

@@ -163,13 +163,14 @@ def test_reason_codes_name_a_planted_driver(champions, base):
         typical[f] = base[f].mode().iloc[0] if f in model.categories else base[f].median()
     gain = pd.Series(model.booster.feature_importance("gain"), index=model.features)
     typical_score = batch.predict(champion, typical)["score"].iloc[0]
-    # the most important numeric feature that moves this typical customer's score (a small model's top
-    # feature may be flat around the typical customer): plant its riskiest value, everything else typical
+    # the most important numeric feature that moves this typical customer's score materially (a small model's top
+    # feature may be flat around the typical customer, and a nudge of a point or so is credited to whichever
+    # feature it interacts with): plant its riskiest value, everything else typical
     for driver in gain.drop(list(model.categories)).sort_values(ascending=False).index:
         values = base[driver].quantile(np.linspace(0, 1, 21)).unique()
         variants = pd.concat([typical.assign(**{driver: v}) for v in values], ignore_index=True)
         risky = variants.iloc[[int(np.argmax(batch.predict(champion, variants)["score"]))]]
-        if batch.predict(champion, risky)["score"].iloc[0] > typical_score:
+        if batch.predict(champion, risky)["score"].iloc[0] > typical_score + 0.02:
             break
     else:
         pytest.fail("no numeric feature changes the typical customer's churn score")
