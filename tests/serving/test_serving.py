@@ -216,7 +216,9 @@ def test_health_readiness_metadata_metrics(http, champions):
     http.post("/recommend", json={"customer_id": "no-such-customer"})
     # BentoML counts a request after its answer is sent: poll briefly (bounded) rather than race it
     deadline = time.monotonic() + 10
-    while "bentoml_service_request_total" not in (metrics := http.get("/metrics").text) and time.monotonic() < deadline:
+    wanted = ("bentoml_service_request_total", 'propel_unknown_ids_total{endpoint="score/churn"}',
+              'propel_fallback_total{endpoint="recommend",reason="unknown_customer"}')
+    while not all(w in (metrics := http.get("/metrics").text) for w in wanted) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "bentoml_service_request_total" in metrics
     assert 'propel_unknown_ids_total{endpoint="score/churn"}' in metrics
