@@ -46,7 +46,7 @@ from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from propel.featurestore import feast_private as private
-from propel.lake.schema import quote_ident
+from propel.lake.schema import quote_ident, quote_literal
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def _write_sqlite(cfg: RepoConfig, view: FeatureView, table: pa.Table) -> None:
     codes, times = _event_times(view, table)
     stamps = np.array([sqlite3.adapt(to_naive_utc(t)) for t in times], dtype=object)[codes].tolist()
     feats = sorted(view.features, key=lambda f: f.name)
-    rows_sql = ", ".join(f"(?1, {_literal(f.name)}, ?{3 + 2 * j}, ?{4 + 2 * j}, ?2, NULL)" for j, f in enumerate(feats))
+    rows_sql = ", ".join(f"(?1, {quote_literal(f.name)}, ?{3 + 2 * j}, ?{4 + 2 * j}, ?2, NULL)" for j, f in enumerate(feats))
     sql = (f"INSERT INTO {quote_ident(private.lookup('compute_table_id')(cfg.project, view))} "
            f"(entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES {rows_sql} "
            "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
@@ -371,8 +371,3 @@ def _stamp_nanos(raw: bytes | None) -> int:
     stamp = Timestamp()
     stamp.ParseFromString(raw)
     return stamp.seconds * 1_000_000_000 + stamp.nanos
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-

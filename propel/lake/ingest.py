@@ -25,7 +25,7 @@ from propel.lake.tombstones import tombstone_sql
 from propel.lake.tables import LAKE_TYPES, Lake, LakeBusy, crash_point
 from propel.lake.schema import (
     BLOCKED_VALUE_PATTERN, CLICK_EVENT_TYPES, EMAIL_PATTERN, IDENTITY_TYPE_ALIASES, MISSING_TOKENS, PHONE_PATTERN,
-    PII_TYPES, TABLES, Column, Table, normalize_column, pii_kind, quote_ident, table_for_file,
+    PII_TYPES, TABLES, Column, Table, normalize_column, pii_kind, quote_ident, quote_literal, table_for_file,
 )
 from propel.config import Settings, Workspace
 from propel.progress import steps
@@ -117,22 +117,18 @@ def discover(raw_dir: Path) -> tuple[dict[str, list[Path]], list[str]]:
     return found, unknown
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _hash_sql(expr: str, kind_expr: str, salt: str) -> str:
     """Salted SHA-256 of a normalised phone/email; `kind_expr` is 'phone' or 'email' (SQL)."""
     norm = (f"CASE WHEN {kind_expr} = 'phone' THEN regexp_replace({expr}, '[^0-9]', '', 'g') "
             f"ELSE lower(trim({expr})) END")
-    return f"CASE WHEN nullif(trim({expr}), '') IS NULL THEN NULL ELSE sha256({_sql_str(salt)} || {norm}) END"
+    return f"CASE WHEN nullif(trim({expr}), '') IS NULL THEN NULL ELSE sha256({quote_literal(salt)} || {norm}) END"
 
 
 def _scrub_sql(expr: str, salt: str) -> str:
     """`expr` with PII found by content hashed: a whole value that is an email or a phone, and every
     email or phone inside a longer text (a note, a URL, a JSON blob). Cheap tests come first."""
-    s = _sql_str(salt)
-    email, phone = _sql_str(EMAIL_PATTERN), _sql_str(PHONE_PATTERN)
+    s = quote_literal(salt)
+    email, phone = quote_literal(EMAIL_PATTERN), quote_literal(PHONE_PATTERN)
 
     def digits(x: str) -> str:
         return f"regexp_replace({x}, '[^0-9]', '', 'g')"
@@ -154,7 +150,7 @@ def _scrub_sql(expr: str, salt: str) -> str:
 def _identity_type_sql(expr: str) -> str:
     """An identifier type with its aliases (`e-mail`, `phone_num`) read as the canonical type."""
     norm = f"trim(regexp_replace(lower({expr}), '[^0-9a-z]+', '_', 'g'), '_')"
-    cases = " ".join(f"WHEN {norm} = {_sql_str(a)} THEN {_sql_str(t)}" for a, t in IDENTITY_TYPE_ALIASES.items())
+    cases = " ".join(f"WHEN {norm} = {quote_literal(a)} THEN {quote_literal(t)}" for a, t in IDENTITY_TYPE_ALIASES.items())
     return f"CASE {cases} ELSE {expr} END"
 
 
@@ -185,10 +181,10 @@ class _Loader:
     # ---- reading -------------------------------------------------------------------------------
     def _source(self, path: Path) -> str:
         if path.name.lower().endswith(".parquet"):
-            return f"read_parquet({_sql_str(str(path))})"
+            return f"read_parquet({quote_literal(str(path))})"
         # A malformed row (wrong field count, bad quoting or encoding) is set aside for the quarantine
         # instead of failing the file, and cannot mislead the dialect sniffer.
-        return f"read_csv({_sql_str(str(path))}, all_varchar=true, header=true, auto_detect=true, store_rejects=true)"
+        return f"read_csv({quote_literal(str(path))}, all_varchar=true, header=true, auto_detect=true, store_rejects=true)"
 
     def _file_select(self, path: Path, table: Table) -> tuple[str, set[str]]:
         """SELECT of one file with contract column names, all VARCHAR, PII hashed, `_file`/`_row`;
@@ -226,7 +222,7 @@ class _Loader:
         for norm in kept:  # PII by name, else by content (values of checked kinds: in the quarantine, see _stage)
             kind = pii_kind(norm)
             if kind:
-                values[norm] = _hash_sql(values[norm], _sql_str(kind), self.salt)
+                values[norm] = _hash_sql(values[norm], quote_literal(kind), self.salt)
             elif norm not in CHECKED_KINDS.get(table.name, ()):
                 values[norm] = _scrub_sql(values[norm], self.salt)
         for kind_col, value_col in (("identity_type", "identity_value"), ("linked_type", "linked_value")):
@@ -235,20 +231,20 @@ class _Loader:
                 values[kind_col] = kind
                 if value_col in kept:
                     raw = f"CAST({quote_ident(by_norm[value_col])} AS VARCHAR)"
-                    values[value_col] = (f"CASE WHEN lower(trim({kind})) IN ({', '.join(map(_sql_str, sorted(PII_TYPES)))}) "
+                    values[value_col] = (f"CASE WHEN lower(trim({kind})) IN ({', '.join(map(quote_literal, sorted(PII_TYPES)))}) "
                                          f"THEN {_hash_sql(raw, f'lower(trim({kind}))', self.salt)} ELSE {values[value_col]} END")
         cols = [f"{v} AS {quote_ident(n)}" for n, v in values.items()]
         # row_number() OVER () is a streaming window, which DuckDB always runs in the file's order, so
         # row numbers stay right without `preserve_insertion_order` (which would stage files one by one).
-        cols += [f"{_sql_str(rel)} AS _file", "row_number() OVER () AS _row"]
+        cols += [f"{quote_literal(rel)} AS _file", "row_number() OVER () AS _row"]
         return f"SELECT {', '.join(cols)} FROM {src}", kept
 
     # ---- validation ----------------------------------------------------------------------------
     @staticmethod
     def _parse(kind: str, text: str) -> str:
         """The typed value of `text`, a column's trimmed non-empty string (or NULL)."""
-        number = (f"coalesce(TRY_CAST({text} AS DOUBLE), CASE WHEN regexp_full_match({text}, {_sql_str(CURRENCY_RE)}) "
-                  f"THEN TRY_CAST(replace(regexp_replace({text}, {_sql_str(CURRENCY_RE)}, '\\1\\2\\3\\4'), ',', '') AS DOUBLE) END)")
+        number = (f"coalesce(TRY_CAST({text} AS DOUBLE), CASE WHEN regexp_full_match({text}, {quote_literal(CURRENCY_RE)}) "
+                  f"THEN TRY_CAST(replace(regexp_replace({text}, {quote_literal(CURRENCY_RE)}, '\\1\\2\\3\\4'), ',', '') AS DOUBLE) END)")
         return {
             "id": text,
             "string": text,
@@ -266,7 +262,7 @@ class _Loader:
         """The trimmed text of a raw value; NULL when empty, or for typed kinds when a missing token."""
         if kind in ("id", "string", "category"):
             return f"nullif(trim({raw}), '')"
-        return f"CASE WHEN lower(trim({raw})) NOT IN ({', '.join(map(_sql_str, MISSING_TOKENS))}) THEN trim({raw}) END"
+        return f"CASE WHEN lower(trim({raw})) NOT IN ({', '.join(map(quote_literal, MISSING_TOKENS))}) THEN trim({raw}) END"
 
     def _checks(self, table: Table, present: set[str]) -> list[tuple[str, str]]:
         """(SQL condition on the text `t_<column>` and typed `<column>` columns, reason code), first match wins."""
@@ -286,7 +282,7 @@ class _Loader:
             if col.kind not in ("id", "string", "category"):  # the only kinds whose parsing can fail
                 checks.append((f"{text} IS NOT NULL AND {val} IS NULL", f"bad_{col.kind}:{col.name}"))
             if col.allowed:
-                allowed = ", ".join(map(_sql_str, col.allowed))
+                allowed = ", ".join(map(quote_literal, col.allowed))
                 checks.append((f"{val} IS NOT NULL AND CAST({val} AS VARCHAR) NOT IN ({allowed})",
                                f"not_allowed:{col.name}"))
             if col.nonnegative:
@@ -294,7 +290,7 @@ class _Loader:
             if col.kind == "timestamp" and (table.name, col.name) not in FUTURE_OK:
                 checks.append((f"{val} > TIMESTAMP '{future:%Y-%m-%d %H:%M:%S}'", f"future_timestamp:{col.name}"))
             if col.name in ("identity_value", "linked_value", "customer_id"):
-                checks.append((f"regexp_matches({val}, {_sql_str(BLOCKED_VALUE_PATTERN)}, 'i')",
+                checks.append((f"regexp_matches({val}, {quote_literal(BLOCKED_VALUE_PATTERN)}, 'i')",
                                f"placeholder_value:{col.name}"))
         return checks
 
@@ -309,7 +305,7 @@ class _Loader:
         known = [c for c in table.columns if c.name in present]
         typed = [c for c in known if c.kind in COERCIONS]
         extras = sorted(present - {c.name for c in known})
-        reason = "CASE " + " ".join(f"WHEN {cond} THEN {_sql_str(code)}" for cond, code in self._checks(table, present)) + " END"
+        reason = "CASE " + " ".join(f"WHEN {cond} THEN {quote_literal(code)}" for cond, code in self._checks(table, present)) + " END"
         checked = CHECKED_KINDS[table.name]
         raw_json = "to_json(struct_pack(" + ", ".join(
             f"{quote_ident(c)} := {_scrub_sql(quote_ident('r_' + c), self.salt) if c in checked else quote_ident('r_' + c)}"
@@ -362,7 +358,7 @@ class _Loader:
           SELECT substr(s.file_path, {prefix}) AS _file, e.line - 1 AS _row, any_value(e.csv_line) AS line,
                  any_value(e.error_message) AS error, any_value(s.delimiter) AS delim
           FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id)
-          WHERE s.file_path IN ({', '.join(map(_sql_str, csvs))}) GROUP BY ALL""")
+          WHERE s.file_path IN ({', '.join(map(quote_literal, csvs))}) GROUP BY ALL""")
         if not self.con.execute("SELECT count(*) FROM malformed").fetchone()[0]:
             return
         # Good row r of a file is data row r + (number of malformed rows before it).
@@ -472,8 +468,8 @@ class _Loader:
                              f"AND event_id IN (SELECT event_id FROM {self.lake.scan('events')})")
         s = self.settings.ingest
         win = f"INTERVAL {float(s.bot_burst_seconds)} SECOND"
-        clicks = ", ".join(map(_sql_str, sorted(CLICK_EVENT_TYPES)))
-        anonymous = ", ".join(map(_sql_str, s.bot_burst_identities)) or "NULL"
+        clicks = ", ".join(map(quote_literal, sorted(CLICK_EVENT_TYPES)))
+        anonymous = ", ".join(map(quote_literal, s.bot_burst_identities)) or "NULL"
         self.con.execute(f"""
             UPDATE stage SET _reason = 'bot_burst',
               _raw = to_json(struct_pack(event_id, ts, identity_type, identity_value, channel, event_type))
@@ -537,21 +533,21 @@ class _Loader:
         if table.name == "events":
             select.append("extra" if "extra" in {r[0] for r in self.con.execute("DESCRIBE stage").fetchall()}
                           else "NULL::VARCHAR AS extra")
-        select.append(f"{_sql_str(load_id)} AS _load")
+        select.append(f"{quote_literal(load_id)} AS _load")
         accepted = f"SELECT {', '.join(select)} FROM {source} WHERE s._reason IS NULL AND s._dup IS NULL"
         if counts.accepted:
             if table.name == "events":
                 self._write_events(accepted, load_id)
             else:
                 path = self.lake.new_file(table.name, f"{load_id}.parquet")
-                self.con.execute(f"COPY ({accepted}) TO {_sql_str(str(path))} (FORMAT parquet)")
+                self.con.execute(f"COPY ({accepted}) TO {quote_literal(str(path))} (FORMAT parquet)")
                 self.lake.add(table.name, [path])
         if counts.quarantined:
             path = self.lake.new_file("quarantine", f"{load_id}_{table.name}.parquet")
             self.con.execute(
-                f"COPY (SELECT {_sql_str(table.name)} AS \"table\", _file AS file, _row AS row, _reason AS reason, "
-                f"_raw AS raw, {_sql_str(load_id)} AS _load FROM stage WHERE _reason IS NOT NULL AND _dup IS NULL "
-                f"ORDER BY _file, _row) TO {_sql_str(str(path))} (FORMAT parquet)"
+                f"COPY (SELECT {quote_literal(table.name)} AS \"table\", _file AS file, _row AS row, _reason AS reason, "
+                f"_raw AS raw, {quote_literal(load_id)} AS _load FROM stage WHERE _reason IS NOT NULL AND _dup IS NULL "
+                f"ORDER BY _file, _row) TO {quote_literal(str(path))} (FORMAT parquet)"
             )
             self.lake.add("quarantine", [path])
         self.con.execute("DROP TABLE stage")
@@ -575,7 +571,7 @@ class _Loader:
             rows += n
         for days in batches:
             self.con.execute(f"COPY (SELECT * FROM ({dated}) WHERE event_date BETWEEN DATE '{days[0]}' AND DATE '{days[-1]}') "
-                             f"TO {_sql_str(str(out))} (FORMAT parquet, PARTITION_BY (event_date), APPEND, "
+                             f"TO {quote_literal(str(out))} (FORMAT parquet, PARTITION_BY (event_date), APPEND, "
                              f"FILENAME_PATTERN '{load_id}_{{uuid}}')")
         # The transaction started from a folder holding only committed files, so these are this load's.
         self.lake.add("events", sorted(out.glob(f"*/{load_id}_*.parquet")))

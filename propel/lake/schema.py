@@ -215,6 +215,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(text: str) -> str:
+    """A SQL string literal, quoted for DuckDB and SQLite alike."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def check_settings(settings) -> None:
     """Settings that name identifier or event types must use the contract's (`propel.config` cannot import
     the contract, so the CLI checks a workspace's settings here before any command runs)."""

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import duckdb
 
-from propel.lake.schema import TABLES, Table
+from propel.lake.schema import TABLES, Table, quote_literal
 from propel.config import Workspace
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Lake:
             if loads and name.startswith("L") and name[:7] > loads[-1]:
                 return False
             try:
-                con.execute(f"SELECT count(*) FROM parquet_metadata({_sql(str(self.root / path))})")
+                con.execute(f"SELECT count(*) FROM parquet_metadata({quote_literal(str(self.root / path))})")
                 return True
             except duckdb.Error:
                 return False
@@ -151,7 +151,8 @@ class Lake:
         """SQL for every stored row of a table (all loads), or an empty typed relation."""
         files = self.files(table)
         if files:
-            return f"read_parquet([{', '.join(_sql(str(p)) for p in files)}], union_by_name=true, hive_partitioning=false)"
+            paths = ", ".join(quote_literal(str(p)) for p in files)
+            return f"read_parquet([{paths}], union_by_name=true, hive_partitioning=false)"
         return f"({empty_relation(TABLES[table])})"
 
     def connect(self, threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -190,7 +191,7 @@ class Lake:
     def identity_map_view(self, con: duckdb.DuckDBPyConnection) -> None:
         files = self.files("identity_map")
         if files:
-            con.execute(f"CREATE OR REPLACE VIEW identity_map AS SELECT * FROM read_parquet({_sql(str(files[0]))})")
+            con.execute(f"CREATE OR REPLACE VIEW identity_map AS SELECT * FROM read_parquet({quote_literal(str(files[0]))})")
         else:
             con.execute("CREATE OR REPLACE VIEW identity_map AS SELECT NULL::VARCHAR AS identity_type, "
                         "NULL::VARCHAR AS identity_value, NULL::VARCHAR AS customer_id WHERE false")
@@ -304,7 +305,7 @@ class Lake:
                 removed[table] = 0
                 kept: list[Path] = []
                 for path in self.files(table):
-                    src = f"read_parquet({_sql(str(path))})"
+                    src = f"read_parquet({quote_literal(str(path))})"
                     hits = con.execute(f"SELECT count(*) FROM {src} WHERE coalesce(({cond}), false)").fetchone()[0]
                     if not hits:
                         kept.append(path)
@@ -313,7 +314,7 @@ class Lake:
                     out = self.new_file(table, str(path.relative_to(self.root / table).with_suffix(""))
                                         .split(".v")[0] + f".v{self.version + 1:08d}.parquet")
                     con.execute(f"COPY (SELECT * FROM {src} WHERE NOT coalesce(({cond}), false)) "
-                                f"TO {_sql(str(out))} (FORMAT parquet)")
+                                f"TO {quote_literal(str(out))} (FORMAT parquet)")
                     kept.append(out)
                 self.replace(table, kept)
         self._collect_garbage()
@@ -324,8 +325,6 @@ def _empty() -> dict:
     return {"version": 0, "files": {}, "table_versions": {}}
 
 
-def _sql(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def empty_relation(table: Table) -> str:
