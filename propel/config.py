@@ -210,6 +210,21 @@ class ServeSettings:
 
 
 @dataclass
+class StreamSettings:
+    # The event log behind POST /events: sqlite (an append-only SQLite file in WAL mode under the workspace, no
+    # server) or redis (Redis Streams at redis_url, for several machines)
+    backend: str = "sqlite"
+    redis_url: str = field(default_factory=lambda: os.environ.get("PROPEL_REDIS_URL", "127.0.0.1:6379"))
+    max_events: int = 1000  # most events in one POST /events (more -> 400 naming events)
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("sqlite", "redis"):
+            raise ValueError(f"stream.backend must be 'sqlite' or 'redis', not {self.backend!r}")
+        if self.max_events <= 0:
+            raise ValueError(f"stream.max_events must be positive, not {self.max_events}")
+
+
+@dataclass
 class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
@@ -221,6 +236,7 @@ class Settings:
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
     # DuckDB's working memory; larger statements spill to data/.duckdb_tmp. Keeps ingestion and feature
     # builds inside a laptop's budget (peak RSS = this plus Python and Arrow buffers).
     duckdb_memory_limit: str = "2.5GB"
@@ -325,6 +341,10 @@ class Workspace:
     @property
     def segments(self) -> Path:
         return self.data / "segments"  # `propel segments`: one Parquet per feature snapshot, read by Feast
+
+    @property
+    def stream(self) -> Path:
+        return self.data / "stream"  # the embedded event log (events.db) and the stream consumer's state
 
     @property
     def reports(self) -> Path:

@@ -53,11 +53,8 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 def load_champion(ws: Workspace, task: str) -> Champion:
-    """The task's champion (propel.serving.scoring's, pinned to its version); ValueError when there is none,
-    without creating a model registry in a workspace that has none."""
+    """propel.serving.scoring's champion, with the missing one a ValueError naming the workspace."""
     try:
-        if not ws.mlflow_db.exists():
-            raise NoChampion(task)
         return scoring.load_champion(ws, task)
     except NoChampion as exc:
         raise ValueError(f"{exc} [workspace {ws.root}]") from None

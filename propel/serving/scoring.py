@@ -62,6 +62,10 @@ class Champion:
 
 
 def load_champion(ws: Workspace, task: str) -> Champion:
+    """The task's champion, pinned to its version; NoChampion when there is none, without creating a model
+    registry in a workspace that has none."""
+    if not ws.mlflow_db.exists():
+        raise registry.NoChampion(task)
     client = registry.tracking(ws)
     found = registry.champion_version(client, task)
     if found is None:
