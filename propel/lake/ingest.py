@@ -171,9 +171,10 @@ class _Loader:
     """One ingestion run inside a lake transaction: reads files into typed staging tables, then writes
     the pending version's files."""
 
-    def __init__(self, lake: Lake, settings: Settings, raw_dir: Path, now: datetime):
+    def __init__(self, lake: Lake, settings: Settings, raw_dir: Path, now: datetime,
+                 con: duckdb.DuckDBPyConnection | None = None):
         self.settings, self.raw_dir, self.lake = settings, raw_dir, lake
-        self.con = self.lake.connect()
+        self.con = con or self.lake.connect()
         self.salt = lake.ws.salt()
         self.now = now.astimezone(timezone.utc).replace(tzinfo=None)
         self.warnings: list[str] = []
@@ -189,8 +190,10 @@ class _Loader:
     def _file_select(self, path: Path, table: Table) -> tuple[str, set[str]]:
         """SELECT of one file with contract column names, all VARCHAR, PII hashed, `_file`/`_row`;
         and the (normalised) columns it has."""
-        rel = str(path.relative_to(self.raw_dir))
-        src = self._source(path)
+        return self._select(self._source(path), str(path.relative_to(self.raw_dir)), table)
+
+    def _select(self, src: str, rel: str, table: Table) -> tuple[str, set[str]]:
+        """`_file_select` of any SQL source `src` (a file scan, or events held in memory), named `rel`."""
         try:
             names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
         except duckdb.OutOfMemoryException:
@@ -300,6 +303,26 @@ class _Loader:
         typed column, how many values were coerced how. Each value is trimmed once, into `t_<column>`,
         which parsing, the checks and the coercion counts read."""
         selects = [self._file_select(p, table) for p in files]
+        try:
+            present, typed = self._stage_selects(table, selects)
+        except duckdb.OutOfMemoryException:
+            raise
+        except duckdb.Error as exc:  # a file whose header read fine but whose body does not: say which
+            failed, first = [str(p.relative_to(self.raw_dir)) for p in files], str(exc).strip().splitlines()[0]
+            for (sql, _), path in zip(selects, files):
+                try:
+                    self.con.execute(f"CREATE OR REPLACE TEMP TABLE probe AS {sql}")
+                except duckdb.Error as file_exc:
+                    failed, first = [str(path.relative_to(self.raw_dir))], str(file_exc).strip().splitlines()[0]
+                    break
+            raise IngestError(f"{', '.join(failed)}: cannot read as {table.name} ({first}). Fix: re-export the "
+                              "file; nothing of this load was written.") from None
+        self._quarantine_malformed(table, files)
+        coercions = self._count_coercions(typed)
+        return present, coercions
+
+    def _stage_selects(self, table: Table, selects: list[tuple[str, set[str]]]) -> tuple[set[str], list[Column]]:
+        """`stage` from the SELECTs of `_select`; returns the columns present and the typed ones."""
         present = set().union(*(cols for _, cols in selects))
         union = " UNION ALL BY NAME ".join(f"({sql})" for sql, _ in selects)
         known = [c for c in table.columns if c.name in present]
@@ -322,29 +345,14 @@ class _Loader:
         trimmed = [f"{self._text(c.kind, quote_ident(c.name))} AS {t}" for c, t in zip(known, texts)]
         blanks = [f"{quote_ident(c.name)} IS NOT NULL AND {quote_ident('t_' + c.name)} IS NULL AS {quote_ident('e_' + c.name)}" for c in typed]
         drop = [t for c, t in zip(known, texts) if c not in typed] + raws
-        try:
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(drop)}), "
-                f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
-                f"SELECT *, {reason} AS _reason FROM ("
-                f"SELECT {', '.join(parsed + keep + raw_cols + texts + blanks)}, _file, _row FROM ("
-                f"SELECT *, {', '.join(trimmed)} FROM ({union}))))"
-            )
-        except duckdb.OutOfMemoryException:
-            raise
-        except duckdb.Error as exc:  # a file whose header read fine but whose body does not: say which
-            failed, first = [str(p.relative_to(self.raw_dir)) for p in files], str(exc).strip().splitlines()[0]
-            for (sql, _), path in zip(selects, files):
-                try:
-                    self.con.execute(f"CREATE OR REPLACE TEMP TABLE probe AS {sql}")
-                except duckdb.Error as file_exc:
-                    failed, first = [str(path.relative_to(self.raw_dir))], str(file_exc).strip().splitlines()[0]
-                    break
-            raise IngestError(f"{', '.join(failed)}: cannot read as {table.name} ({first}). Fix: re-export the "
-                              "file; nothing of this load was written.") from None
-        self._quarantine_malformed(table, files)
-        coercions = self._count_coercions(typed)
-        return present, coercions
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(drop)}), "
+            f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
+            f"SELECT *, {reason} AS _reason FROM ("
+            f"SELECT {', '.join(parsed + keep + raw_cols + texts + blanks)}, _file, _row FROM ("
+            f"SELECT *, {', '.join(trimmed)} FROM ({union}))))"
+        )
+        return present, typed
 
     def _quarantine_malformed(self, table: Table, files: list[Path]) -> None:
         """CSV rows DuckDB set aside (wrong field count, bad quoting) join `stage` as quarantined

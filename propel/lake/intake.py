@@ -1,0 +1,120 @@
+"""Validation of events arriving over HTTP by the rules of file ingestion (one contract, one set of rules).
+
+A batch of JSON events is staged through ingest's own `_Loader` (the column SELECT hashing PII by
+name and by content, `_text`, `_parse`, `_checks`), read from an in-memory Arrow table of VARCHAR
+columns instead of a file, so an event is accepted or rejected, with the same reason code, exactly
+as the same row in a CSV would be. Cross-load dedup and bot bursts are left to the lake flush.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from propel.config import Workspace
+from propel.lake.ingest import _Loader
+from propel.lake.schema import TABLES, normalize_column, quote_ident
+from propel.lake.tables import Lake, connect_duckdb
+
+EVENTS = TABLES["events"]
+CONTRACT = [c.name for c in EVENTS.columns]
+# The answer's columns: the contract's typed values (identity as ingest stages it) and the extras as JSON.
+OUT_COLUMNS = CONTRACT + ["extra"]
+
+_loaders: dict[str, tuple[_Loader, threading.Lock]] = {}
+_loaders_lock = threading.Lock()
+
+
+def _loader(ws: Workspace) -> tuple[_Loader, threading.Lock]:
+    """One loader (and DuckDB connection) per workspace and process: connecting costs more than a batch."""
+    key = str(ws.root)
+    with _loaders_lock:
+        if key not in _loaders:
+            con = connect_duckdb(ws, threads=1)  # batches are small: one thread keeps row order and the other core
+            _loaders[key] = (_Loader(Lake(ws), ws.settings(), ws.root, datetime.now(timezone.utc), con=con),
+                             threading.Lock())
+        return _loaders[key]
+
+
+def _text(value) -> str | None:
+    """A JSON value as the text a CSV cell would hold: booleans as true/false, objects as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _field(reason: str) -> str:
+    """The field a reason code names (`bad_timestamp:ts` -> ts); an event naming nobody -> customer_id."""
+    return reason.split(":", 1)[1] if ":" in reason else "customer_id"
+
+
+def validate(ws: Workspace, events: list, now: datetime | None = None) -> list[dict]:
+    """One result per input event, in order: {"status": "accepted", "event": {...}} (typed, PII
+    hashed), {"status": "rejected", "field": ..., "reason": <ingest reason code>} or
+    {"status": "duplicate"} for an event_id already accepted earlier in the batch."""
+    results: list[dict | None] = [None] * len(events)
+    rows: dict[str, list] = {c: [] for c in CONTRACT}
+    index: list[int] = []
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            results[i] = {"status": "rejected", "field": str(i), "reason": "not_an_object"}
+            continue
+        values: dict[str, str | None] = {}
+        for key, value in event.items():
+            name = normalize_column(str(key))
+            if name in values or not name:
+                results[i] = {"status": "rejected", "field": str(key), "reason": "duplicate_field"}
+                break
+            values[name] = _text(value)
+        if results[i] is not None:
+            continue
+        for name in values.keys() - rows.keys():
+            rows[name] = [None] * len(index)
+        for name, column in rows.items():
+            column.append(values.get(name))
+        index.append(i)
+    if index:
+        staged = _stage(ws, rows, now)
+        seen: set[str] = set()
+        for i, (reason, event) in zip(index, staged):
+            if reason is not None:
+                results[i] = {"status": "rejected", "field": _field(reason), "reason": reason}
+            elif event["event_id"] in seen:
+                results[i] = {"status": "duplicate"}
+            else:
+                seen.add(event["event_id"])
+                results[i] = {"status": "accepted", "event": event}
+    return results  # type: ignore[return-value]
+
+
+def _stage(ws: Workspace, rows: dict[str, list], now: datetime | None) -> list[tuple[str | None, dict]]:
+    """(reason or None, clean event) per row, in order, staged by ingest's `_Loader`. Every contract
+    column is present (NULL when an event lacks it), so a missing field is a per-event reason."""
+    batch = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
+    loader, lock = _loader(ws)
+    with lock:
+        loader.now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
+        con = loader.con
+        con.register("intake_batch", batch)
+        try:
+            loader._stage_selects(EVENTS, [loader._select("intake_batch", "http", EVENTS)])
+            has_extra = len(rows) > len(CONTRACT)
+            cols = ", ".join(quote_ident(c) for c in CONTRACT) + (", extra" if has_extra else ", NULL AS extra")
+            fetched = con.execute(f"SELECT _reason, {cols} FROM stage ORDER BY _row").fetchall()
+            con.execute("DROP TABLE stage")
+        finally:
+            con.unregister("intake_batch")
+    out = []
+    for reason, *values in fetched:
+        event = dict(zip(OUT_COLUMNS, values))
+        if event["ts"] is not None:
+            event["ts"] = event["ts"].replace(tzinfo=timezone.utc).isoformat()
+        out.append((reason, event))
+    return out
