@@ -1,0 +1,81 @@
+"""Events over HTTP are validated by file ingestion's own rules: same reason codes per event, same
+coercions, and PII hashed to the same value ingest writes for the same row."""
+
+from __future__ import annotations
+
+import json
+
+from propel.lake.ingest import hash_pii, ingest
+from propel.lake.intake import validate
+from tests.helpers import NOW, lake_frame, write
+
+GOOD = {"event_id": "g", "ts": "2025-03-01T10:00:00Z", "customer_id": "C1", "channel": "web", "event_type": "page_view"}
+
+
+def ev(**kw) -> dict:
+    return {**GOOD, **kw}
+
+
+def test_each_rule_rejects_only_its_event_with_field_and_reason(ws):
+    bad = [
+        (ev(event_id="b1", ts="yesterday"), "ts", "bad_timestamp:ts"),
+        (ev(event_id="b2", event_type=" "), "event_type", "missing_value:event_type"),
+        (ev(event_id="b3", channel="pigeon"), "channel", "not_allowed:channel"),
+        (ev(event_id="b4", event_type="purchase", revenue=-5), "revenue", "negative_value:revenue"),
+        (ev(event_id="b5", ts="2031-01-01T00:00:00Z"), "ts", "future_timestamp:ts"),
+        ({k: v for k, v in ev(event_id="b6").items() if k != "customer_id"}, "customer_id", "missing_identity"),
+        (ev(event_id="b7", customer_id="unknown"), "customer_id", "placeholder_value:customer_id"),
+        (ev(event_id="b8", quantity="lots"), "quantity", "bad_float:quantity"),
+    ]
+    batch = []
+    for i, (event, _, _) in enumerate(bad):
+        batch += [ev(event_id=f"ok{i}"), event]
+    results = validate(ws, batch, now=NOW)
+    assert len(results) == len(batch)
+    for i, (_, field, reason) in enumerate(bad):
+        ok, rejected = results[2 * i], results[2 * i + 1]
+        assert ok["status"] == "accepted" and ok["event"]["event_id"] == f"ok{i}", "order kept, good ones accepted"
+        assert rejected == {"status": "rejected", "field": field, "reason": reason}
+
+
+def test_a_missing_required_field_is_per_event_not_per_batch(ws):
+    no_ts = {k: v for k, v in GOOD.items() if k != "ts"}
+    assert validate(ws, [no_ts], now=NOW) == [{"status": "rejected", "field": "ts", "reason": "missing_value:ts"}]
+
+
+def test_duplicate_event_id_in_a_batch_and_non_objects(ws):
+    results = validate(ws, [ev(event_id="d"), "not an event", ev(event_id="d", channel="app"), [1], None,
+                            ev(event_id="x", ts="bad"), ev(event_id="x")], now=NOW)
+    assert [r["status"] for r in results] == ["accepted", "rejected", "duplicate", "rejected", "rejected",
+                                              "rejected", "accepted"], "a rejected event does not claim its id"
+    assert results[1] == {"status": "rejected", "field": "1", "reason": "not_an_object"}
+    assert results[3]["field"] == "3" and results[4]["field"] == "4"
+
+
+def test_coercions_as_ingest(ws):
+    [r] = validate(ws, [ev(ts="20250301", quantity="", revenue="$1,234.50", consent="yes", event_type="PURCHASE")],
+                   now=NOW)
+    e = r["event"]
+    assert e["ts"] == "2025-03-01T00:00:00+00:00", "YYYYMMDD"
+    assert e["quantity"] is None and e["revenue"] == 1234.5, "blank number missing, currency read"
+    assert e["event_type"] == "purchase"
+    assert json.loads(e["extra"]) == {"consent": "yes"}, "unknown fields folded into extra"
+    [r] = validate(ws, [ev(quantity="NA", revenue=True)], now=NOW)
+    assert r["status"] == "rejected" and r["reason"] == "bad_float:revenue", "a JSON boolean is text 'true'"
+
+
+def test_pii_hashed_as_file_ingestion_writes_it(ws, raw):
+    write(raw, "events.csv", """
+        event_id,ts,identity_type,identity_value,channel,event_type,note
+        e1,2025-03-01T10:00:00Z,email,Alice.Planted@Example.com,web,page_view,call me at +1 555 000 5555 please
+    """)
+    ingest(raw, ws, now=NOW)
+    lake = lake_frame(ws, "SELECT identity_type, identity_value, extra FROM events_all").iloc[0]
+    [r] = validate(ws, [{"event_id": "e1", "ts": "2025-03-01T10:00:00Z", "identity_type": "email",
+                         "identity_value": "Alice.Planted@Example.com", "channel": "web", "event_type": "page_view",
+                         "note": "call me at +1 555 000 5555 please"}], now=NOW)
+    e = r["event"]
+    assert e["identity_type"] == lake["identity_type"] == "email"
+    assert e["identity_value"] == lake["identity_value"] == hash_pii("email", "alice.planted@example.com", ws.salt())
+    assert json.loads(e["extra"]) == json.loads(lake["extra"])
+    assert "5555" not in e["extra"] and "Planted" not in json.dumps(r)
