@@ -7,7 +7,7 @@ workspace's `[serve]` settings, hence the models are built by `schemas(settings)
 
 import copy
 from types import SimpleNamespace
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -61,6 +61,21 @@ class RecommendResponse(BaseModel):
     fallback_reason: str | None = Field(None, description="why: unknown_customer (popular items) ...")
 
 
+class EventResult(BaseModel):
+    index: int = Field(description="the event's position in the request")
+    event_id: str | None = None
+    status: str = Field(description="accepted (in the event log), duplicate (event_id seen before) or rejected")
+    field: str | None = Field(None, description="rejected: the field at fault")
+    reason: str | None = Field(None, description="rejected: the reason code, as in the ingest quarantine")
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[EventResult]
+
+
 class SimilarItem(BaseModel):
     item_id: str
     score: float
@@ -72,7 +87,7 @@ class SimilarItemsResponse(BaseModel):
     model_version: str
 
 
-def schemas(cfg: ServeSettings) -> SimpleNamespace:
+def schemas(cfg: ServeSettings, max_events: int) -> SimpleNamespace:
     """Request models with this workspace's limits."""
     Ids = Annotated[list[Id], Field(min_length=1, max_length=cfg.max_ids, description=f"at most {cfg.max_ids}")]
     K = Annotated[int, Field(ge=1, le=cfg.max_k, description=f"1..{cfg.max_k}")]
@@ -111,8 +126,14 @@ def schemas(cfg: ServeSettings) -> SimpleNamespace:
         item_id: Id
         k: K = 10
 
+    class EventsRequest(Strict):
+        events: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=max_events, description=(
+            f"at most {max_events} events, each with the columns of the data contract's `events` table "
+            "(docs/data-contract.md); each is validated on its own"))]
+
     return SimpleNamespace(ScoreRequest=ScoreRequest, ContactScoreRequest=ContactScoreRequest, Filters=Filters,
-                           RecommendRequest=RecommendRequest, SimilarItemsRequest=SimilarItemsRequest)
+                           RecommendRequest=RecommendRequest, SimilarItemsRequest=SimilarItemsRequest,
+                           EventsRequest=EventsRequest)
 
 
 ERROR = {"type": "object", "required": ["error"], "properties": {
@@ -173,6 +194,8 @@ def openapi(base: dict, *, api_key: bool, open_paths: set[str], max_body: int,
             if path.startswith("/score/"):
                 responses["429"] = _answer("the worker's scoring queue is full: retry after Retry-After seconds",
                                            headers=RETRY_AFTER)
+            if path == "/events":
+                responses["503"] = _answer("the event log is unavailable: nothing of the batch is acknowledged, send it again")
             if path == "/reload":
                 responses["202"] = {"description": "still loading (see /metadata)",
                                     "content": {"application/json": {"schema": {"type": "object"}}}}

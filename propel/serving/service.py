@@ -5,6 +5,9 @@ from the Feast online store. `propel serve` / `make serve` start it; `bentoml bu
                                              (/recommend answers are logged for analytics: propel/serving/served_log.py)
   POST /score/churn, /score/propensity, /score/uplift   a batch of customer ids -> probability (uplift),
                                              decile, reason codes, model version; 404 per unknown id
+  POST /events                               customer events (the data contract's `events` columns), validated as
+                                             ingest does, in the event log (propel/lake/events_log.py) before the
+                                             answer; `propel stream flush` moves them into the lake
   POST /reload                               load champions promoted since start (also automatic, see below)
   GET  /healthz, /readyz, /metadata, /metrics, /report, /docs.json (OpenAPI)
 
@@ -50,8 +53,9 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from propel.config import Workspace
+from propel.lake import events_log, intake
 from propel.serving.runtime import Runtime
-from propel.serving.schemas import RecommendResponse, ScoreResponse, SimilarItemsResponse, openapi, schemas
+from propel.serving.schemas import EventsResponse, RecommendResponse, ScoreResponse, SimilarItemsResponse, openapi, schemas
 from propel.serving.scoring import BadContext, CustomerScorer, check_context
 from propel.training.tasks import RECOMMENDER
 from propel.serving.served_log import ServedLog
@@ -63,7 +67,7 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 log = logging.getLogger("propel.serving")
 WS = Workspace.resolve()  # PROPEL_HOME, else the current folder
 SETTINGS = WS.settings().serve
-S = schemas(SETTINGS)
+S = schemas(SETTINGS, WS.settings().stream.max_events)
 INLINE_IDS = 32  # scoring batches up to this size run on the event loop; larger ones in a worker thread (BatchQueue)
 QUEUE_SHARE = 0.75  # the queued scoring work of a worker is kept under this share of serve.timeout_seconds
 DRAIN_FACTOR = 32  # a body past the limit is read (and dropped) up to this many times the limit, then cut off
@@ -300,6 +304,7 @@ class Propel:
         # what /recommend answered, for analytics (written off the request path; never for a forgotten customer)
         self.served = ServedLog(WS, forgotten=self.runtime.tombstones)
         self.queue = BatchQueue(QUEUE_SHARE * SETTINGS.timeout_seconds)
+        self._events_log = None  # opened on the first POST /events
         self._lock = threading.Lock()
         self._stamp = self.runtime.stamp()
         self.runtime.refresh()
@@ -347,6 +352,8 @@ class Propel:
     def _close(self) -> None:
         self.report.close()
         self.served.close()
+        if self._events_log is not None:
+            self._events_log.close()
 
     async def _watch(self) -> None:
         while True:
@@ -401,6 +408,35 @@ class Propel:
         similar = loaded.model.similar_items(request.item_id, request.k)
         return _json({"item_id": request.item_id, "items": [{"item_id": i, "score": s} for i, s in similar],
                       "model_version": loaded.version})
+
+    # ---- events ----------------------------------------------------------------------------------
+    @bentoml.api(route="/events")
+    async def events(self, request: S.EventsRequest, /) -> EventsResponse:
+        """Customer events: each validated by the ingest rules; the accepted ones are in the event log before
+        this answers, so an acknowledged event survives any crash. A resent event_id is a duplicate."""
+        try:
+            results = await anyio.to_thread.run_sync(self._take_events, request.events)
+        except Exception as exc:  # noqa: BLE001 - the log is unreachable: nothing acknowledged, the client resends
+            log.warning("events: the event log failed: %s", type(exc).__name__)
+            return _error(503, f"the event log is unavailable ({type(exc).__name__}); nothing of this batch was "
+                          "acknowledged: send it again")
+        counts = {s: sum(r["status"] == s for r in results) for s in ("accepted", "duplicate", "rejected")}
+        return _json({"accepted": counts["accepted"], "duplicates": counts["duplicate"], "rejected": counts["rejected"],
+                      "results": results})
+
+    def _take_events(self, events: list[dict]) -> list[dict]:
+        if self._events_log is None:
+            self._events_log = events_log.open_log(WS)
+        checked = intake.validate(WS, events)
+        accepted = [r["event"] for r in checked if r["status"] == "accepted"]
+        new = set(self._events_log.append(accepted)) if accepted else set()  # XXX interface: ids newly logged
+        results = []
+        for i, (raw, r) in enumerate(zip(events, checked)):
+            event_id = r["event"]["event_id"] if "event" in r else raw.get("event_id")
+            status = r["status"] if r["status"] != "accepted" or event_id in new else "duplicate"
+            results.append({"index": i, "event_id": None if event_id is None else str(event_id), "status": status,
+                            **({"field": r.get("field"), "reason": r.get("reason")} if status == "rejected" else {})})
+        return results
 
     # ---- scores ----------------------------------------------------------------------------------
     async def _score(self, task: str, request, context: dict) -> JSONResponse:

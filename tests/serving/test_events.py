@@ -1,0 +1,107 @@
+"""POST /events on a real `propel serve` (loopback, one worker) over a fresh workspace: per-event answers by the
+ingest rules, idempotent re-send, PII hashed before the log, the API key, malformed bodies a 400, and (last)
+every acknowledged event in the log after a `kill -9` of the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import httpx
+import pytest
+
+from propel.config import Workspace
+from propel.lake import events_log
+from tests.helpers import BIN, start, stop
+
+pytestmark = pytest.mark.slow  # a real server
+KEY = "events-key"
+EMAIL = "Ana.Example@Mail.test"
+GOOD = [
+    {"event_id": "e1", "ts": "2025-05-30T10:00:00Z", "customer_id": "C1", "channel": "web", "event_type": "product_view",
+     "item_id": "I1", "session_id": "s1"},
+    {"event_id": "e2", "ts": "20250530", "identity_type": "email", "identity_value": EMAIL, "channel": "app",
+     "event_type": "purchase", "item_id": "I2", "quantity": 1, "revenue": "$1,200.50"},
+    {"event_id": "e3", "ts": "2025-05-30T11:00:00+02:00", "identity_type": "device_id", "identity_value": "dev-9",
+     "channel": "app", "event_type": "add_to_cart", "item_id": "I1", "revenue": ""},
+]
+BAD = [
+    ({"event_id": "b1", "ts": "yesterday", "customer_id": "C1", "channel": "web", "event_type": "purchase"}, "bad_timestamp:ts"),
+    ({"event_id": "b2", "ts": "2025-05-30", "customer_id": "C1", "channel": "telepathy", "event_type": "purchase"},
+     "not_allowed:channel"),
+    ({"event_id": "b3", "ts": "2025-05-30", "customer_id": "C1", "channel": "web", "event_type": "purchase", "revenue": -5},
+     "negative_value:revenue"),
+    ({"event_id": "b4", "ts": "2025-05-30", "channel": "web", "event_type": "purchase"}, "missing_identity"),
+]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    ws = Workspace.resolve(tmp_path_factory.mktemp("events") / "ws")
+    ws.root.mkdir()
+    ws.config_file.write_text(f'[serve]\napi_key = "{KEY}"\nworkers = 1\nreload_seconds = 0\n')
+    return ws
+
+
+@pytest.fixture(scope="module")
+def server(ws, tmp_path_factory):
+    proc, url = start([BIN / "propel", "--workspace", ws.root, "serve", "--workers", "1"],
+                      tmp_path_factory.mktemp("log") / "server.log")
+    yield proc, url
+    if proc.poll() is None:  # the last test kills it
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server[1], timeout=30, headers={"X-API-Key": KEY}) as client:
+        yield client
+
+
+def test_each_event_is_answered_by_the_ingest_rules(http, ws):
+    body = {"events": [GOOD[0], BAD[0][0], GOOD[1], *(e for e, _ in BAD[1:]), GOOD[2]]}
+    r = http.post("/events", json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    statuses = {x["event_id"]: x for x in answer["results"]}
+    assert [x["index"] for x in answer["results"]] == list(range(len(body["events"])))
+    assert (answer["accepted"], answer["rejected"], answer["duplicates"]) == (3, 4, 0)
+    for event, reason in BAD:
+        assert statuses[event["event_id"]]["status"] == "rejected"
+        assert statuses[event["event_id"]]["reason"] == reason
+    assert all(statuses[e["event_id"]]["status"] == "accepted" for e in GOOD)
+    logged = [e for _, e in events_log.open_log(ws).read(limit=100)]
+    assert sorted(e["event_id"] for e in logged) == ["e1", "e2", "e3"]
+    text = json.dumps(logged)
+    assert EMAIL not in text and EMAIL.lower() not in text  # hashed at the door
+
+
+def test_a_resent_event_is_a_duplicate_and_logged_once(http, ws):
+    r = http.post("/events", json={"events": [GOOD[0], GOOD[0]]})
+    assert r.status_code == 200, r.text
+    assert [x["status"] for x in r.json()["results"]] == ["duplicate", "duplicate"]
+    assert [e["event_id"] for _, e in events_log.open_log(ws).read(limit=100)].count("e1") == 1
+
+
+@pytest.mark.parametrize("body", [{}, {"events": []}, {"events": "e1"}, {"events": [1, 2]}, {"events": [GOOD[0]], "x": 1},
+                                  {"events": [GOOD[0]] * 1001}])
+def test_a_malformed_body_is_a_400(http, body):
+    r = http.post("/events", json=body)
+    assert r.status_code == 400, r.text
+
+
+def test_events_need_the_api_key(server):
+    r = httpx.post(f"{server[1]}/events", json={"events": [GOOD[0]]}, timeout=30)
+    assert r.status_code == 401
+
+
+def test_acknowledged_events_survive_kill_9_of_the_server(server, ws):
+    proc, url = server
+    with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": KEY}) as client:
+        batch = [{**GOOD[0], "event_id": f"k{i}"} for i in range(500)]
+        assert client.post("/events", json={"events": batch}).json()["accepted"] == 500
+    os.killpg(proc.pid, signal.SIGKILL)  # server and workers, right after the answer: what it acknowledged is durable
+    proc.wait(timeout=30)
+    logged = {e["event_id"] for _, e in events_log.open_log(ws).read(limit=10_000)}
+    assert {f"k{i}" for i in range(500)} <= logged
