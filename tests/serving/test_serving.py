@@ -243,7 +243,7 @@ def test_schemathesis_all_checks(server, tmp_path):
                            "--no-color", "-H", f"X-API-Key: {KEY}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "Tested: 12" in done.stdout and "No issues found" in done.stdout, done.stdout[-3000:]
+    assert "Tested: 13" in done.stdout and "No issues found" in done.stdout, done.stdout[-3000:]
 
 
 def test_openapi_says_what_the_server_answers(http, champions):
