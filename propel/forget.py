@@ -7,7 +7,7 @@ it again:
    tombstones when they change, so `/recommend` answers the popular fallback at once, without a restart;
 2. every online store in use (SQLite, and Redis when it has a Feast registry), with Feast's key encoding;
 3. the feature snapshots, profile and segments;
-4. the served-recommendations log;
+4. the served-recommendations log, and the events logged by POST /events (propel.lake.events_log);
 5. the recommender's registered packages, every version: their rows and histories removed in place and
    input examples synthetic (propel.training.recommender_model.scrub_packages; a new version would
    leave the data in the old ones);
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from propel.config import Workspace
-from propel.lake import tombstones
+from propel.lake import events_log, tombstones
 from propel.lake.tables import Lake
 from propel.serving import served_log
 from propel.training.recommender_model import scrub_packages
@@ -42,6 +42,7 @@ class ForgetReport:
     feature_rows: int = 0
     online_rows: dict[str, int] = field(default_factory=dict)  # per online store in use
     served: int = 0
+    logged_events: int = 0  # events of the POST /events log
     package_rows: dict[str, int] = field(default_factory=dict)  # customers removed per recommender version
 
     def summary(self) -> str:
@@ -52,7 +53,7 @@ class ForgetReport:
         missing = f"; not found: {', '.join(self.not_found)}" if self.not_found else ""
         return (f"forgot {len(self.customers)} customer(s), {self.identifiers} identifiers: lake rows removed: {lake}; "
                 f"feature rows {self.feature_rows:,}; online entries: {online}; served recommendations "
-                f"{self.served:,}; recommender packages: {packages}{already}{missing}")
+                f"{self.served:,}; logged events {self.logged_events:,}; recommender packages: {packages}{already}{missing}")
 
 
 def _rewrite(con, path: Path, keep_sql: str) -> int:
@@ -99,6 +100,7 @@ def forget(ws: Workspace, customer_ids: list[str]) -> ForgetReport:
                      + sorted(ws.segments.glob("*.parquet")))
     report.feature_rows = sum(_rewrite(con, p, people_sql) for p in feature_files if p.exists())
     report.served = served_log.forget(ws, set(ids))
+    report.logged_events = events_log.forget(ws, set(ids), set(con.execute("SELECT identity_type, identity_value FROM gone").fetchall()))
     report.package_rows = scrub_packages(ws, tombstones.keys(ws.tombstones))
     if people:
         report.lake_rows = _forget_lake(con, lake)

@@ -1,4 +1,4 @@
-"""Right to be forgotten, end to end: lake, quarantine, features, every online store (SQLite and Redis),
+"""Right to be forgotten, end to end: lake, quarantine, features, every online store (SQLite and Redis), the event log,
 re-ingest; a run stopped half-way finished by the next; and a running server with its recommender packages:
 the person is no longer personalised, at once and after a restart, and no artefact keeps their id."""
 
@@ -17,7 +17,7 @@ from propel.features.build import build
 from propel.forget import forget
 from propel.lake.ingest import ingest
 from bench.common import free_port, stop_server
-from propel.lake import tombstones
+from propel.lake import events_log, intake, tombstones
 from propel.training import registry
 from propel.training.recommender_model import EXAMPLE_IDS, load_recommender
 from tests.helpers import BIN, NOW, lake_frame, start, write
@@ -47,7 +47,13 @@ def _forget_end_to_end(ws, raw, online):
     _setup(ws, raw, online)
     store = fstore.feature_store(ws, online)
     assert fstore.online_features(store, "churn_v1", ["C1", "C2"])[1] == []
+    live = [{"event_id": f"h{i}", "ts": "2025-03-03T10:00:00Z", "channel": "app", "event_type": "product_view", **who}
+            for i, who in enumerate([{"customer_id": "C1"}, {"identity_type": "email", "identity_value": "gone@example.com"},
+                                     {"customer_id": "C2"}])]  # as POST /events logs them: validated, PII hashed
+    events_log.open_log(ws).append([r["event"] for r in intake.validate(ws, live)])
     report = forget(ws, ["C9", "nobody"])  # C9 was merged into C1: the whole person goes
+    assert report.logged_events == 2
+    assert [e["event_id"] for _, e in events_log.open_log(ws).read()] == ["h2"]
     assert report.customers == ["C1"] and report.not_found == ["nobody"]
     assert report.lake_rows["events"] == 3 and report.lake_rows["quarantine"] == 1
     assert report.online_rows[online] > 0 and report.feature_rows > 0 and list(report.online_rows) == [online]

@@ -64,6 +64,18 @@ class SQLiteLog:
                                    (after, limit)).fetchall()
         return [(o, json.loads(b)) for o, b in rows]
 
+    def forget(self, customer_ids: set[str], identifiers: set[tuple[str, str]]) -> int:
+        """Delete the events of these people (by customer_id, or by (identity_type, identity_value))."""
+        with self.lock:
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (k TEXT PRIMARY KEY)")
+            self.db.execute("DELETE FROM gone")
+            self.db.executemany("INSERT OR IGNORE INTO gone VALUES (?)",
+                                [(f"customer_id:{c}",) for c in customer_ids] + [(f"{t}:{v}",) for t, v in identifiers])
+            return self.db.execute(
+                "DELETE FROM events WHERE 'customer_id:' || json_extract(body, '$.customer_id') IN (SELECT k FROM gone) "
+                "OR json_extract(body, '$.identity_type') || ':' || json_extract(body, '$.identity_value') "
+                "IN (SELECT k FROM gone)").rowcount
+
     def close(self) -> None:
         self.db.close()
 
@@ -84,8 +96,24 @@ class RedisLog:
         rows = self.client.xrange(STREAM_KEY, min=f"({after}", count=limit)
         return [(o.decode(), json.loads(f[b"e"])) for o, f in rows]
 
+    def forget(self, customer_ids: set[str], identifiers: set[tuple[str, str]]) -> int:
+        gone = [o for o, e in self.read(limit=10**9) if e.get("customer_id") in customer_ids
+                or (e.get("identity_type"), e.get("identity_value")) in identifiers]
+        return int(self.client.xdel(STREAM_KEY, *gone)) if gone else 0
+
     def close(self) -> None:
         self.client.close()
+
+
+def forget(ws: Workspace, customer_ids: set[str], identifiers: set[tuple[str, str]]) -> int:
+    """`propel forget`'s step for the event log: the people's logged events deleted (none when no log exists)."""
+    if ws.settings().stream.backend == "sqlite" and not (ws.stream / "events.db").exists():
+        return 0
+    log = open_log(ws)
+    try:
+        return log.forget(customer_ids, identifiers)
+    finally:
+        log.close()
 
 
 def open_log(ws: Workspace) -> SQLiteLog | RedisLog:

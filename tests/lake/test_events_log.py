@@ -1,4 +1,4 @@
-"""The event log: order, one entry per event_id, durability across `kill -9` of a writer, two writers at once
+"""The event log: order, one entry per event_id, forgetting a person, durability across `kill -9` of a writer, two writers at once
 (SQLite), and the same contract on a real redis-server (Redis Streams)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ for n in range(10**6):
 
 def _ws(tmp_path, backend="sqlite", url="") -> Workspace:
     ws = Workspace.resolve(tmp_path / "ws")
-    ws.root.mkdir(exist_ok=True)
+    ws.root.mkdir(parents=True, exist_ok=True)
     ws.config_file.write_text(f'[stream]\nbackend = "{backend}"\n' + (f'redis_url = "{url}"\n' if url else ""))
     return ws
 
@@ -42,12 +42,24 @@ def _contract(log) -> None:
     assert log.append([]) == []
 
 
+def _forgets(ws) -> None:
+    log = events_log.open_log(ws)
+    log.append([{"event_id": "f1", "customer_id": "C1"}, {"event_id": "f2", "identity_type": "device_id",
+                "identity_value": "d9"}, {"event_id": "f3", "customer_id": "C2"}])
+    assert events_log.forget(ws, {"C1"}, {("device_id", "d9")}) == 2
+    assert [e["event_id"] for _, e in log.read() if e["event_id"].startswith("f")] == ["f3"]
+
+
 def test_sqlite_log_contract(tmp_path):
     _contract(events_log.open_log(_ws(tmp_path)))
+    _forgets(_ws(tmp_path))
+    assert events_log.forget(_ws(tmp_path / "none"), {"C1"}, set()) == 0  # no log: nothing to do, none created
+    assert not (tmp_path / "none" / "ws" / "data" / "stream").exists()
 
 
 def test_redis_log_contract(tmp_path, redis_url):
     _contract(events_log.open_log(_ws(tmp_path, "redis", redis_url)))
+    _forgets(_ws(tmp_path, "redis", redis_url))
 
 
 def test_acknowledged_appends_survive_kill_9_and_two_writers_lose_nothing(tmp_path):
