@@ -7,6 +7,9 @@ both changed by one server-side script so a batch is atomic; it is as durable as
 (`appendonly yes`, `appendfsync always` for the same promise as SQLite).
 
 Each event_id is logged once: `append` returns the ids it added, and a resent one is not added again.
+Appending resolves each new event's person (`identity.resolve_live`) under the log's write lock, with the
+links earlier events made (a login moving a device to a customer) kept beside the events, so every
+process names a person alike and the log's order is the order links were made in.
 """
 
 from __future__ import annotations
@@ -16,19 +19,44 @@ import sqlite3
 import threading
 
 from propel.config import Workspace
+from propel.lake.identity import node_key, resolve_live
 
-STREAM_KEY = "propel:events"  # the Redis stream; its event ids are in STREAM_KEY + ":ids"
-# KEYS: stream, id set; ARGV: event_id, body, event_id, body, ...; returns the ids added
+STREAM_KEY = "propel:events"  # the Redis stream; its event ids are in STREAM_KEY + ":ids", its links in ":links"
+# KEYS: stream, id set, links hash; ARGV: n events, then (event_id, body) each, then (identifier, profile) pairs
 _REDIS_APPEND = """
-local added = {}
-for i = 1, #ARGV, 2 do
-  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
-    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
-    table.insert(added, ARGV[i])
-  end
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  redis.call('SADD', KEYS[2], ARGV[2 + 2 * i])
+  redis.call('XADD', KEYS[1], '*', 'e', ARGV[3 + 2 * i])
 end
-return added
+for i = 2 + 2 * n, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+return n
 """
+Mapped = list[tuple[str | None, str | None]]
+
+
+def _keys(events: list[dict]) -> set[str]:
+    """The identifier keys whose links resolving these events reads."""
+    keys = set()
+    for e in events:
+        if e.get("identity_type") is not None and e.get("identity_value") is not None:
+            keys.add(node_key(e["identity_type"], e["identity_value"]))
+        if e.get("customer_id") is not None:
+            keys.add(node_key("customer_id", e["customer_id"]))
+    return keys
+
+
+def _resolve(events: list[dict], mapped: Mapped | None, logged: set[str], links: dict[str, str]):
+    """The events not logged before (first of each id), with their person resolved; and the new links."""
+    fresh, fresh_mapped, seen = [], [], set(logged)
+    for e, m in zip(events, mapped or [(None, None)] * len(events)):
+        if e["event_id"] not in seen:
+            seen.add(e["event_id"])
+            fresh.append(dict(e))
+            fresh_mapped.append(m)
+    return fresh, resolve_live(fresh, fresh_mapped, links)
 
 
 class SQLiteLog:
@@ -40,22 +68,30 @@ class SQLiteLog:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("CREATE TABLE IF NOT EXISTS events (offset INTEGER PRIMARY KEY AUTOINCREMENT, "
                         "event_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS links (identifier TEXT PRIMARY KEY, profile_id TEXT NOT NULL)")
 
-    def append(self, events: list[dict]) -> list[str]:
-        """Log the events not logged before, in one transaction; the ids added, once it is durable."""
-        added = []
+    def append(self, events: list[dict], mapped: Mapped | None = None) -> dict[str, str]:
+        """Log the events not logged before, each with its person resolved, in one transaction; once it
+        is durable, the ids added -> their profile_id. `mapped`: see `identity.resolve_live`."""
+        if not events:
+            return {}
+        ids, keys = [e["event_id"] for e in events], sorted(_keys(events))
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for e in events:
-                    if self.db.execute("INSERT OR IGNORE INTO events (event_id, body) VALUES (?, ?)",
-                                       (e["event_id"], json.dumps(e, default=str))).rowcount:
-                        added.append(e["event_id"])
+                logged = {r[0] for r in self.db.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({','.join('?' * len(ids))})", ids)}
+                links = dict(self.db.execute(
+                    f"SELECT identifier, profile_id FROM links WHERE identifier IN ({','.join('?' * len(keys))})", keys))
+                fresh, new_links = _resolve(events, mapped, logged, links)
+                self.db.executemany("INSERT INTO events (event_id, body) VALUES (?, ?)",
+                                    [(e["event_id"], json.dumps(e, default=str)) for e in fresh])
+                self.db.executemany("INSERT OR REPLACE INTO links VALUES (?, ?)", new_links.items())
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-        return added
+        return {e["event_id"]: e["profile_id"] for e in fresh}
 
     def read(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, dict]]:
         """Logged events after offset `after`, oldest first."""
@@ -71,10 +107,16 @@ class SQLiteLog:
             self.db.execute("DELETE FROM gone")
             self.db.executemany("INSERT OR IGNORE INTO gone VALUES (?)",
                                 [(f"customer_id:{c}",) for c in customer_ids] + [(f"{t}:{v}",) for t, v in identifiers])
-            return self.db.execute(
+            self.db.execute("BEGIN IMMEDIATE")
+            gone = self.db.execute(
                 "DELETE FROM events WHERE 'customer_id:' || json_extract(body, '$.customer_id') IN (SELECT k FROM gone) "
                 "OR json_extract(body, '$.identity_type') || ':' || json_extract(body, '$.identity_value') "
-                "IN (SELECT k FROM gone)").rowcount
+                "IN (SELECT k FROM gone) OR json_extract(body, '$.profile_id') IN "
+                f"({','.join('?' * len(customer_ids))})", sorted(customer_ids)).rowcount
+            self.db.execute("DELETE FROM links WHERE identifier IN (SELECT k FROM gone) OR profile_id IN "
+                            f"({','.join('?' * len(customer_ids))})", sorted(customer_ids))
+            self.db.execute("COMMIT")
+            return gone
 
     def close(self) -> None:
         self.db.close()
@@ -87,18 +129,33 @@ class RedisLog:
         host, _, port = url.removeprefix("redis://").partition(":")
         self.client = redis.Redis(host=host or "127.0.0.1", port=int(port or 6379))
         self.script = self.client.register_script(_REDIS_APPEND)
+        self.keys = [STREAM_KEY, STREAM_KEY + ":ids", STREAM_KEY + ":links"]
 
-    def append(self, events: list[dict]) -> list[str]:
-        args = [v for e in events for v in (e["event_id"], json.dumps(e, default=str))]
-        return [i.decode() for i in self.script(keys=[STREAM_KEY, STREAM_KEY + ":ids"], args=args)] if args else []
+    def append(self, events: list[dict], mapped: Mapped | None = None) -> dict[str, str]:
+        """As `SQLiteLog.append`; resolving reads the links, so appends hold a Redis lock (one writer at a time)."""
+        if not events:
+            return {}
+        ids, keys = [e["event_id"] for e in events], sorted(_keys(events))
+        with self.client.lock(STREAM_KEY + ":lock", timeout=30, blocking_timeout=30):
+            logged = {i for i, m in zip(ids, self.client.smismember(self.keys[1], ids)) if m}
+            links = {k: p.decode() for k, p in zip(keys, self.client.hmget(self.keys[2], keys) if keys else []) if p}
+            fresh, new_links = _resolve(events, mapped, logged, links)
+            self.script(keys=self.keys, args=[len(fresh), *(v for e in fresh for v in (e["event_id"], json.dumps(e, default=str))),
+                                              *(v for kv in new_links.items() for v in kv)])
+        return {e["event_id"]: e["profile_id"] for e in fresh}
 
     def read(self, after: str = "0-0", limit: int = 10_000) -> list[tuple[str, dict]]:
         rows = self.client.xrange(STREAM_KEY, min=f"({after}", count=limit)
         return [(o.decode(), json.loads(f[b"e"])) for o, f in rows]
 
     def forget(self, customer_ids: set[str], identifiers: set[tuple[str, str]]) -> int:
+        """Reads the whole stream (a forget is rare; a per-person index would cost every append)."""
         gone = [o for o, e in self.read(limit=10**9) if e.get("customer_id") in customer_ids
-                or (e.get("identity_type"), e.get("identity_value")) in identifiers]
+                or e.get("profile_id") in customer_ids or (e.get("identity_type"), e.get("identity_value")) in identifiers]
+        keys = {node_key("customer_id", c) for c in customer_ids} | {node_key(t, v) for t, v in identifiers}
+        links = [k for k, p in self.client.hgetall(self.keys[2]).items() if k.decode() in keys or p.decode() in customer_ids]
+        if links:
+            self.client.hdel(self.keys[2], *links)
         return int(self.client.xdel(STREAM_KEY, *gone)) if gone else 0
 
     def close(self) -> None:

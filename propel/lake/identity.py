@@ -207,3 +207,38 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, lake: Lake, group: np.ndarray, l
     return {"identifiers": len(group), "customers": len(taken), "anonymous_profiles": anon,
             "known_customers": len(taken) - anon, "merges": len(merges), **counts}
 
+
+
+def node_key(identity_type: str, identity_value: str) -> str:
+    return f"{identity_type}:{identity_value}"
+
+
+def resolve_live(events: list[dict], mapped: list[tuple[str | None, str | None]], links: dict[str, str]) -> dict[str, str]:
+    """The person of each event arriving over HTTP, as the batch resolution would name them between two
+    loads: sets `profile_id` on each event (and `merged_from` when a login joins an anonymous profile
+    to a customer) and returns the new links (identifier key -> profile).
+
+    `mapped[i]` is what the committed identity map says of event i's identifier and of its customer_id;
+    `links` holds the links the stream made since, and the profiles it minted (they win: they are newer);
+    it is updated in place.
+    An unknown identifier gets the id the batch would mint for it alone; a login (an event naming both
+    a customer_id and an identifier) moves the identifier, and an anonymous profile it held, to the
+    customer. An identifier already held by another known customer is not moved (a shared device);
+    sessions do not link in the stream: the next load's resolution links them, as it always does."""
+    new: dict[str, str] = {}
+    for event, (of_node, of_customer) in zip(events, mapped):
+        cid, t, v = event.get("customer_id"), event.get("identity_type"), event.get("identity_value")
+        node = node_key(t, v) if t is not None and v is not None else None
+        if cid is None:
+            person = links.get(node) or of_node
+            if person is None and node:  # first seen: remembered, so that its login knows there is a profile
+                person = links[node] = new[node] = _mint(node)
+        else:
+            person = links.get(node_key("customer_id", cid)) or of_customer or cid
+            held = (links.get(node) or of_node) if node else None
+            if node and held != person and (held is None or held.startswith("anon-")):
+                links[node] = new[node] = person
+                if held is not None:
+                    event["merged_from"] = [held]
+        event["profile_id"] = person
+    return new

@@ -3,7 +3,10 @@
 A batch of JSON events is staged through ingest's own `_Loader` (the column SELECT hashing PII by
 name and by content, `_text`, `_parse`, `_checks`), read from an in-memory Arrow table of VARCHAR
 columns instead of a file, so an event is accepted or rejected, with the same reason code, exactly
-as the same row in a CSV would be. Cross-load dedup and bot bursts are left to the lake flush.
+as the same row in a CSV would be; an event about a forgotten person is rejected (`forgotten`), as
+ingest drops it. Each accepted event comes with what the committed identity map says of its identifier
+and customer_id, for the log to resolve the person (`identity.resolve_live`). Cross-load dedup and bot
+bursts are left to the lake flush.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ CONTRACT = [c.name for c in EVENTS.columns]
 OUT_COLUMNS = CONTRACT + ["extra"]
 
 _loaders: dict[str, tuple[_Loader, threading.Lock]] = {}
+_maps: dict[str, str | None] = {}  # per workspace: the identity map file loaded into the `live_map` table
 _loaders_lock = threading.Lock()
 
 
@@ -57,8 +61,9 @@ def _field(reason: str) -> str:
 
 def validate(ws: Workspace, events: list, now: datetime | None = None) -> list[dict]:
     """One result per input event, in order: {"status": "accepted", "event": {...}} (typed, PII
-    hashed), {"status": "rejected", "field": ..., "reason": <ingest reason code>} or
-    {"status": "duplicate"} for an event_id already accepted earlier in the batch."""
+    hashed; "mapped": (the identity map's customer_id of its identifier, of its customer_id)),
+    {"status": "rejected", "field": ..., "reason": <ingest reason code>} or {"status": "duplicate"} for
+    an event_id already accepted earlier in the batch."""
     results: list[dict | None] = [None] * len(events)
     rows: dict[str, list] = {c: [] for c in CONTRACT}
     index: list[int] = []
@@ -83,20 +88,33 @@ def validate(ws: Workspace, events: list, now: datetime | None = None) -> list[d
     if index:
         staged = _stage(ws, rows, now)
         seen: set[str] = set()
-        for i, (reason, event) in zip(index, staged):
+        for i, (reason, event, mapped) in zip(index, staged):
             if reason is not None:
                 results[i] = {"status": "rejected", "field": _field(reason), "reason": reason}
             elif event["event_id"] in seen:
                 results[i] = {"status": "duplicate"}
             else:
                 seen.add(event["event_id"])
-                results[i] = {"status": "accepted", "event": event}
+                results[i] = {"status": "accepted", "event": event, "mapped": mapped}
     return results  # type: ignore[return-value]
 
 
-def _stage(ws: Workspace, rows: dict[str, list], now: datetime | None) -> list[tuple[str | None, dict]]:
-    """(reason or None, clean event) per row, in order, staged by ingest's `_Loader`. Every contract
-    column is present (NULL when an event lacks it), so a missing field is a per-event reason."""
+def _refresh_map(ws: Workspace, loader: _Loader) -> None:
+    """`live_map` = the lake's committed identity map, re-read when a load committed a new one (a table
+    in memory: probing it per batch costs far less than scanning Parquet)."""
+    lake = Lake(ws)
+    files = lake.files("identity_map")
+    path = str(files[0]) if files else None
+    if _maps.get(str(ws.root), "") != path:
+        lake.identity_map_view(loader.con)
+        loader.con.execute("CREATE OR REPLACE TEMP TABLE live_map AS SELECT * FROM identity_map")
+        _maps[str(ws.root)] = path
+
+
+def _stage(ws: Workspace, rows: dict[str, list], now: datetime | None) -> list[tuple[str | None, dict, tuple]]:
+    """(reason or None, clean event, (map's id of its identifier, of its customer_id)) per row, in order,
+    staged by ingest's `_Loader`. Every contract column is present (NULL when an event lacks it), so a
+    missing field is a per-event reason."""
     batch = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
     loader, lock = _loader(ws)
     with lock:
@@ -105,16 +123,22 @@ def _stage(ws: Workspace, rows: dict[str, list], now: datetime | None) -> list[t
         con.register("intake_batch", batch)
         try:
             loader._stage_selects(EVENTS, [loader._select("intake_batch", "http", EVENTS)])
+            loader._drop_forgotten(EVENTS, set(rows))
+            _refresh_map(ws, loader)
             has_extra = len(rows) > len(CONTRACT)
-            cols = ", ".join(quote_ident(c) for c in CONTRACT) + (", extra" if has_extra else ", NULL AS extra")
-            fetched = con.execute(f"SELECT _reason, {cols} FROM stage ORDER BY _row").fetchall()
+            cols = ", ".join(f"s.{quote_ident(c)}" for c in CONTRACT) + (", s.extra" if has_extra else ", NULL AS extra")
+            fetched = con.execute(
+                f"SELECT coalesce(_dup, _reason), {cols}, n.customer_id, c.customer_id FROM stage s "
+                "LEFT JOIN live_map n ON n.identity_type = s.identity_type AND n.identity_value = s.identity_value "
+                "LEFT JOIN live_map c ON c.identity_type = 'customer_id' AND c.identity_value = s.customer_id "
+                "ORDER BY _row").fetchall()
             con.execute("DROP TABLE stage")
         finally:
             con.unregister("intake_batch")
     out = []
-    for reason, *values in fetched:
+    for reason, *values, of_node, of_customer in fetched:
         event = dict(zip(OUT_COLUMNS, values))
         if event["ts"] is not None:
             event["ts"] = event["ts"].replace(tzinfo=timezone.utc).isoformat()
-        out.append((reason, event))
+        out.append((reason, event, (of_node, of_customer)))
     return out

@@ -67,6 +67,8 @@ class EventResult(BaseModel):
     status: str = Field(description="accepted (in the event log), duplicate (event_id seen before) or rejected")
     field: str | None = Field(None, description="rejected: the field at fault")
     reason: str | None = Field(None, description="rejected: the reason code, as in the ingest quarantine")
+    customer_id: str | None = Field(None, description="accepted: the person the event is about (the identity map's "
+                                    "customer_id; an unknown device gets an anonymous profile, `anon-...`)")
 
 
 class EventsResponse(BaseModel):

@@ -7,7 +7,8 @@ from the Feast online store. `propel serve` / `make serve` start it; `bentoml bu
                                              decile, reason codes, model version; 404 per unknown id
   POST /events                               customer events (the data contract's `events` columns), validated as
                                              ingest does, in the event log (propel/lake/events_log.py) before the
-                                             answer; `propel stream flush` moves them into the lake
+                                             answer, each with its person (customer_id: a new device gets an
+                                             anonymous profile); `propel stream flush` moves them into the lake
   POST /reload                               load champions promoted since start (also automatic, see below)
   GET  /healthz, /readyz, /metadata, /metrics, /report, /docs.json (OpenAPI)
 
@@ -304,7 +305,7 @@ class Propel:
         # what /recommend answered, for analytics (written off the request path; never for a forgotten customer)
         self.served = ServedLog(WS, forgotten=self.runtime.tombstones)
         self.queue = BatchQueue(QUEUE_SHARE * SETTINGS.timeout_seconds)
-        self._events_log = None  # opened on the first POST /events
+        self._events_log = events_log.open_log(WS)  # POST /events appends here (a Redis log connects lazily)
         self._lock = threading.Lock()
         self._stamp = self.runtime.stamp()
         self.runtime.refresh()
@@ -352,8 +353,7 @@ class Propel:
     def _close(self) -> None:
         self.report.close()
         self.served.close()
-        if self._events_log is not None:
-            self._events_log.close()
+        self._events_log.close()
 
     async def _watch(self) -> None:
         while True:
@@ -425,17 +425,19 @@ class Propel:
                       "results": results})
 
     def _take_events(self, events: list[dict]) -> list[dict]:
-        if self._events_log is None:
-            self._events_log = events_log.open_log(WS)
         checked = intake.validate(WS, events)
-        accepted = [r["event"] for r in checked if r["status"] == "accepted"]
-        new = set(self._events_log.append(accepted)) if accepted else set()  # XXX interface: ids newly logged
+        accepted = [r for r in checked if r["status"] == "accepted"]
+        added = self._events_log.append([r["event"] for r in accepted], [r["mapped"] for r in accepted])
         results = []
         for i, (raw, r) in enumerate(zip(events, checked)):
-            event_id = r["event"]["event_id"] if "event" in r else raw.get("event_id")
-            status = r["status"] if r["status"] != "accepted" or event_id in new else "duplicate"
-            results.append({"index": i, "event_id": None if event_id is None else str(event_id), "status": status,
-                            **({"field": r.get("field"), "reason": r.get("reason")} if status == "rejected" else {})})
+            event_id = r["event"]["event_id"] if "event" in r else raw.get("event_id") if isinstance(raw, dict) else None
+            status = r["status"] if r["status"] != "accepted" or event_id in added else "duplicate"
+            result = {"index": i, "event_id": None if event_id is None else str(event_id), "status": status}
+            if status == "rejected":
+                result.update(field=r.get("field"), reason=r.get("reason"))
+            elif status == "accepted":
+                result["customer_id"] = added[event_id]
+            results.append(result)
         return results
 
     # ---- scores ----------------------------------------------------------------------------------

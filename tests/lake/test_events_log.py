@@ -1,5 +1,6 @@
-"""The event log: order, one entry per event_id, forgetting a person, durability across `kill -9` of a writer, two writers at once
-(SQLite), and the same contract on a real redis-server (Redis Streams)."""
+"""The event log: order, one entry per event_id, each event's person (a new device, then its login), forgetting a
+person, durability across `kill -9` of a writer, two writers at once (SQLite), and the same contract on a real
+redis-server (Redis Streams)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from propel.config import Workspace
 from propel.lake import events_log
+from propel.lake.identity import _mint
 
 WRITER = """
 import sys
@@ -34,12 +36,30 @@ def _ws(tmp_path, backend="sqlite", url="") -> Workspace:
 
 
 def _contract(log) -> None:
-    assert log.append([{"event_id": "a", "n": 1}, {"event_id": "b", "n": 2}]) == ["a", "b"]
-    assert log.append([{"event_id": "b", "n": 9}, {"event_id": "c", "n": 3}]) == ["c"]  # b is logged once
+    assert list(log.append([{"event_id": "a", "n": 1}, {"event_id": "b", "n": 2}])) == ["a", "b"]
+    assert list(log.append([{"event_id": "b", "n": 9}, {"event_id": "c", "n": 3}])) == ["c"]  # b is logged once
     rows = log.read()
     assert [(e["event_id"], e["n"]) for _, e in rows] == [("a", 1), ("b", 2), ("c", 3)]
     assert [e["event_id"] for _, e in log.read(after=rows[0][0])] == ["b", "c"]
-    assert log.append([]) == []
+    assert log.append([]) == {}
+
+
+def _device(n: int, value: str = "d1", **kw) -> dict:
+    return {"event_id": f"i{n}", "identity_type": "device_id", "identity_value": value, **kw}
+
+
+def _identities(log) -> None:
+    """A new device is an anonymous profile (the id a batch load would mint for it); its login moves it, and
+    that profile, to the customer; a device the identity map gives to a known customer stays theirs."""
+    anon = _mint("device_id:d1")
+    assert log.append([_device(1), _device(2)]) == {"i1": anon, "i2": anon}
+    assert log.append([_device(3, customer_id="C7"), _device(4)]) == {"i3": "C7", "i4": "C7"}
+    assert log.append([_device(5, "d2", customer_id="C8")], [("K1", None)]) == {"i5": "C8"}, "the login names C8"
+    assert log.append([_device(6, "d2")], [("K1", None)]) == {"i6": "K1"}, "a known customer's device is not moved"
+    assert log.append([{"event_id": "i7", "customer_id": "C2"}], [(None, "C3")]) == {"i7": "C3"}, "C2 merged into C3"
+    body = {e["event_id"]: e for _, e in log.read() if e["event_id"].startswith("i")}
+    assert body["i3"]["merged_from"] == [anon] and "merged_from" not in body["i4"]
+    assert body["i1"]["profile_id"] == anon and body["i4"]["profile_id"] == "C7"
 
 
 def _forgets(ws) -> None:
@@ -52,6 +72,7 @@ def _forgets(ws) -> None:
 
 def test_sqlite_log_contract(tmp_path):
     _contract(events_log.open_log(_ws(tmp_path)))
+    _identities(events_log.open_log(_ws(tmp_path)))
     _forgets(_ws(tmp_path))
     assert events_log.forget(_ws(tmp_path / "none"), {"C1"}, set()) == 0  # no log: nothing to do, none created
     assert not (tmp_path / "none" / "ws" / "data" / "stream").exists()
@@ -59,6 +80,7 @@ def test_sqlite_log_contract(tmp_path):
 
 def test_redis_log_contract(tmp_path, redis_url):
     _contract(events_log.open_log(_ws(tmp_path, "redis", redis_url)))
+    _identities(events_log.open_log(_ws(tmp_path, "redis", redis_url)))
     _forgets(_ws(tmp_path, "redis", redis_url))
 
 

@@ -79,3 +79,23 @@ def test_pii_hashed_as_file_ingestion_writes_it(ws, raw):
     assert e["identity_value"] == lake["identity_value"] == hash_pii("email", "alice.planted@example.com", ws.salt())
     assert json.loads(e["extra"]) == json.loads(lake["extra"])
     assert "5555" not in e["extra"] and "Planted" not in json.dumps(r)
+
+
+def test_identity_map_and_tombstones_reach_intake(ws, raw):
+    """An event's identifier is looked up in the committed identity map (re-read after each load), and an
+    event about a forgotten person is rejected, as ingest drops it."""
+    write(raw, "events.csv", """
+        event_id,ts,identity_type,identity_value,customer_id,channel,event_type
+        f1,2025-03-01T09:00:00Z,device_id,d5,C5,app,login
+    """)
+    device = ev(event_id="m1", identity_type="device_id", identity_value="d5")
+    del device["customer_id"]
+    assert validate(ws, [device], now=NOW)[0]["mapped"] == (None, None), "nothing ingested yet"
+    ingest(raw, ws, now=NOW)
+    [r] = validate(ws, [device, ev(event_id="m2", customer_id="C5")], now=NOW)[:1]
+    assert r["status"] == "accepted" and r["mapped"][0] == "C5"
+    from propel.forget import forget
+
+    forget(ws, ["C5"])
+    assert validate(ws, [ev(event_id="m3", customer_id="C5"), device], now=NOW) == [
+        {"status": "rejected", "field": "customer_id", "reason": "forgotten"}] * 2

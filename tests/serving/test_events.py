@@ -1,6 +1,6 @@
 """POST /events on a real `propel serve` (loopback, one worker) over a fresh workspace: per-event answers by the
-ingest rules, idempotent re-send, PII hashed before the log, the API key, malformed bodies a 400, and (last)
-every acknowledged event in the log after a `kill -9` of the server."""
+ingest rules, idempotent re-send, PII hashed before the log, a new device's anonymous profile and its login, the
+API key, malformed bodies a 400, and (last) every acknowledged event in the log after a `kill -9` of the server."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from propel.config import Workspace
 from propel.lake import events_log
+from propel.lake.identity import _mint
 from tests.helpers import BIN, start, stop
 
 pytestmark = pytest.mark.slow  # a real server
@@ -82,6 +83,18 @@ def test_a_resent_event_is_a_duplicate_and_logged_once(http, ws):
     assert r.status_code == 200, r.text
     assert [x["status"] for x in r.json()["results"]] == ["duplicate", "duplicate"]
     assert [e["event_id"] for _, e in events_log.open_log(ws).read(limit=100)].count("e1") == 1
+
+
+def test_a_new_device_is_an_anonymous_profile_that_its_login_merges(http, ws):
+    view = {"ts": "2025-05-30T12:00:00Z", "identity_type": "device_id", "identity_value": "new-dev", "channel": "app",
+            "event_type": "product_view", "item_id": "I3"}
+    [first] = http.post("/events", json={"events": [{**view, "event_id": "n1"}]}).json()["results"]
+    assert first["status"] == "accepted" and first["customer_id"] == _mint("device_id:new-dev")
+    r = http.post("/events", json={"events": [{**view, "event_id": "n2", "event_type": "login", "customer_id": "C42"},
+                                              {**view, "event_id": "n3"}]}).json()["results"]
+    assert [x["customer_id"] for x in r] == ["C42", "C42"], "after the login the device is the customer's"
+    logged = {e["event_id"]: e for _, e in events_log.open_log(ws).read(limit=100)}
+    assert logged["n2"]["merged_from"] == [first["customer_id"]], "the anonymous profile is merged into C42"
 
 
 @pytest.mark.parametrize("body", [{}, {"events": []}, {"events": "e1"}, {"events": [1, 2]}, {"events": [GOOD[0]], "x": 1},
