@@ -103,7 +103,11 @@ def ingest(
     from propel.lake.ingest import ingest as run
 
     ws: Workspace = ctx.obj
-    report = run(raw_dir, ws, now=now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None, progress=True)
+    _print_load("ingest", run(raw_dir, ws, now=now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None, progress=True))
+
+
+def _print_load(command: str, report) -> None:
+    """A load's counts per table (input = accepted + quarantined + duplicates), top reasons, coercions."""
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     for name, counts in report.tables.items():
@@ -114,7 +118,28 @@ def ingest(
             read = ", ".join(f"{form} {n:,}" for form, n in forms.items() if form != "as")
             if read:
                 console.print(f"    coerced {name}.{column} to {forms['as']}: {read}")
-    console.print(f"[green]ingest[/] {report.summary()}")
+    console.print(f"[green]{command}[/] {report.summary()}")
+
+
+stream_app = typer.Typer(help="The event log behind POST /events: move it into the lake.", no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
+
+
+@stream_app.command("flush")
+@friendly
+def stream_flush(
+    ctx: typer.Context,
+    batch: Annotated[int, typer.Option(min=1, help="Most events per load (one lake version each).")] = 500_000,
+) -> None:
+    """Move the logged events not yet in the lake into it, each exactly once (deduplicated by event_id
+    with file-ingested events), as loads with the same checks, quarantine and manifest as `propel ingest`."""
+    from propel.lake.flush import flush
+
+    while True:
+        report = flush(ctx.obj, limit=batch, progress=True)
+        _print_load("stream flush", report)
+        if report.load_id is None or report.tables["events"].input < batch:
+            break
 
 
 OnlineOption = Annotated[Optional[str], typer.Option("--online", help="Online store: sqlite or redis (default: propel.toml, else sqlite).")]

@@ -6,7 +6,8 @@ lock. Production: Redis Streams (`[stream] backend = "redis"`), one stream plus 
 both changed by one server-side script so a batch is atomic; it is as durable as the server is configured to be
 (`appendonly yes`, `appendfsync always` for the same promise as SQLite).
 
-Each event_id is logged once: `append` returns the ids it added, and a resent one is not added again.
+Each log has a random `log_id`, so a reader's saved offset (the lake flush's) is never applied to another
+log (a deleted and recreated file, an emptied Redis). Each event_id is logged once: `append` returns the ids it added, and a resent one is not added again.
 Appending resolves each new event's person (`identity.resolve_live`) under the log's write lock, with the
 links earlier events made (a login moving a device to a customer) kept beside the events, so every
 process names a person alike and the log's order is the order links were made in.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import uuid
 
 from propel.config import Workspace
 from propel.lake.identity import node_key, resolve_live
@@ -69,6 +71,10 @@ class SQLiteLog:
         self.db.execute("CREATE TABLE IF NOT EXISTS events (offset INTEGER PRIMARY KEY AUTOINCREMENT, "
                         "event_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS links (identifier TEXT PRIMARY KEY, profile_id TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+        self.log_id = self.db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0]
+        self.start = 0  # the offset before the first event
 
     def append(self, events: list[dict], mapped: Mapped | None = None) -> dict[str, str]:
         """Log the events not logged before, each with its person resolved, in one transaction; once it
@@ -130,6 +136,9 @@ class RedisLog:
         self.client = redis.Redis(host=host or "127.0.0.1", port=int(port or 6379))
         self.script = self.client.register_script(_REDIS_APPEND)
         self.keys = [STREAM_KEY, STREAM_KEY + ":ids", STREAM_KEY + ":links"]
+        self.client.set(STREAM_KEY + ":log_id", uuid.uuid4().hex, nx=True)
+        self.log_id = self.client.get(STREAM_KEY + ":log_id").decode()
+        self.start = "0-0"
 
     def append(self, events: list[dict], mapped: Mapped | None = None) -> dict[str, str]:
         """As `SQLiteLog.append`; resolving reads the links, so appends hold a Redis lock (one writer at a time)."""

@@ -85,7 +85,8 @@ class IngestReport:
 
     def summary(self) -> str:
         if self.load_id is None:
-            return f"nothing new: {len(self.skipped_files)} file(s) already ingested ({self.seconds:.1f}s)"
+            skipped = f": {len(self.skipped_files)} file(s) already ingested" if self.skipped_files else ""
+            return f"nothing new{skipped} ({self.seconds:.1f}s)"
         t = self.tables
         parts = [f"{n} {c.accepted:,}/{c.input:,}" for n, c in t.items()]
         q = sum(c.quarantined for c in t.values())
@@ -192,8 +193,9 @@ class _Loader:
         and the (normalised) columns it has."""
         return self._select(self._source(path), str(path.relative_to(self.raw_dir)), table)
 
-    def _select(self, src: str, rel: str, table: Table) -> tuple[str, set[str]]:
-        """`_file_select` of any SQL source `src` (a file scan, or events held in memory), named `rel`."""
+    def _select(self, src: str, rel: str, table: Table, hashed: bool = False) -> tuple[str, set[str]]:
+        """`_file_select` of any SQL source `src` (a file scan, or events held in memory), named `rel`;
+        `hashed`: its PII is hashed already (events from the event log), so it is not hashed again."""
         try:
             names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
         except duckdb.OutOfMemoryException:
@@ -222,7 +224,7 @@ class _Loader:
             self.warnings.append(f"{rel}: ignored unknown column(s) {', '.join(extras)} for table '{table.name}'")
         kept = {n for n in by_norm if n in known or table.passthrough or table.name == "events"}
         values = {n: f"CAST({quote_ident(by_norm[n])} AS VARCHAR)" for n in kept}
-        for norm in kept:  # PII by name, else by content (values of checked kinds: in the quarantine, see _stage)
+        for norm in kept if not hashed else ():  # PII by name, else by content (checked kinds: see _stage)
             kind = pii_kind(norm)
             if kind:
                 values[norm] = _hash_sql(values[norm], quote_literal(kind), self.salt)
@@ -232,7 +234,7 @@ class _Loader:
             if kind_col in kept:
                 kind = _identity_type_sql(f"CAST({quote_ident(by_norm[kind_col])} AS VARCHAR)")
                 values[kind_col] = kind
-                if value_col in kept:
+                if value_col in kept and not hashed:
                     raw = f"CAST({quote_ident(by_norm[value_col])} AS VARCHAR)"
                     values[value_col] = (f"CASE WHEN lower(trim({kind})) IN ({', '.join(map(quote_literal, sorted(PII_TYPES)))}) "
                                          f"THEN {_hash_sql(raw, f'lower(trim({kind}))', self.salt)} ELSE {values[value_col]} END")
@@ -586,6 +588,10 @@ class _Loader:
 
     def load_table(self, table: Table, files: list[Path], load_id: str) -> TableCounts:
         present, coercions = self._stage(table, files)
+        return self.finish_table(table, present, load_id, coercions)
+
+    def finish_table(self, table: Table, present: set[str], load_id: str, coercions: dict[str, dict]) -> TableCounts:
+        """Deduplicate, drop the forgotten and write what is in `stage`; the counts reconcile."""
         self._dedupe(table, present)
         self._drop_forgotten(table, present)
         counts = self._write(table, present, load_id, coercions)
