@@ -3,6 +3,7 @@ loopback ports, starting and stopping a server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -89,6 +90,22 @@ def stop_server(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def kill_server(proc: subprocess.Popen) -> None:
+    """`kill -9` of the server: its arbiter and every worker. Workers run in sessions of their own, so a
+    signal to the arbiter's process group misses them (they would keep serving, orphaned)."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)
 
 
 def machine() -> dict:

@@ -401,6 +401,11 @@ def serve(
     ws: Workspace = ctx.obj
     if not ws.root.is_dir():
         raise UserError(f"no workspace at {ws.root}; pass --workspace DIR or set PROPEL_HOME")
+    from propel.training.registry import tracking
+
+    # The registry's database is created (and migrated) here, once: workers starting together on a fresh
+    # workspace would each run MLflow's migrations, and all but one fail.
+    tracking(ws).search_registered_models(max_results=1)
     cfg = ws.settings().serve
     host, port = host or cfg.host, port or cfg.port
     console.print(f"[green]serve[/] {ws.root} on http://{host}:{port} ({workers or cfg.workers} workers; /docs for the API)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.common import start_server, stop_server as stop  # noqa: F401 - the tests' server stop
+from bench.common import kill_server, start_server, stop_server as stop  # noqa: F401 - the tests' server stop
 
 from propel.config import Workspace
 

@@ -5,8 +5,6 @@ API key, malformed bodies a 400, and (last) every acknowledged event in the log 
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import httpx
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from propel.config import Workspace
 from propel.lake import events_log
 from propel.lake.identity import _mint
-from tests.helpers import BIN, start, stop
+from tests.helpers import BIN, kill_server, start, stop
 
 pytestmark = pytest.mark.slow  # a real server
 KEY = "events-key"
@@ -114,7 +112,6 @@ def test_acknowledged_events_survive_kill_9_of_the_server(server, ws):
     with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": KEY}) as client:
         batch = [{**GOOD[0], "event_id": f"k{i}"} for i in range(500)]
         assert client.post("/events", json={"events": batch}).json()["accepted"] == 500
-    os.killpg(proc.pid, signal.SIGKILL)  # server and workers, right after the answer: what it acknowledged is durable
-    proc.wait(timeout=30)
+    kill_server(proc)  # server and workers, right after the answer: what it acknowledged is durable
     logged = {e["event_id"] for _, e in events_log.open_log(ws).read(limit=10_000)}
     assert {f"k{i}" for i in range(500)} <= logged
