@@ -477,8 +477,8 @@ class Propel:
                 event_id = r["event"]["event_id"] if "event" in r else raw.get("event_id") if isinstance(raw, dict) else None
                 status = r["status"] if r["status"] != "accepted" or event_id in added else "duplicate"
                 result = {"index": i, "event_id": None if event_id is None else str(event_id), "status": status}
-                if status == "rejected":  # a non-object is named by its index in its own request
-                    result.update(field=str(i) if r["reason"] == "not_an_object" else r.get("field"), reason=r["reason"])
+                if status == "rejected":
+                    result.update(field=r.get("field"), reason=r.get("reason"))
                 elif status == "accepted":
                     result["customer_id"] = added[event_id]
                 results.append(result)

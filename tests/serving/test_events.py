@@ -95,6 +95,29 @@ def test_a_new_device_is_an_anonymous_profile_that_its_login_merges(http, ws):
     assert logged["n2"]["merged_from"] == [first["customer_id"]], "the anonymous profile is merged into C42"
 
 
+def test_concurrent_batches_taken_together_are_answered_each_on_its_own(http, ws):
+    """Requests arriving at once are validated and logged as one batch; each answer still indexes its own events,
+    rejects only its own bad events, and an event_id sent by two of them is accepted once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(n: int):
+        batch = [{**GOOD[0], "event_id": f"g{n}-{i}"} for i in range(20)]
+        batch[1] = {**GOOD[0], "event_id": f"g{n}-bad", "ts": "yesterday"}
+        batch[2] = {**GOOD[0], "event_id": "g-shared"}
+        return http.post("/events", json={"events": batch}).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(8)))
+    for answer in answers:
+        assert [x["index"] for x in answer["results"]] == list(range(20))
+        assert answer["results"][1] == {"index": 1, "event_id": answer["results"][1]["event_id"], "status": "rejected",
+                                        "field": "ts", "reason": "bad_timestamp:ts"}
+    assert sum(a["results"][2]["status"] == "accepted" for a in answers) == 1, "the shared id once"
+    assert sum(a["accepted"] for a in answers) == 8 * 18 + 1
+    logged = [e["event_id"] for _, e in events_log.open_log(ws).read(limit=10_000)]
+    assert len([i for i in logged if i.startswith("g")]) == 8 * 18 + 1 and len(logged) == len(set(logged))
+
+
 @pytest.mark.parametrize("body", [{}, {"events": []}, {"events": "e1"}, {"events": [1, 2]}, {"events": [GOOD[0]], "x": 1},
                                   {"events": [GOOD[0]] * 1001}])
 def test_a_malformed_body_is_a_400(http, body):
