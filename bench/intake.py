@@ -131,5 +131,12 @@ def main() -> None:
         Path(sys.argv[1]).write_text(json.dumps(rows, indent=2))
 
 
+def stages(base: Path, run) -> list[dict]:
+    """For bench/run.py: the whole bench as one process, its rows read back."""
+    base.mkdir(parents=True, exist_ok=True)
+    run("intake (POST /events)", [sys.executable, __file__, base / "intake_bench.json"])
+    return json.loads((base / "intake_bench.json").read_text())
+
+
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ from propel.docs import render as fill_sections
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "bench" / "reference.json"
 DOC = ROOT / "docs" / "benchmarks.md"
-STAGES = ("ingestion", "featurestore", "training", "shapes", "scoring", "recommenders", "serving")  # the doc's marker names
+STAGES = ("ingestion", "featurestore", "training", "shapes", "scoring", "recommenders", "serving", "realtime")  # the doc's marker names
 FIELDS = ("stage", "key", "what", "target", "figure", "met", "date", "machine", "command")
 
 
@@ -132,6 +132,22 @@ def closed_loop(prefix: str, min_rps_at_32: float | None = None, p99_ms_at_1: fl
     return read
 
 
+def intake(label: str, min_rate: float):
+    """Events/s over HTTP and how many acknowledged events the log lacks (must be 0)."""
+    def figure(row):
+        return (f"{row['events_per_s']:,} events/s ({row['clients']} clients); request p50 {num(row['p50_ms'])} / p99 "
+                f"{num(row['p99_ms'])} ms; {row['lost']} of {row['acknowledged']:,} acknowledged lost"), [
+            ("rate", row["events_per_s"] >= min_rate), ("lost", row["lost"] == 0 and row["logged_twice"] == 0)]
+    return of_row(label, figure, "events_per_s")
+
+
+def crashed(label: str):
+    def figure(row):
+        return (f"{row['lost']} of {row['acknowledged']:,} acknowledged lost, {row['logged_twice']} logged twice",
+                [("lost", row["lost"] == 0 and row["logged_twice"] == 0)])
+    return of_row(label, figure, "lost")
+
+
 def shape_quality(label: str):
     """One data shape of issue 16 (bench/shapes.py): its size, the protocol training chose, and the champion's
     test ROC AUC against the better of its baselines fitted on the same rows (target: within 0.005)."""
@@ -227,6 +243,10 @@ METRICS = [
       for name, what in (("/score/propensity", "`/score/propensity` (1 id)"),
                          ("/score/uplift", "`/score/uplift` (1 id)"),
                          ("/score/churn (100 ids)", "`/score/churn` (100 ids)"))],
+    *[Metric(f"realtime intake batch {n}", "realtime", f"`POST /events`, batches of {n:,}, SQLite log",
+             ">= 5,000 events/s, 0 lost", "realtime", intake(f"intake http batch {n}", 5000)) for n in (100, 1000)],
+    Metric("realtime intake crash", "realtime", "`kill -9` of the server (all workers) under load, then restart",
+           "every acknowledged event in the log, once", "realtime", crashed("intake crash (kill -9 under load)")),
     Metric("serve control closed loop", "serving", "control: a bare uvicorn echo app, closed loop at c = 1 / 8 / 32",
            "", SERVE, closed_loop("control (bare uvicorn echo)")),
     *[Metric(f"serve control at {rate} RPS", "serving", f"control: the echo app, open loop at {rate} RPS", "", SERVE,
