@@ -25,6 +25,8 @@ from common import BIN, kill_server, start_server, stop_server  # bench/common.p
 
 from propel.config import Workspace
 from propel.lake.events_log import open_log
+from propel.lake.flush import flush
+from propel.lake.tables import Lake
 
 CLIENTS = int(os.environ.get("BENCH_INTAKE_CLIENTS", 32))
 SECONDS = float(os.environ.get("BENCH_INTAKE_SECONDS", 8))
@@ -95,8 +97,13 @@ async def crash(ws: Workspace, tmp: Path) -> dict:
     proc, url = serve(ws, tmp / "restart.log")
     stop_server(proc)
     ids = logged(ws)
+    while flush(ws).load_id is not None:  # and into the lake, each once
+        pass
+    lake = Lake(ws).connect().execute("SELECT event_id FROM events_all").fetchall()
+    in_lake = {r[0] for r in lake}
     return {"stage": "intake crash (kill -9 under load)", "acknowledged": len(acked),
-            "lost": len(acked - set(ids)), "logged_twice": len(ids) - len(set(ids))}
+            "lost": len(acked - set(ids)), "logged_twice": len(ids) - len(set(ids)),
+            "lake_lost": len(acked - in_lake), "lake_twice": len(lake) - len(in_lake)}
 
 
 def main() -> None:

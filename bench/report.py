@@ -143,8 +143,10 @@ def intake(label: str, min_rate: float):
 
 def crashed(label: str):
     def figure(row):
-        return (f"{row['lost']} of {row['acknowledged']:,} acknowledged lost, {row['logged_twice']} logged twice",
-                [("lost", row["lost"] == 0 and row["logged_twice"] == 0)])
+        return (f"{row['lost']} of {row['acknowledged']:,} acknowledged lost, {row['logged_twice']} logged twice; "
+                f"after flush {row['lake_lost']} missing from the lake, {row['lake_twice']} twice",
+                [("lost", row["lost"] == 0 and row["logged_twice"] == 0),
+                 ("lake", row["lake_lost"] == 0 and row["lake_twice"] == 0)])
     return of_row(label, figure, "lost")
 
 
@@ -246,7 +248,7 @@ METRICS = [
     *[Metric(f"realtime intake batch {n}", "realtime", f"`POST /events`, batches of {n:,}, SQLite log",
              ">= 5,000 events/s, 0 lost", "realtime", intake(f"intake http batch {n}", 5000)) for n in (100, 1000)],
     Metric("realtime intake crash", "realtime", "`kill -9` of the server (all workers) under load, then restart",
-           "every acknowledged event in the log, once", "realtime", crashed("intake crash (kill -9 under load)")),
+           "every acknowledged event in the log and, after flush, the lake, once", "realtime", crashed("intake crash (kill -9 under load)")),
     Metric("serve control closed loop", "serving", "control: a bare uvicorn echo app, closed loop at c = 1 / 8 / 32",
            "", SERVE, closed_loop("control (bare uvicorn echo)")),
     *[Metric(f"serve control at {rate} RPS", "serving", f"control: the echo app, open loop at {rate} RPS", "", SERVE,

@@ -98,7 +98,8 @@ def test_every_bench_row_is_read_from_a_whole_run():
                                                     "control (bare uvicorn echo) at 50 RPS")],
             *[{"stage": f"intake http batch {n}", "clients": 32, "events_per_s": 7000, "p50_ms": 300.0, "p99_ms": 600.0,
                "acknowledged": 1000, "lost": 0, "logged_twice": 0} for n in (100, 1000)],
-            {"stage": "intake crash (kill -9 under load)", "acknowledged": 1000, "lost": 0, "logged_twice": 0}]
+            {"stage": "intake crash (kill -9 under load)", "acknowledged": 1000, "lost": 0, "logged_twice": 0, "lake_lost": 0,
+             "lake_twice": 0}]
     machine = {"cores": 2, "memory_gib": 23.5, "cpu": "AMD EPYC", "virtualised": True}
     recs = {r["key"]: r for r in report.records({"when": "2030-01-02T00:00:00+00:00", "machine": machine,
                                                  "rows": rows})}
