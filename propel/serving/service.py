@@ -55,6 +55,7 @@ from starlette.routing import Route
 
 from propel.config import Workspace
 from propel.lake import events_log, intake
+from propel.serving import event_metrics
 from propel.serving.runtime import Runtime
 from propel.serving.schemas import EventsResponse, RecommendResponse, ScoreResponse, SimilarItemsResponse, openapi, schemas
 from propel.serving.scoring import BadContext, CustomerScorer, check_context
@@ -484,6 +485,7 @@ class Propel:
                 results.append(result)
             answers.append(results)
             start += len(batch)
+        event_metrics.count(events, checked, [r for results in answers for r in results])  # /metrics
         return answers
 
     # ---- scores ----------------------------------------------------------------------------------

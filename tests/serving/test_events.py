@@ -8,10 +8,12 @@ import json
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from propel.config import Workspace
 from propel.lake import events_log
 from propel.lake.identity import _mint
+from propel.lake.schema import CHANNELS, EVENT_TYPES
 from tests.helpers import BIN, kill_server, start, stop
 
 pytestmark = pytest.mark.slow  # a real server
@@ -128,6 +130,26 @@ def test_a_malformed_body_is_a_400(http, body):
 def test_events_need_the_api_key(server):
     r = httpx.post(f"{server[1]}/events", json={"events": [GOOD[0]]}, timeout=30)
     assert r.status_code == 401
+
+
+def _events_metrics(url: str) -> dict[tuple, float]:
+    text = httpx.get(f"{url}/metrics", timeout=30).text  # open without the API key, like Prometheus scrapes it
+    return {(s.labels["channel"], s.labels["event_type"], s.labels["status"]): s.value
+            for family in text_string_to_metric_families(text) if family.name == "propel_events"
+            for s in family.samples if s.name == "propel_events_total"}
+
+
+def test_answered_events_are_counted_on_metrics_by_channel_type_and_status(http, server):
+    """Unknown or missing channels and event types are counted as "other": clients cannot add series."""
+    before = _events_metrics(server[1])
+    batch = [{**GOOD[0], "event_id": "m1"}, {**GOOD[0], "event_id": "m2", "channel": "APP "}, {**GOOD[0], "event_id": "m1"},
+             {**GOOD[0], "event_id": "m3", "channel": "telepathy", "event_type": "x" * 500}, {"event_id": "m4"}]
+    assert http.post("/events", json={"events": batch}).json()["accepted"] == 2
+    after = _events_metrics(server[1])
+    grew = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert grew == {("web", "product_view", "accepted"): 1, ("app", "product_view", "accepted"): 1,
+                    ("web", "product_view", "duplicate"): 1, ("other", "other", "rejected"): 2}, grew
+    assert {c for c, _, _ in after} <= {*CHANNELS, "other"} and {t for _, t, _ in after} <= {*EVENT_TYPES, "other"}
 
 
 def test_acknowledged_events_survive_kill_9_of_the_server(server, ws):
