@@ -421,17 +421,23 @@ def serve(
 def monitor(
     ctx: typer.Context,
     now: Annotated[Optional[datetime], typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="Reference time, UTC (default: now).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON result (default data/reports/monitor.json).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON result (default data/reports/monitor.json, "
+                                                                    "monitor_live.json with --live).")] = None,
+    live: Annotated[bool, typer.Option("--live", help="Instead: each channel's conversion and volume in the last hour "
+                                                      "of the event log (POST /events) against earlier hours.")] = False,
 ) -> None:
-    """Check feature and score drift, data freshness and daily KPIs; exit 1 when an alert fires."""
-    from propel.analytics import monitor as run
+    """Check feature and score drift, data freshness and daily KPIs (or, with --live, the last hour of events);
+    exit 1 when an alert fires."""
+    from propel.analytics import live_monitor, monitor
 
     ws: Workspace = ctx.obj
-    result = run.check(ws, now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None)
-    path = run.write(result, out or ws.reports / "monitor.json")
+    result = (live_monitor if live else monitor).check(ws, now.replace(tzinfo=now.tzinfo or timezone.utc) if now else None)
+    path = monitor.write(result, out or ws.reports / ("monitor_live.json" if live else "monitor.json"))
     for alert in result["alerts"]:
         console.print(f"[bold red]alert[/] {alert['kind']}: {alert['message']}")
-    console.print(f"[green]monitor[/] {len(result['alerts'])} alert(s) -> {path}")
+    if "skipped" in result:
+        console.print(f"[yellow]monitor --live[/] {result['skipped']}")
+    console.print(f"[green]monitor{' --live' if live else ''}[/] {len(result['alerts'])} alert(s) -> {path}")
     if result["alerts"]:
         raise typer.Exit(1)
 

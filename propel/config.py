@@ -183,6 +183,11 @@ class MonitorSettings:
     max_channel_lag_days: float = 2.0  # alert: a channel's newest event this much older than the newest event overall
     max_data_age_days: float = 2.0  # alert: the newest event this much older than now
     max_online_lag_days: float = 8.0  # alert: the online store's newest snapshot this much older than the newest event
+    # `propel monitor --live`: the last hour of the event log against the same hour on up to this many earlier days
+    # the log covers (traffic has a daily rhythm) or, while it covers less than a day, the up to this many hours before
+    live_baseline_days: int = 7
+    live_baseline_hours: int = 6
+    live_conversion_drop: float = 0.3  # as conversion_drop for an hour; below 0.5 so that a halving alerts reliably
 
 
 @dataclass

@@ -119,25 +119,54 @@ def daily(con) -> pd.DataFrame:
     return con.execute(DAILY).df()
 
 
-def _test(got: pd.Series, days: int, mean_events: float, rate: float, sessions_per_day: float, cfg: MonitorSettings,
-          channel: str, when: str) -> list[dict]:
-    """Volume and conversion alerts for `got` (summed over `days` days) against the baseline."""
+COUNTS = ["events", "sessions", "converted"]
+
+
+def drop_alerts(got: pd.Series, periods: int, mean_events: float, rate: float, sessions_per_period: float,
+                cfg: MonitorSettings, channel: str, when: str, key: str = "day") -> list[dict]:
+    """Volume and conversion alerts for `got` (summed over `periods` periods: days, or hours for the live
+    check) against the baseline's means per period."""
     alerts = []
-    expected = mean_events * days
+    expected = mean_events * periods
     if mean_events >= cfg.min_baseline and got["events"] < (1 - cfg.volume_drop) * expected:
         p = float(stats.poisson.cdf(got["events"], expected))
         if p < cfg.alpha:
-            alerts.append({"kind": "volume", "subject": channel, "day": when, "p_value": p,
+            alerts.append({"kind": "volume", "subject": channel, key: when, "p_value": p,
                            "message": f"{channel}: {int(got['events']):,} events on {when}, baseline {expected:,.0f} "
                                       f"(more than {cfg.volume_drop:.0%} down)"})
-    if sessions_per_day >= cfg.min_baseline and got["sessions"] > 0 and rate > 0 \
+    if sessions_per_period >= cfg.min_baseline and got["sessions"] > 0 and rate > 0 \
             and got["converted"] / got["sessions"] < (1 - cfg.conversion_drop) * rate:
         p = float(stats.binom.cdf(got["converted"], got["sessions"], rate))
         if p < cfg.alpha:
-            alerts.append({"kind": "conversion", "subject": channel, "day": when, "p_value": p,
+            alerts.append({"kind": "conversion", "subject": channel, key: when, "p_value": p,
                            "message": f"{channel}: conversion {got['converted'] / got['sessions']:.1%} on {when} "
                                       f"({int(got['converted'])}/{int(got['sessions'])} sessions), baseline {rate:.1%}"})
     return alerts
+
+
+def compare(table: pd.DataFrame, key: str, base: list, periods: list[tuple[str, list]],
+            cfg: MonitorSettings) -> tuple[list[dict], list[dict]]:
+    """(checks, alerts) per channel of `table` (rows per `key` period and channel) and for all channels
+    together: each of `periods` (a label, the periods it sums) against the mean of the `base` periods.
+    Only regular channels (events in `regular_share` of the base periods) alert: campaigns come in bursts."""
+    total = table.groupby(key)[COUNTS].sum().assign(channel="(all)").reset_index()
+    checks, alerts = [], []
+    for channel, rows in pd.concat([table, total]).groupby("channel"):
+        by_period = rows.set_index(key)[COUNTS]
+        baseline = by_period.reindex(base, fill_value=0)
+        b = baseline.sum()
+        mean_events, sessions_per_period = b["events"] / len(base), b["sessions"] / len(base)
+        rate = b["converted"] / b["sessions"] if b["sessions"] else 0.0
+        regular = (baseline["events"] > 0).mean() >= cfg.regular_share
+        for when, keys in periods:
+            got = by_period.reindex(keys, fill_value=0).sum()
+            checks.append({key: when, "channel": channel, "events": int(got["events"]),
+                           "baseline_events": round(mean_events * len(keys), 1), "sessions": int(got["sessions"]),
+                           "conversion_rate": round(got["converted"] / got["sessions"], 4) if got["sessions"] else None,
+                           "baseline_conversion_rate": round(rate, 4) if b["sessions"] else None})
+            if regular:
+                alerts += drop_alerts(got, len(keys), mean_events, rate, sessions_per_period, cfg, channel, when, key)
+    return checks, alerts
 
 
 def anomalies(table: pd.DataFrame, cfg: MonitorSettings, now: datetime) -> tuple[list[dict], list[dict]]:
@@ -152,26 +181,8 @@ def anomalies(table: pd.DataFrame, cfg: MonitorSettings, now: datetime) -> tuple
     base_days = table.loc[(table["day"] < recent[0]) & (table["day"] >= recent[0] - pd.Timedelta(days=cfg.baseline_days)), "day"].unique()
     if len(base_days) == 0:
         return [], []
-    total = table.groupby("day")[["events", "sessions", "converted"]].sum().assign(channel="(all)").reset_index()
-    zero = pd.Series({"events": 0, "sessions": 0, "converted": 0})
-    checks, alerts = [], []
-    for channel, rows in pd.concat([table, total]).groupby("channel"):
-        by_day = rows.set_index("day")[["events", "sessions", "converted"]]
-        b = by_day.reindex(base_days, fill_value=0).sum()
-        mean_events, sessions_per_day = b["events"] / len(base_days), b["sessions"] / len(base_days)
-        rate = b["converted"] / b["sessions"] if b["sessions"] else 0.0
-        regular = (by_day.reindex(base_days, fill_value=0)["events"] > 0).mean() >= cfg.regular_share
-        window = by_day.reindex(recent, fill_value=0)
-        periods = [(d.date().isoformat(), 1, window.loc[d]) for d in recent]
-        periods.append((f"{recent[0].date()}..{recent[-1].date()}", len(recent), window.sum()))
-        for when, days, got in periods:
-            checks.append({"day": when, "channel": channel, "events": int(got["events"]),
-                           "baseline_events": round(mean_events * days, 1), "sessions": int(got["sessions"]),
-                           "conversion_rate": round(got["converted"] / got["sessions"], 4) if got["sessions"] else None,
-                           "baseline_conversion_rate": round(rate, 4) if b["sessions"] else None})
-            if regular:
-                alerts += _test(got, days, mean_events, rate, sessions_per_day, cfg, channel, when)
-    return checks, alerts
+    periods = [(d.date().isoformat(), [d]) for d in recent] + [(f"{recent[0].date()}..{recent[-1].date()}", list(recent))]
+    return compare(table, "day", list(base_days), periods, cfg)
 
 
 def check(ws: Workspace, now: datetime | None = None) -> dict:
