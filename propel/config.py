@@ -221,12 +221,19 @@ class StreamSettings:
     backend: str = "sqlite"
     redis_url: str = field(default_factory=lambda: os.environ.get("PROPEL_REDIS_URL", "127.0.0.1:6379"))
     max_events: int = 1000  # most events in one POST /events (more -> 400 naming events)
+    # The consumer folding the log into real-time features (propel/featurestore/realtime.py): inside `propel serve`
+    # (one worker of the machine runs it) unless false, then run `propel stream run` beside it
+    consume: bool = True
+    consume_batch: int = 2000  # most events folded and committed at once
+    poll_seconds: float = 0.05  # with nothing new in the log, look again after this long
+    recent_items: int = 20  # items kept per profile in recent_views / recent_purchases
 
     def __post_init__(self) -> None:
         if self.backend not in ("sqlite", "redis"):
             raise ValueError(f"stream.backend must be 'sqlite' or 'redis', not {self.backend!r}")
-        if self.max_events <= 0:
-            raise ValueError(f"stream.max_events must be positive, not {self.max_events}")
+        for name in ("max_events", "consume_batch", "poll_seconds", "recent_items"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"stream.{name} must be positive, not {getattr(self, name)}")
 
 
 @dataclass
@@ -350,6 +357,10 @@ class Workspace:
     @property
     def stream(self) -> Path:
         return self.data / "stream"  # the embedded event log (events.db) and the stream consumer's state
+
+    @property
+    def realtime_source(self) -> Path:
+        return self.stream / "customer_realtime.parquet"  # the real-time view's (empty) batch source for Feast
 
     @property
     def reports(self) -> Path:

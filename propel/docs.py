@@ -68,11 +68,11 @@ def value_rules() -> str:
 
 def feature_tables() -> str:
     from propel.features.definitions import (CUSTOMER_FEATURES, FEATURE_GROUPS, FEATURE_SERVICES, ITEM_FEATURES,
-                                      SEGMENT_FEATURES)
+                                             REALTIME_FEATURES, SEGMENT_FEATURES)
 
     out = []
     for group, (view, description) in FEATURE_GROUPS.items():
-        feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES, *SEGMENT_FEATURES) if f.group == group]
+        feats = [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES, *SEGMENT_FEATURES, *REALTIME_FEATURES) if f.group == group]
         out += [f"### `{group}`", "", f"{description}. Feast view `{view}`.", ""]
         if not feats:
             out += ["Every extra column of the `customers` table (minus PII columns), with its type, discovered "

@@ -22,7 +22,7 @@ NEVER_DAYS = 9999  # "days since" for something that never happened: large, fini
 @dataclass(frozen=True)
 class Feature:
     name: str
-    dtype: str  # int | float | string
+    dtype: str  # int | float | string | list (of strings)
     description: str
     group: str  # its group in FEATURE_GROUPS (docs and feature services pick features by group)
     sql: str  # aggregate over `source`, or an expression over other features when source == "derived"
@@ -201,6 +201,24 @@ SEGMENT_FEATURES: tuple[Feature, ...] = (
 )
 SEGMENT_RULES = {"rfm_segment": RFM_SEGMENTS, "lifecycle_stage": LIFECYCLE_STAGES, "value_tier": VALUE_TIERS}
 
+# --- real time ----------------------------------------------------------------------------------------
+# Folded from the event log (POST /events) by the stream consumer (propel/featurestore/realtime.py) and pushed to
+# the online store, one row per profile (an anonymous device's profile too). Windows end at the profile's newest
+# event (the row's timestamp), so a fold is the same whenever it runs; see docs/realtime.md.
+REALTIME_FEATURES: tuple[Feature, ...] = (
+    Feature("last_event_ts", "float", "time of the newest event (Unix seconds, UTC)", "customer_realtime", "", "stream",
+            "NULL"),
+    Feature("last_purchase_ts", "float", "time of the newest purchase (Unix seconds; null if none logged)",
+            "customer_realtime", "", "stream", "NULL"),
+    *(Feature(f"{name}_{w}h", "int", f"{desc} in the {w} h up to the newest event", "customer_realtime", "", "stream")
+      for name, desc in (("events", "events"), ("sessions", "distinct sessions"), ("purchases", "purchases"),
+                         ("carts", "add-to-cart events")) for w in (1, 24)),
+    Feature("recent_views", "list", "items of the newest product views, newest first (stream.recent_items of them)",
+            "customer_realtime", "", "stream", "[]"),
+    Feature("recent_purchases", "list", "items of the newest purchases, newest first (stream.recent_items of them)",
+            "customer_realtime", "", "stream", "[]"),
+)
+
 # Feature groups: (the Feast feature view holding them, description). A Feast view is one feature table:
 # the behaviour groups all live in the weekly customer snapshots, so training reads those files in one
 # point-in-time join instead of one per group (5x fewer scans of the snapshots).
@@ -214,6 +232,7 @@ FEATURE_GROUPS: dict[str, tuple[str, str]] = {
     "item_stats": ("item_stats", "Item popularity, conversion, price and category"),
     "customer_segments": ("customer_segments", "RFM scores and segments, lifecycle stage, value tier and behavioural "
                                                "cluster"),
+    "customer_realtime": ("customer_realtime", "Recency, activity windows and recent items from the event stream"),
 }
 
 # One feature service per model, versioned: bump the suffix when the feature list of a model changes.
@@ -224,10 +243,13 @@ FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
                       "customer_trend", "customer_profile"),
     # not a model: audiences read a customer's segments by this name (registered once `propel segments` ran)
     "segments_v1": ("customer_segments",),
+    # not a model: serving reads the stream's features by this name (days since, recent items)
+    "realtime_v1": ("customer_realtime",),
 }
 
 
 def view_features(view: str) -> list[Feature]:
     """The computed features a Feast view holds, in definition order (CRM attributes are discovered, not here)."""
-    return [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES, *SEGMENT_FEATURES) if FEATURE_GROUPS[f.group][0] == view]
+    return [f for f in (*CUSTOMER_FEATURES, *ITEM_FEATURES, *SEGMENT_FEATURES, *REALTIME_FEATURES)
+            if FEATURE_GROUPS[f.group][0] == view]
 

@@ -120,13 +120,14 @@ def materialize(ws: Workspace, online: str | None = None) -> dict:
 
     Incremental, as `feast materialize-incremental` (which does the same through Propel's engine,
     `propel.featurestore.engine`): each snapshot view continues from where its last run ended, the
-    profile view (ttl 0) is loaded whole. Feast's `materialize` runs the engine and records the intervals.
+    profile view (ttl 0) is loaded whole; the real-time view (a push source) is the stream's, not loaded here.
+    Feast's `materialize` runs the engine and records the intervals.
     """
     started = time.perf_counter()
     store = feature_store(ws, online)
     end = datetime.fromisoformat(load_catalog(ws)["cutoffs"][-1]).replace(tzinfo=timezone.utc) + timedelta(seconds=1)
     starts = {v.name: max((i[1] for i in v.materialization_intervals), default=engine.EPOCH) if v.ttl else engine.EPOCH
-              for v in store.list_feature_views()}
+              for v in store.list_feature_views() if v.stream_source is None}
     due = {name: start for name, start in starts.items() if start < end}
     for start in sorted(set(due.values())):
         with contextlib.redirect_stdout(io.StringIO()):  # Feast prints a line per view; the CLI prints a summary

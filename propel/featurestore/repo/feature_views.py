@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from feast import FeatureView, Field, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Bool, Float64, Int64, String, UnixTimestamp
+from feast.types import Array, Bool, Float64, Int64, String, UnixTimestamp
 
 from propel.featurestore.repo import data_sources
 from propel.featurestore.repo.entities import customer, item
@@ -15,7 +15,7 @@ from propel.features.build import load_catalog
 from propel.features.definitions import FEATURE_GROUPS, view_features
 from propel.config import Workspace
 
-FEAST_TYPES = {"int": Int64, "float": Float64, "string": String}
+FEAST_TYPES = {"int": Int64, "float": Float64, "string": String, "list": Array(String)}
 DUCKDB_TO_FEAST = {"BIGINT": Int64, "INTEGER": Int64, "DOUBLE": Float64, "FLOAT": Float64, "BOOLEAN": Bool,
                    "VARCHAR": String}
 
@@ -23,7 +23,8 @@ DUCKDB_TO_FEAST = {"BIGINT": Int64, "INTEGER": Int64, "DOUBLE": Float64, "FLOAT"
 def feature_views(ws: Workspace) -> dict[str, FeatureView]:
     """One view per feature table (its description lists the groups in it); a snapshot is valid for two
     build intervals. A customers table without extra columns has no profile view: a view needs a feature,
-    and a placeholder one would reach every training set's SQL."""
+    and a placeholder one would reach every training set's SQL. The real-time view is pushed to, never
+    materialized, and its rows do not expire (ttl 0): the newest event of a profile stays its newest."""
     catalog = load_catalog(ws)
     ttl = timedelta(days=2 * catalog["every_days"])
     sources = {"customer_features": (customer, data_sources.customer_features(ws), ttl),
@@ -34,6 +35,7 @@ def feature_views(ws: Workspace) -> dict[str, FeatureView]:
         sources["customer_profile"] = (customer, data_sources.customer_profile(ws), timedelta(0))
     if any(ws.segments.glob("*.parquet")):  # registered once `propel segments` has written them
         sources["customer_segments"] = (customer, data_sources.customer_segments(ws), ttl)
+    sources["customer_realtime"] = (customer, data_sources.customer_realtime(ws), timedelta(0))
     views = {}
     for name, (entity, source, view_ttl) in sources.items():
         description = "; ".join(d for v, d in FEATURE_GROUPS.values() if v == name)
