@@ -121,7 +121,8 @@ def _print_load(command: str, report) -> None:
     console.print(f"[green]{command}[/] {report.summary()}")
 
 
-stream_app = typer.Typer(help="The event log behind POST /events: move it into the lake.", no_args_is_help=True)
+stream_app = typer.Typer(help="The event log behind POST /events: move it into the lake, fold it into real-time features.",
+                         no_args_is_help=True)
 app.add_typer(stream_app, name="stream")
 
 
@@ -140,6 +141,37 @@ def stream_flush(
         _print_load("stream flush", report)
         if report.load_id is None or report.tables["events"].input < batch:
             break
+
+
+@stream_app.command("run")
+@friendly
+def stream_run(
+    ctx: typer.Context,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="Stop once the log has nothing new.")] = False,
+) -> None:
+    """Fold the event log into the real-time features (the customer_realtime view) as events arrive; `propel
+    serve` runs this itself unless [stream] consume = false. Ctrl-C stops; a restart goes on where it stopped."""
+    import threading
+
+    from propel.featurestore import realtime
+
+    lock = realtime.claim(ctx.obj)
+    if lock is None:
+        raise UserError("a stream consumer already runs in this workspace (`propel serve`'s or another `propel "
+                        "stream run`); set [stream] consume = false in propel.toml to run it here instead")
+    try:
+        consumer = realtime.Consumer(ctx.obj)
+    except realtime.NotApplied as exc:
+        raise UserError(str(exc)) from None
+    stop = threading.Event()
+    try:
+        done = consumer.run(stop, until_idle)
+    except KeyboardInterrupt:
+        done = None
+    finally:
+        consumer.close()
+        lock.close()
+    console.print(f"[green]stream run[/] {'stopped' if done is None else f'{done:,} events folded'}")
 
 
 OnlineOption = Annotated[Optional[str], typer.Option("--online", help="Online store: sqlite or redis (default: propel.toml, else sqlite).")]

@@ -6,7 +6,9 @@ Exactly once: each step folds the events after the committed offset into the sta
 pushes those profiles' rows, then commits the states and the new offset in one transaction (SQLite under
 ws.stream, or Redis for the Redis backend), only if the offset is still the one it started from. A pushed row
 is a value, not an increment, so a crash between push and commit re-folds the same events from the same state
-and pushes the same row again: nothing is lost or counted twice.
+and pushes the same row again: nothing is lost or counted twice. One consumer runs per machine (`claim`); should
+two race (two machines on one Redis), the loser's commit fails, and its push, older than the winner's rows,
+is refused by Feast's Redis store (a row replaces only an older one: see `fold`'s stamp).
 
 Windows end at the profile's newest event (the row's timestamp), not at the wall clock, so a fold gives the same
 state whenever and however often it runs; entries older than the longest window before that are dropped, so a
@@ -21,7 +23,7 @@ import json
 import logging
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 VIEW, PUSH_SOURCE, SERVICE = "customer_realtime", "customer_realtime_push", "realtime_v1"
 WINDOWS = {"1h": 3600.0, "24h": 86400.0}
 KEEP = max(WINDOWS.values())
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 COUNTED = {"events": None, "purchases": "purchase", "carts": "add_to_cart"}  # feature -> event type (None: any)
 
 
@@ -50,13 +53,14 @@ def _seconds(ts: str) -> float:
 
 
 def _remember(items: list, t: float, item: str, n: int) -> None:
-    """Keep the n newest distinct items as [time, item], oldest first."""
+    """Keep the n distinct items seen last as [newest time, item], oldest first."""
+    t = max([t] + [x[0] for x in items if x[1] == item])
     items[:] = sorted([x for x in items if x[1] != item] + [[t, item]])[-n:]
 
 
 def fold(state: dict | None, event: dict, recent: int) -> dict:
     """One logged event into its profile's state (JSON-able)."""
-    s = state or {"last": None, "last_purchase": None, "window": [], "views": [], "bought": []}
+    s = state or {"last": None, "last_purchase": None, "window": [], "views": [], "bought": [], "stamp": 0}
     t, kind, item = _seconds(event["ts"]), event["event_type"], event.get("item_id")
     s["last"] = t if s["last"] is None else max(s["last"], t)
     if kind == "purchase":
@@ -64,6 +68,9 @@ def fold(state: dict | None, event: dict, recent: int) -> dict:
     s["window"] = [w for w in [*s["window"], [t, kind, event.get("session_id")]] if w[0] > s["last"] - KEEP]
     if item is not None and kind in ("product_view", "purchase"):
         _remember(s["views" if kind == "product_view" else "bought"], t, item, recent)
+    # the row's timestamp (microseconds): the newest event's, moved on by 1 us when an event changes the row without
+    # a newer time (a late one), since Feast's Redis store keeps a row only over an older one
+    s["stamp"] = max(round(s["last"] * 1e6), s["stamp"] + 1)
     return s
 
 
@@ -74,7 +81,8 @@ def merge(into: dict | None, other: dict, recent: int) -> dict:
     last = max(into["last"], other["last"])
     purchases = [p for p in (into["last_purchase"], other["last_purchase"]) if p is not None]
     out = {"last": last, "last_purchase": max(purchases) if purchases else None,
-           "window": [w for w in into["window"] + other["window"] if w[0] > last - KEEP], "views": [], "bought": []}
+           "window": [w for w in into["window"] + other["window"] if w[0] > last - KEEP], "views": [], "bought": [],
+           "stamp": max(into["stamp"], other["stamp"])}
     for key in ("views", "bought"):
         for t, item in sorted(into[key] + other[key]):
             _remember(out[key], t, item, recent)
@@ -83,7 +91,7 @@ def merge(into: dict | None, other: dict, recent: int) -> dict:
 
 def row(profile_id: str, s: dict) -> dict:
     """The profile's `customer_realtime` row (propel.features.definitions.REALTIME_FEATURES)."""
-    out = {"customer_id": profile_id, "event_timestamp": datetime.fromtimestamp(s["last"], timezone.utc),
+    out = {"customer_id": profile_id, "event_timestamp": EPOCH + timedelta(microseconds=s["stamp"]),
            "last_event_ts": s["last"], "last_purchase_ts": np.nan if s["last_purchase"] is None else s["last_purchase"]}
     for name, seconds in WINDOWS.items():
         inside = [w for w in s["window"] if w[0] > s["last"] - seconds]
@@ -278,6 +286,18 @@ def run_in_background(ws: Workspace, stop: threading.Event, retry_seconds: float
     thread = threading.Thread(target=loop, name="propel-stream-consumer", daemon=True)
     thread.start()
     return thread
+
+
+def reader(store):
+    """The real-time view's online reader, or None for a store applied before it existed."""
+    from feast.errors import FeatureServiceNotFoundException
+
+    from propel.featurestore.store import online_reader
+
+    try:
+        return online_reader(store, SERVICE)
+    except FeatureServiceNotFoundException:
+        return None
 
 
 def recent(reader, customer_id: str) -> tuple[list[str], list[str]]:

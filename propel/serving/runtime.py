@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from propel.featurestore import store as fstore
+from propel.featurestore import realtime, store as fstore
 from propel.config import Workspace
 from propel.lake import tombstones
 from propel.serving.scoring import CustomerScorer, load_champion
@@ -54,6 +54,7 @@ class Runtime:
     store_stamp: float | None = None
     forgotten: frozenset[str] = frozenset()  # the tombstones, as last read
     forgotten_stamp: tuple | None = None
+    realtime: tuple = (None, None)  # (store, its real-time view reader)
 
     def tombstones(self) -> frozenset[str]:
         """`propel forget`'s tombstones: one stat of their file per call, re-read when it changed."""
@@ -79,6 +80,15 @@ class Runtime:
         if loaded is not None and loaded.model is not None and loaded.model.forgotten is not forgotten:
             loaded.model.forget(forgotten)
         return loaded
+
+    def recent_items(self, customer_id: str) -> tuple[list[str], list[str]]:
+        """The profile's recent views and purchases from the stream, newest first (none before features apply)."""
+        store = self.store
+        if store is None:
+            return [], []
+        if self.realtime[0] is not store:
+            self.realtime = (store, realtime.reader(store))
+        return realtime.recent(self.realtime[1], customer_id) if self.realtime[1] else ([], [])
 
     def stamp(self) -> tuple[float, ...]:
         """Modification times of the model registry and the Feast registry (0 when absent)."""

@@ -4,22 +4,26 @@ a probability (or uplift), its decile against the training scores, reason codes 
 The HTTP service calls it per request and batch jobs can call it per chunk, so an answer does not
 depend on the path it took. Features come from the online store (`propel.featurestore.store.online_reader`);
 the transform and the scores are the champion's own (`PropelClassifier` / `PropelUplift`). Only what
-a request adds is supplied here: what is sent (campaign channel, offer type) for the contact models.
+a request adds is supplied here: what is sent (campaign channel, offer type) for the contact models, and the
+"days since" features at request time from the stream's newest events (the `customer_realtime` view) when they are
+newer than the snapshot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import mlflow
 import numpy as np
 import pandas as pd
 
 from propel.config import Workspace
+from propel.features.build import load_catalog
 from propel.training import registry
 from propel.training.labels import CONTEXT_COLUMNS
 
+RECENCY = {"days_since_last_purchase": "last_purchase_ts", "days_since_last_visit": "last_event_ts"}
 
 
 class BadContext(ValueError):
@@ -91,16 +95,21 @@ class CustomerScorer:
     """Scores customers by id: online features -> champion -> result rows. Thread-safe (read only)."""
 
     def __init__(self, ws: Workspace, champion: Champion, store=None):
-        from propel.featurestore import store as fstore  # Feast: imported by the online path only (batch scoring does not need it)
+        from propel.featurestore import realtime, store as fstore  # Feast: the online path only (not batch scoring)
 
         self.champion, self.store = champion, store or fstore.feature_store(ws)
         self.reader = fstore.online_reader(self.store, champion.feature_service)
+        self.realtime = realtime.reader(self.store) if RECENCY.keys() & set(champion.model.features) else None
+        # the newest snapshot counts the days before this midnight: events from then on are the stream's to add
+        self.cutoff = datetime.fromisoformat(load_catalog(ws)["cutoffs"][-1]).replace(tzinfo=timezone.utc).timestamp()
 
     def score(self, customer_ids: list[str], context: dict[str, str] | None = None, reasons: int = 3,
               request_ts: datetime | None = None) -> list[dict]:
         """One result per id, in order: `status` 200 with the scores, or 404 for an id the online store
         does not know (the others are still scored). `context` must pass `check_context`."""
         features, missing = self.reader.read(customer_ids, request_ts)
+        if self.realtime is not None:
+            self.recency(features, self.realtime.read(customer_ids)[0], request_ts or datetime.now(timezone.utc))
         unknown = set(missing)
         known = [i for i, c in enumerate(customer_ids) if c not in unknown]
         rows = {}
@@ -109,6 +118,20 @@ class CustomerScorer:
             rows = dict(zip(known, self.score_frame(found, context, reasons)))
         return [rows.get(i) or {"customer_id": c, "status": 404, "error": "unknown customer: no features in the online store"}
                 for i, c in enumerate(customer_ids)]
+
+    def recency(self, features: pd.DataFrame, live: pd.DataFrame, now: datetime) -> None:
+        """Days since the last purchase and visit from the stream's times where they are newer than the snapshot,
+        and overdue_ratio from the new days (its definition in propel.features.definitions)."""
+        from propel.featurestore.realtime import days_since
+
+        for name, ts in RECENCY.items():
+            t = live[ts].to_numpy()
+            newer = t >= self.cutoff  # NaN (never) is not newer
+            if name in features and newer.any():
+                features.loc[newer, name] = days_since(t[newer], now)
+                if name == "days_since_last_purchase" and {"overdue_ratio", "ipt_mean_days_365d"} <= set(features):
+                    gap = features.loc[newer, "ipt_mean_days_365d"]
+                    features.loc[newer, "overdue_ratio"] = (features.loc[newer, name] / gap).where(gap > 0, 0.0)
 
     def score_frame(self, features: pd.DataFrame, context: dict[str, str] | None, reasons: int) -> list[dict]:
         """Result rows for feature rows (customer_id plus the champion's features)."""

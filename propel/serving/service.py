@@ -8,7 +8,11 @@ from the Feast online store. `propel serve` / `make serve` start it; `bentoml bu
   POST /events                               customer events (the data contract's `events` columns), validated as
                                              ingest does, in the event log (propel/lake/events_log.py) before the
                                              answer, each with its person (customer_id: a new device gets an
-                                             anonymous profile); `propel stream flush` moves them into the lake
+                                             anonymous profile); `propel stream flush` moves them into the lake,
+                                             and a consumer thread (one worker's, unless [stream] consume = false)
+                                             folds them into real-time features (propel/featurestore/realtime.py):
+                                             /recommend folds in a profile's recent items, the scores compute
+                                             "days since" from its newest events
   POST /reload                               load champions promoted since start (also automatic, see below)
   GET  /healthz, /readyz, /metadata, /metrics, /report, /docs.json (OpenAPI)
 
@@ -54,6 +58,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from propel.config import Workspace
+from propel.featurestore import realtime
 from propel.lake import events_log, intake
 from propel.serving import event_metrics
 from propel.serving.runtime import Runtime
@@ -347,6 +352,9 @@ class Propel:
         self.queue = BatchQueue(QUEUE_SHARE * SETTINGS.timeout_seconds)
         self._events_log = events_log.open_log(WS)  # POST /events appends here (a Redis log connects lazily)
         self._intake = GroupCommit(self._take_events, 5 * WS.settings().stream.max_events)
+        self._stop = threading.Event()
+        if WS.settings().stream.consume:
+            realtime.run_in_background(WS, self._stop)
         self._lock = threading.Lock()
         self._stamp = self.runtime.stamp()
         self.runtime.refresh()
@@ -392,6 +400,7 @@ class Propel:
 
     @bentoml.on_shutdown
     def _close(self) -> None:
+        self._stop.set()
         self.report.close()
         self.served.close()
         self._events_log.close()
@@ -425,8 +434,11 @@ class Propel:
         unknown = sum(not model.knows_item(i) for i in fresh)
         if unknown:
             MISSES.labels("recommend").inc(unknown)
+        views, bought = self.runtime.recent_items(request.customer_id)  # the stream's, newest first
+        exclude = [*f.exclude, *(bought if model.exclude_purchased else ())]
+        fresh = [*reversed(views), *reversed(bought), *fresh]
         rec = model.recommend(request.customer_id, request.k, category=f.category, min_price=f.min_price,
-                              max_price=f.max_price, exclude=f.exclude or None, fresh_items=fresh or None)
+                              max_price=f.max_price, exclude=exclude or None, fresh_items=fresh or None)
         if rec.fallback:
             FALLBACKS.labels("recommend", rec.fallback).inc()
         body = {"recommendation_id": uuid.uuid4().hex, "customer_id": request.customer_id,
