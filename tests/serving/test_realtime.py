@@ -1,0 +1,116 @@
+"""Real-time answers on a real `propel serve` (loopback, one worker, its own stream consumer thread) over a copy of
+the champions workspace: one event POSTed to /events reaches /recommend (a purchase excluded, a view folded in)
+and /score/churn (days since computed from it) within a bound; a brand-new device gets a session-based list after
+its first views; the request's fresh_interactions still count."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import duckdb
+import httpx
+import pytest
+
+from propel.config import Workspace
+from propel.training.recommender_model import load_recommender
+from tests.helpers import BIN, copy_workspace, start, stop
+
+pytestmark = pytest.mark.slow  # a real server
+BOUND = 5.0  # seconds an event may take to show (the target is 1 s, measured by bench/freshness.py)
+
+
+@pytest.fixture(scope="module")
+def served(champions, tmp_path_factory) -> Workspace:
+    ws = copy_workspace(champions, tmp_path_factory.mktemp("rt-served") / "ws")
+    with ws.config_file.open("a") as fh:
+        fh.write("\n[serve]\nworkers = 1\nreload_seconds = 0\n")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def http(served, tmp_path_factory):
+    proc, url = start([BIN / "propel", "--workspace", served.root, "serve", "--workers", "1"],
+                      tmp_path_factory.mktemp("rt-log") / "server.log")
+    with httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def lapsed(champions) -> str:
+    """A customer the recommender knows who bought, but not for the longest time (the newest snapshot)."""
+    rec, _ = load_recommender(champions)
+    path = champions.customer_snapshots / "*.parquet"
+    rows = duckdb.sql(f"SELECT customer_id FROM read_parquet('{path}') WHERE lifetime_purchases > 0 QUALIFY "
+                      "event_timestamp = max(event_timestamp) OVER () ORDER BY days_since_last_purchase DESC, 1").fetchall()
+    return next(c for (c,) in rows if rec.knows_customer(c))
+
+
+def _post(http, events: list[dict]) -> tuple[list[dict], float]:
+    r = http.post("/events", json={"events": events})
+    assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
+    return r.json()["results"], time.monotonic()
+
+
+def _until(fn, what: str, since: float):
+    """Poll `fn` (bounded) until it returns something truthy; that and the seconds it took since `since`."""
+    while True:
+        found = fn()
+        if found:
+            return found, time.monotonic() - since
+        assert time.monotonic() - since < BOUND, f"{what} not within {BOUND} s"
+        time.sleep(0.02)
+
+
+def _items(http, customer_id: str, **extra) -> dict:
+    r = http.post("/recommend", json={"customer_id": customer_id, "k": 10, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _event(n: str, kind: str, item: str, **who) -> dict:
+    return {"event_id": f"rt-{n}", "ts": datetime.now(timezone.utc).isoformat(), "channel": "app",
+            "event_type": kind, "item_id": item, **who}
+
+
+def test_one_purchase_reaches_recommend_and_churn_within_the_bound(http, lapsed):
+    before = _items(http, lapsed)
+    churn = http.post("/score/churn", json={"customer_ids": [lapsed]}).json()["results"][0]["probability"]
+    bought = before["items"][0]["item_id"]
+    _, since = _post(http, [_event("buy", "purchase", bought, customer_id=lapsed, quantity=1, revenue=10)])
+
+    def without_it():
+        answer = _items(http, lapsed)
+        return answer if bought not in [i["item_id"] for i in answer["items"]] else None
+
+    def rescored():
+        p = http.post("/score/churn", json={"customer_ids": [lapsed]}).json()["results"][0]["probability"]
+        return p if p != churn else None
+
+    after, _ = _until(without_it, "the bought item excluded", since)
+    assert not after["fallback"]
+    moved, _ = _until(rescored, "the churn score computed from the purchase", since)
+    assert moved < churn, "a purchase a moment ago makes churn less likely than the snapshot's long gap did"
+
+    viewed = next(i["item_id"] for i in reversed(after["items"]) if not i["explored"])
+    listed = [i["item_id"] for i in after["items"]]
+    _, since = _post(http, [_event(f"view{k}", "product_view", viewed, customer_id=lapsed) for k in range(3)])
+    _until(lambda: [i["item_id"] for i in _items(http, lapsed)["items"]] != listed, "the views folded in", since)
+
+
+def test_a_new_device_gets_a_session_list_after_its_first_views(http, champions):
+    popular = _items(http, "nobody-at-all")
+    assert popular["fallback_reason"] == "unknown_customer"
+    rec, _ = load_recommender(champions)
+    seed = [i["item_id"] for i in popular["items"]][-1]
+    views = [seed, *(i for i, _ in rec.similar_items(seed, 2))]
+    device = {"identity_type": "device_id", "identity_value": "rt-new-phone"}
+    results, since = _post(http, [_event(f"dev{k}", "product_view", item, **device) for k, item in enumerate(views)])
+    profile = results[0]["customer_id"]
+    assert profile.startswith("anon-") and {r["customer_id"] for r in results} == {profile}
+    session, _ = _until(lambda: (lambda b: None if b["fallback"] else b)(_items(http, profile)), "a session list", since)
+    assert [i["item_id"] for i in session["items"]] != [i["item_id"] for i in popular["items"]]
+    extra = _items(http, profile, fresh_interactions=[i for i, _ in rec.similar_items(views[-1], 3)])
+    assert [i["item_id"] for i in extra["items"]] != [i["item_id"] for i in session["items"]], \
+        "the request's fresh_interactions still count"
