@@ -1,6 +1,7 @@
 """Real-time customer features: the stream consumer folds the event log (POST /events, propel/lake/events_log.py)
-into per-profile state and pushes the `customer_realtime` view (propel/featurestore/repo) to the online store
-through its Feast push source, so Feast reads it as its own.
+into per-profile state and writes the `customer_realtime` view (propel/featurestore/repo, a Feast push source) to
+the online store with Propel's writer (propel/featurestore/online_write.py: the bytes Feast's push would store, ~3x
+faster, Feast's push itself where it cannot), so Feast reads it as its own.
 
 Exactly once: each step folds the events after the committed offset into the states of the profiles they touch,
 pushes those profiles' rows, then commits the states and the new offset in one transaction (SQLite under
@@ -26,9 +27,11 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from propel.config import Workspace
+from propel.featurestore import online_write
 from propel.lake.events_log import open_log
 from propel.lake.tables import crash_point
 
@@ -194,9 +197,10 @@ class Consumer:
         self.cfg = ws.settings().stream
         self.store = feature_store(ws)
         try:
-            self.store.get_feature_view(VIEW)
+            self.view = self.store.get_feature_view(VIEW)
         except FeatureViewNotFoundException:
             raise NotApplied(f"the online store has no {VIEW} view: run `propel features apply`") from None
+        self.schema = pq.read_schema(self.view.batch_source.path)  # the rows' columns and types
         self.log = open_log(ws)
         self.state = RedisState(self.cfg.redis_url) if self.cfg.backend == "redis" else SQLiteState(ws.stream / "realtime.db")
 
@@ -221,7 +225,9 @@ class Consumer:
                     gone.add(old)
             states[profile] = fold(states.get(profile), event, self.cfg.recent_items)
             gone.discard(profile)
-        self.store.push(PUSH_SOURCE, pd.DataFrame([row(p, s) for p, s in states.items()]), to=PushMode.ONLINE)
+        rows = pa.Table.from_pylist([row(p, s) for p, s in states.items()], schema=self.schema)
+        if not online_write.write_rows(self.store, self.view, rows):  # Feast's push: the same rows, ~3x slower
+            self.store.push(PUSH_SOURCE, rows.to_pandas(), to=PushMode.ONLINE)
         crash_point("stream_pushed")
         try:
             self.state.commit(committed, (self.log.log_id, batch[-1][0]), states, gone, reset)
