@@ -76,6 +76,16 @@ def redis_url(tmp_path_factory):
     proc.wait(timeout=10)
 
 
+@pytest.fixture
+def empty_redis(redis_url):
+    """The session's redis-server emptied first, for a test that reads a whole stream other tests also wrote."""
+    import redis
+
+    host, port = redis_url.split(":")
+    redis.Redis(host=host, port=int(port)).flushdb()
+    return redis_url
+
+
 @pytest.fixture(scope="session")
 def built_features(tmp_path_factory, generated) -> Workspace:
     """`generated` ingested and built (6 weekly snapshots), nothing applied: tests copy it before they apply or

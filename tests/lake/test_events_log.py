@@ -78,10 +78,10 @@ def test_sqlite_log_contract(tmp_path):
     assert not (tmp_path / "none" / "ws" / "data" / "stream").exists()
 
 
-def test_redis_log_contract(tmp_path, redis_url):
-    _contract(events_log.open_log(_ws(tmp_path, "redis", redis_url)))
-    _identities(events_log.open_log(_ws(tmp_path, "redis", redis_url)))
-    _forgets(_ws(tmp_path, "redis", redis_url))
+def test_redis_log_contract(tmp_path, empty_redis):
+    _contract(events_log.open_log(_ws(tmp_path, "redis", empty_redis)))
+    _identities(events_log.open_log(_ws(tmp_path, "redis", empty_redis)))
+    _forgets(_ws(tmp_path, "redis", empty_redis))
 
 
 def test_acknowledged_appends_survive_kill_9_and_two_writers_lose_nothing(tmp_path):

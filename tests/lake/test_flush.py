@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 
-import redis
-
 from propel.config import Workspace
 from propel.lake import events_log, intake
 from propel.lake.flush import flush
@@ -122,12 +120,10 @@ def test_a_recreated_log_is_read_from_its_start(ws):
     assert flush(ws, now=NOW).tables["events"].accepted == 3
 
 
-def test_flush_from_redis_streams(tmp_path, redis_url):
+def test_flush_from_redis_streams(tmp_path, empty_redis):
     ws = Workspace.resolve(tmp_path / "ws")
     ws.root.mkdir()
-    ws.config_file.write_text(f'[stream]\nbackend = "redis"\nredis_url = "{redis_url}"\n')
-    host, port = redis_url.split(":")
-    redis.Redis(host=host, port=int(port)).flushdb()  # the server is the session's: start from an empty stream
+    ws.config_file.write_text(f'[stream]\nbackend = "redis"\nredis_url = "{empty_redis}"\n')
     events = _events()
     _post(ws, events[:3])
     assert flush(ws, now=NOW).tables["events"].accepted == 3
