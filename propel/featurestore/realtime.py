@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 
 from propel.config import Workspace
 from propel.featurestore import online_write
-from propel.lake.events_log import open_log
+from propel.lake.events_log import durable_sqlite, open_log, redis_client
 from propel.lake.tables import crash_point
 
 log = logging.getLogger(__name__)
@@ -110,10 +109,7 @@ class SQLiteState:
     """Profile states and the committed offset in one SQLite file (WAL, synchronous=FULL: a commit survives kill -9)."""
 
     def __init__(self, path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = durable_sqlite(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS state (profile_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
@@ -150,10 +146,7 @@ class RedisState:
     KEY = "propel:realtime"
 
     def __init__(self, url: str):
-        import redis
-
-        host, _, port = url.removeprefix("redis://").partition(":")
-        self.client = redis.Redis(host=host or "127.0.0.1", port=int(port or 6379))
+        self.client = redis_client(url)
 
     def offset(self, client=None) -> tuple[str, object] | None:
         found = (client or self.client).get(self.KEY + ":offset")

@@ -6,8 +6,9 @@ lock. Production: Redis Streams (`[stream] backend = "redis"`), one stream plus 
 both changed by one server-side script so a batch is atomic; it is as durable as the server is configured to be
 (`appendonly yes`, `appendfsync always` for the same promise as SQLite).
 
-Each log has a random `log_id`, so a reader's saved offset (the lake flush's) is never applied to another
-log (a deleted and recreated file, an emptied Redis). Each event_id is logged once: `append` returns the ids it added, and a resent one is not added again.
+Each log has a random `log_id`, so a reader's saved offset (the lake flush's, the stream consumer's) is never
+applied to another log (a deleted and recreated file, an emptied Redis). Each event_id is logged once: `append`
+returns the ids it added (with their person), and a resent one is not added again.
 Appending resolves each new event's person (`identity.resolve_live`) under the log's write lock, with the
 links earlier events made (a login moving a device to a customer) kept beside the events, so every
 process names a person alike and the log's order is the order links were made in.
@@ -61,13 +62,28 @@ def _resolve(events: list[dict], mapped: Mapped | None, logged: set[str], links:
     return fresh, resolve_live(fresh, fresh_mapped, links)
 
 
+def durable_sqlite(path) -> sqlite3.Connection:
+    """A SQLite file whose committed transactions survive `kill -9` and a power cut (WAL, synchronous=FULL);
+    transactions are the caller's (`BEGIN IMMEDIATE` ... `COMMIT`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+def redis_client(url: str):
+    """A client for `[stream] redis_url` ("host:port", optionally "redis://host:port")."""
+    import redis
+
+    host, _, port = url.removeprefix("redis://").partition(":")
+    return redis.Redis(host=host or "127.0.0.1", port=int(port or 6379))
+
+
 class SQLiteLog:
     def __init__(self, path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = durable_sqlite(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS events (offset INTEGER PRIMARY KEY AUTOINCREMENT, "
                         "event_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS links (identifier TEXT PRIMARY KEY, profile_id TEXT NOT NULL)")
@@ -112,7 +128,7 @@ class SQLiteLog:
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (k TEXT PRIMARY KEY)")
             self.db.execute("DELETE FROM gone")
             self.db.executemany("INSERT OR IGNORE INTO gone VALUES (?)",
-                                [(f"customer_id:{c}",) for c in customer_ids] + [(f"{t}:{v}",) for t, v in identifiers])
+                                [(node_key("customer_id", c),) for c in customer_ids] + [(node_key(t, v),) for t, v in identifiers])
             self.db.execute("BEGIN IMMEDIATE")
             gone = self.db.execute(
                 "DELETE FROM events WHERE 'customer_id:' || json_extract(body, '$.customer_id') IN (SELECT k FROM gone) "
@@ -130,10 +146,7 @@ class SQLiteLog:
 
 class RedisLog:
     def __init__(self, url: str):
-        import redis
-
-        host, _, port = url.removeprefix("redis://").partition(":")
-        self.client = redis.Redis(host=host or "127.0.0.1", port=int(port or 6379))
+        self.client = redis_client(url)
         self.script = self.client.register_script(_REDIS_APPEND)
         self.keys = [STREAM_KEY, STREAM_KEY + ":ids", STREAM_KEY + ":links"]
         self.client.set(STREAM_KEY + ":log_id", uuid.uuid4().hex, nx=True)

@@ -208,8 +208,8 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, lake: Lake, group: np.ndarray, l
             "known_customers": len(taken) - anon, "merges": len(merges), **counts}
 
 
-
 def node_key(identity_type: str, identity_value: str) -> str:
+    """An identifier as one string: the event log's link keys, and forget's."""
     return f"{identity_type}:{identity_value}"
 
 
