@@ -207,13 +207,15 @@ def features_build(
     ctx: typer.Context,
     every_days: Annotated[Optional[int], typer.Option(min=1, help="Days between snapshots (default: [features] every_days, 7).")] = None,
     snapshots: Annotated[Optional[int], typer.Option(min=1, help="Number of snapshots (default: [features] snapshots, 52).")] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (this machine), or spark: the same SQL on Apache Spark "
+                                             "(master: [spark] master in propel.toml).")] = "duckdb",
 ) -> None:
-    """Compute point-in-time customer and item feature snapshots from the lake (DuckDB)."""
+    """Compute point-in-time customer and item feature snapshots from the lake (DuckDB or Spark)."""
     from propel.features.build import build
 
     ws: Workspace = ctx.obj
     cfg = ws.settings().features
-    report = build(ws, every_days or cfg.every_days, snapshots or cfg.snapshots, progress=True)
+    report = build(ws, every_days or cfg.every_days, snapshots or cfg.snapshots, progress=True, engine=engine)
     console.print(f"[green]features build[/] {report.summary()}")
 
 
@@ -353,7 +355,7 @@ def score(
     ignore_consent: Annotated[bool, typer.Option("--ignore-consent", help="Analysis only: include customers without "
                                                                           "marketing consent. Never use for contact lists.")] = False,
     engine: Annotated[str, typer.Option(help="local, or spark: churn/propensity/uplift scores computed on Apache Spark "
-                                             "(master: [score] spark_master in propel.toml).")] = "local",
+                                             "(master: [spark] master in propel.toml).")] = "local",
 ) -> None:
     """Score customers (or an audience) with a task's champion and export them with deciles, ranks and reasons."""
     from propel.serving.audience import Top

@@ -56,6 +56,13 @@ class FeastSettings:
     project: str = "propel"  # Feast project name (namespaces keys in a shared Redis)
     online: str = "sqlite"  # online store: sqlite (embedded, default) or redis (production)
     redis_url: str = field(default_factory=lambda: os.environ.get("PROPEL_REDIS_URL", "127.0.0.1:6379"))
+    # offline store for training sets: duckdb (Feast's, over the feature Parquet) or spark (Feast's Spark offline
+    # store over the same files, on [spark] master; needs pip install 'propel[spark]')
+    offline: str = "duckdb"
+
+    def __post_init__(self):
+        if self.offline not in ("duckdb", "spark"):
+            raise ValueError(f"feast.offline must be duckdb or spark, not '{self.offline}'")
 
 
 @dataclass
@@ -145,7 +152,13 @@ class ScoreSettings:
     reasons: int = 3  # reason codes (top SHAP contributions) exported per customer; 0 = none (faster)
     contact_cap: int = 4  # next best action: no action for customers sent this many campaign messages in 30 days
     recommendations: int = 10  # batch recommendations: items per customer
-    spark_master: str = "local[*]"  # `propel score --engine spark`: Spark master URL (local[N], yarn, spark://host:7077)
+
+
+@dataclass
+class SparkSettings:
+    # Spark master URL for every command that runs on Spark (`propel features build --engine spark`, `propel score
+    # --engine spark`, `[feast] offline = "spark"`): local[*] (this machine's cores), local[N], yarn, spark://host:7077
+    master: str = "local[*]"
 
 
 @dataclass
@@ -245,6 +258,7 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     recommend: RecommendSettings = field(default_factory=RecommendSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
+    spark: SparkSettings = field(default_factory=SparkSettings)
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
@@ -254,10 +268,18 @@ class Settings:
     duckdb_memory_limit: str = "2.5GB"
 
 
+# Settings that moved (old "section.key" -> where it lives now): named in the error instead of "unknown setting".
+MOVED = {"score.spark_master": "[spark] master"}
+
+
 def _merge(obj, overrides: dict, where: str):
     """Apply a TOML section onto a settings dataclass, rejecting unknown keys with their path."""
     known = {f.name: f for f in fields(obj)}
     for key, value in overrides.items():
+        moved = MOVED.get(f"{where.rsplit('.', 1)[-1]}.{key}")
+        if moved:
+            raise ValueError(f"{where}.{key}: this setting moved to {moved} (one Spark master for every command); "
+                             f"rename it in {where.rsplit('.', 1)[0]}")
         if key not in known:
             raise ValueError(f"{where}: unknown setting '{key}'; known: {sorted(known)}")
         current = getattr(obj, key)

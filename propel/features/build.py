@@ -304,13 +304,25 @@ def span(con) -> tuple[date, date]:
     return first or signup, latest
 
 
-def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: bool = False) -> BuildReport:
-    """Compute all snapshots from the lake into `data/features/`, replacing the previous build."""
+ENGINES = ("duckdb", "spark")
+
+
+def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: bool = False,
+          engine: str = "duckdb") -> BuildReport:
+    """Compute all snapshots from the lake into `data/features/`, replacing the previous build. `engine="spark"`
+    runs the same SQL on Apache Spark (propel.features.spark)."""
     started = time.perf_counter()
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}'; use one of {', '.join(ENGINES)}")
     lake = Lake(ws)
     if not lake.files("events") and not lake.files("customers"):
         raise FileNotFoundError(f"{lake.root}: the lake has no events or customers yet. Run `propel ingest RAW_DIR` first.")
-    con = lake.connect()
+    if engine == "spark":
+        from propel.features import spark
+
+        con = spark.connect(lake)
+    else:
+        con = lake.connect()
     first, latest = span(con)
     # a snapshot before any event has no behaviour in it: history shorter than the snapshots asked for gets fewer
     cuts = [T for T in cutoffs(latest, every_days, snapshots) if T > first] or [latest]

@@ -157,7 +157,11 @@ class Lake:
 
     def connect(self, threads: int | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with a view per lake table (see module docstring)."""
-        con = connect_duckdb(self.ws, threads)
+        return self.register(connect_duckdb(self.ws, threads))
+
+    def register(self, con):
+        """Create the lake's views on `con`: DuckDB, or any connection running DuckDB SQL (the Spark engine,
+        propel.features.spark)."""
         for name, table in TABLES.items():
             con.execute(f"CREATE OR REPLACE VIEW {name}_all AS SELECT * FROM {self.scan(name)}")
             if table.key:

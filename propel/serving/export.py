@@ -87,7 +87,7 @@ def execute(ws: Workspace, req: ScoreRequest, progress: bool = False) -> dict:
         from propel.serving import spark
 
         ctx = context(champion, campaign, send_at)
-        score_all = functools.partial(spark.write_scores, ws, champion, ctx, audience, cfg.spark_master)
+        score_all = functools.partial(spark.write_scores, ws, champion, ctx, audience, ws.settings().spark.master)
         job.settings["engine"] = "spark"
     return run(ws, job, audience, req.selection, req.out, cfg.chunk_rows, progress, score_all)
 

@@ -7,7 +7,8 @@ Arrow), for feature tables larger than one machine. Configuration: docs/scoring.
 scores on Spark and hands the scores to `propel score`'s ranking, selection, reason codes and export
 (`write_scores`); from Python, `score()` gives the scores as a Spark DataFrame:
 
-    from propel.serving.spark import session, score
+    from propel.lake.spark import session
+    from propel.serving.spark import score
     spark = session("local[*]")
     score(spark, ws, "churn", where="city_tier = 1").write.parquet("churn_scores")
 
@@ -18,8 +19,6 @@ enforcement accepts Spark's integer and decimal columns.
 
 from __future__ import annotations
 
-import os
-import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -28,32 +27,12 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from propel.lake.spark import session
 from propel.lake.tables import Lake
 from propel.config import Workspace
 from propel.serving.audience import where_sql
 from propel.serving.batch import (Audience, Campaign, Champion, context, decile_sql, label, load_champion, model_uri,
                            snapshot)
-
-# Defaults for a local session (the test and a laptop); on a cluster set the same keys in spark-submit.
-SPARK_CONF = {
-    "spark.sql.execution.arrow.pyspark.enabled": "true",  # columnar transfer to pandas UDFs
-    "spark.sql.execution.arrow.maxRecordsPerBatch": "20000",  # rows per pandas batch the model scores at once
-    "spark.sql.session.timeZone": "UTC",  # snapshot timestamps are UTC
-    "spark.sql.shuffle.partitions": "8",  # small joins (profile, consent) need few partitions
-    "spark.python.worker.reuse": "true",  # keep Python workers (and the loaded model) between tasks
-    "spark.ui.enabled": "false",  # no web UI for batch jobs
-}
-
-
-def session(master: str = "local[*]", app: str = "propel-score", **conf: str) -> SparkSession:
-    """A Spark session with `SPARK_CONF` (overridable: `session(**{"spark.driver.memory": "4g"})`). Python
-    workers run this interpreter unless PYSPARK_PYTHON says otherwise (on a cluster: the executors' Python
-    with Propel installed)."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.master(master).appName(app)
-    for key, value in {**SPARK_CONF, **conf}.items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()
 
 
 def features(spark: SparkSession, ws: Workspace, as_of: date | None = None) -> DataFrame:
