@@ -30,6 +30,7 @@ from feast.repo_config import RepoConfig
 from propel.featurestore import engine, online_write
 from propel.featurestore.online_read import OnlineReader
 from propel.features.build import load_catalog
+from propel.lake import spark
 from propel.config import Workspace
 
 REPO_DIR = Path(__file__).resolve().parent / "repo"
@@ -61,6 +62,9 @@ def _config(ws: Workspace, online: str | None, relative: bool) -> dict:
     raw["registry"] = {"path": where(ws.feast_registry(online)), "cache_ttl_seconds": 0}
     raw["online_store"] = ({"type": "sqlite", "path": where(ws.online_store_db)}
                            if online == "sqlite" else {"type": "redis", "connection_string": settings.redis_url})
+    if settings.offline == "spark":  # Feast's Spark offline store (its sources: repo/data_sources.py), on [spark] master
+        spark.require()
+        raw["offline_store"] = {"type": "spark", "spark_conf": {"spark.master": ws.settings().spark.master, **spark.SPARK_CONF}}
     return raw
 
 
@@ -177,7 +181,8 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     out = out.sort_values("_entity_row").reset_index(drop=True)
     if len(out) != len(df) or not (out["_entity_row"].to_numpy() == df["_entity_row"].to_numpy()).all():
         raise RuntimeError(f"feature retrieval returned {len(out)} rows for {len(df)} entity rows")
-    return out.drop(columns="_entity_row")
+    # the entity rows' own timestamps, as given, from every offline store (Spark's returns them naive, in ns)
+    return out.drop(columns="_entity_row").assign(event_timestamp=df["event_timestamp"].array)
 
 
 def _release_offline_connection() -> None:

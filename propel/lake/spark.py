@@ -20,15 +20,22 @@ SPARK_CONF = {
 }
 
 
+def require() -> None:
+    """A clear error, not an ImportError deep in a stack, when pyspark is missing."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise ValueError("this runs on Apache Spark, and pyspark is not installed. Fix: pip install 'propel[spark]' "
+                         "(and Java 17 or newer on the PATH), or use the default engine.") from None
+
+
 def session(master: str = "local[*]", app: str = "propel", **conf: str):
     """The process's active Spark session if there is one (a notebook, a test, spark-submit), else a new one on
     `master` with `SPARK_CONF` (overridable: `session(**{"spark.driver.memory": "4g"})`). Python workers run this
     interpreter unless PYSPARK_PYTHON says otherwise (on a cluster: the executors' Python with Propel installed)."""
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise ValueError("this command runs on Apache Spark, and pyspark is not installed. "
-                         "Fix: pip install 'propel[spark]' (Java 17 or newer must be on the PATH).") from None
+    require()
+    from pyspark.sql import SparkSession
+
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(master).appName(app)
     for key, value in {**SPARK_CONF, **conf}.items():

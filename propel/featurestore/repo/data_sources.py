@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FileSource, PushSource
@@ -12,24 +14,31 @@ from propel.features.definitions import view_features
 ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(), "list": pa.list_(pa.string())}
 
 
+def parquet(ws: Workspace, name: str, path: Path, description: str) -> FileSource:
+    """A source over Parquet files: a FileSource, or with `[feast] offline = "spark"` a SparkSource over the same
+    files (Feast's Spark offline store reads only those)."""
+    if ws.settings().feast.offline == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        return SparkSource(name=name, path=str(path), file_format="parquet", timestamp_field="event_timestamp",
+                           description=description)
+    return FileSource(name=name, path=str(path), timestamp_field="event_timestamp", description=description)
+
+
 def customer_features(ws: Workspace) -> FileSource:
-    return FileSource(name="customer_features", path=str(ws.customer_snapshots / "*.parquet"),
-                      timestamp_field="event_timestamp", description="Weekly customer snapshots")
+    return parquet(ws, "customer_features", ws.customer_snapshots / "*.parquet", "Weekly customer snapshots")
 
 
 def item_features(ws: Workspace) -> FileSource:
-    return FileSource(name="item_features", path=str(ws.item_snapshots / "*.parquet"),
-                      timestamp_field="event_timestamp", description="Weekly item snapshots")
+    return parquet(ws, "item_features", ws.item_snapshots / "*.parquet", "Weekly item snapshots")
 
 
 def customer_profile(ws: Workspace) -> FileSource:
-    return FileSource(name="customer_profile", path=str(ws.profile),
-                      timestamp_field="event_timestamp", description="CRM attributes, valid from signup")
+    return parquet(ws, "customer_profile", ws.profile, "CRM attributes, valid from signup")
 
 
 def customer_segments(ws: Workspace) -> FileSource:
-    return FileSource(name="customer_segments", path=str(ws.segments / "*.parquet"),
-                      timestamp_field="event_timestamp", description="Segments per snapshot (`propel segments`)")
+    return parquet(ws, "customer_segments", ws.segments / "*.parquet", "Segments per snapshot (`propel segments`)")
 
 
 def customer_realtime(ws: Workspace) -> PushSource:
@@ -41,7 +50,6 @@ def customer_realtime(ws: Workspace) -> PushSource:
         pq.write_table(pa.schema([("customer_id", pa.string()), ("event_timestamp", pa.timestamp("us", "UTC")),
                                   *((f.name, ARROW_TYPES[f.dtype]) for f in view_features("customer_realtime"))])
                        .empty_table(), path)
-    batch = FileSource(name="customer_realtime_batch", path=str(path), timestamp_field="event_timestamp",
-                       description="Empty: the real-time view is fed by pushes")
+    batch = parquet(ws, "customer_realtime_batch", path, "Empty: the real-time view is fed by pushes")
     return PushSource(name="customer_realtime_push", batch_source=batch,
                       description="Per-profile features folded from the event log")
