@@ -10,8 +10,11 @@ DuckDB to Spark SQL, plus what sqlglot leaves to the engine:
   COPY (q) TO 'f.parquet'    one Parquet file at f.parquet, as DuckDB writes it (same columns and types)
   read_parquet([...])        the files read by Spark (columns united by name), FROM 'f.parquet' likewise
   DESCRIBE t                 (column, DuckDB type name) rows
-  date - date                datediff (Spark's is an interval), first(x ORDER BY k)  min_by(x, struct(k)),
-  * RENAME (a AS b)          * EXCEPT (a), a AS b; CTEs lose AS MATERIALIZED (a DuckDB planner hint)
+  date - date                datediff(date, date) (Spark's difference is an interval)
+  first(x ORDER BY k)        min_by(x, struct(k IS NULL, k)) (NULLs last, as DuckDB orders them)
+  * RENAME (a AS b)          * EXCEPT (a), a AS b
+  WITH c AS MATERIALIZED     a plain CTE (a DuckDB planner hint)
+  out-of-range values        duckdb.ConversionException, as DuckDB raises them (build.py names the cause)
 
 Everything else (FILTER, GROUP BY ALL, * EXCEPT, SEMI/ANTI JOIN, greatest/least skipping NULLs, `/` as
 double division) reads the same in both engines; tests/features/test_spark.py compares every value of a
@@ -25,6 +28,7 @@ import itertools
 import shutil
 from pathlib import Path
 
+import duckdb
 import sqlglot
 from sqlglot import exp
 
@@ -59,7 +63,14 @@ class SparkConnection:
         self.dates: dict[str, set[str]] = {}  # view -> its DATE columns (for `date - date`)
 
     def execute(self, sql: str) -> Result:
-        statement = sqlglot.parse_one(sql, read="duckdb")
+        from pyspark.errors import ArithmeticException
+
+        try:
+            return self._execute(sqlglot.parse_one(sql, read="duckdb"))
+        except ArithmeticException as exc:  # a value out of its type's range, as DuckDB reports it (build.py says why)
+            raise duckdb.ConversionException(str(exc).splitlines()[0]) from None
+
+    def _execute(self, statement: exp.Expression) -> Result:
         if isinstance(statement, exp.Create):
             name = statement.this.name
             df = self.spark.sql(self._spark_sql(statement.expression))
@@ -98,7 +109,11 @@ class SparkConnection:
             elif isinstance(node, exp.Sub) and _is_date(node.this, dates) and _is_date(node.expression, dates):
                 node.replace(exp.Anonymous(this="datediff", expressions=[node.this, node.expression]))
             elif isinstance(node, exp.First) and isinstance(node.this, exp.Order):
-                keys = [exp.Neg(this=o.this) if o.args.get("desc") else o.this for o in node.this.expressions]
+                keys = []
+                for o in node.this.expressions:  # NULLs first or last as asked (DuckDB: last), then the value
+                    null = exp.Is(this=o.this.copy(), expression=exp.Null())
+                    keys += [exp.Not(this=null) if o.args.get("nulls_first") else null,
+                             exp.Neg(this=o.this) if o.args.get("desc") else o.this]
                 node.replace(exp.Anonymous(this="min_by", expressions=[
                     node.this.this, exp.Anonymous(this="struct", expressions=keys)]))
             elif isinstance(node, exp.Star) and node.args.get("rename"):
