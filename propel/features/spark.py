@@ -59,6 +59,8 @@ class SparkConnection:
 
     def __init__(self, spark):
         self.spark = spark
+        # Feast's Spark offline store turns this on for its session; off, `quoted` names are names, not regexes
+        spark.conf.set("spark.sql.parser.quotedRegexColumnNames", "false")
         self.names = (f"_propel_parquet_{i}" for i in itertools.count())
         self.dates: dict[str, set[str]] = {}  # view -> its DATE columns (for `date - date`)
 
