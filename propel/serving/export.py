@@ -84,6 +84,9 @@ def execute(ws: Workspace, req: ScoreRequest, progress: bool = False) -> dict:
     audience = Audience(ws, snap, req.selection.where, req.selection.honour_consent)
     score_all = None
     if req.engine == "spark":
+        from propel.lake.spark import require
+
+        require()  # without pyspark: the install line, not an ImportError from propel.serving.spark
         from propel.serving import spark
 
         ctx = context(champion, campaign, send_at)
