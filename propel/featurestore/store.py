@@ -64,7 +64,8 @@ def _config(ws: Workspace, online: str | None, relative: bool) -> dict:
                            if online == "sqlite" else {"type": "redis", "connection_string": settings.redis_url})
     if settings.offline == "spark":  # Feast's Spark offline store (its sources: repo/data_sources.py), on [spark] master
         spark.require()
-        raw["offline_store"] = {"type": "spark", "spark_conf": {"spark.master": ws.settings().spark.master, **spark.SPARK_CONF}}
+        raw["offline_store"] = {"type": "spark",
+                                "spark_conf": {"spark.master": ws.settings().spark.master, **spark.SPARK_CONF}}
     return raw
 
 

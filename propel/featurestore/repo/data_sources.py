@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from feast import FileSource, PushSource
+from feast import DataSource, FileSource, PushSource
 
 from propel.config import Workspace
 from propel.features.definitions import view_features
@@ -14,7 +14,7 @@ from propel.features.definitions import view_features
 ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(), "list": pa.list_(pa.string())}
 
 
-def parquet(ws: Workspace, name: str, path: Path, description: str) -> FileSource:
+def parquet(ws: Workspace, name: str, path: Path, description: str) -> DataSource:
     """A source over Parquet files: a FileSource, or with `[feast] offline = "spark"` a SparkSource over the same
     files (Feast's Spark offline store reads only those)."""
     if ws.settings().feast.offline == "spark":
@@ -25,19 +25,19 @@ def parquet(ws: Workspace, name: str, path: Path, description: str) -> FileSourc
     return FileSource(name=name, path=str(path), timestamp_field="event_timestamp", description=description)
 
 
-def customer_features(ws: Workspace) -> FileSource:
+def customer_features(ws: Workspace) -> DataSource:
     return parquet(ws, "customer_features", ws.customer_snapshots / "*.parquet", "Weekly customer snapshots")
 
 
-def item_features(ws: Workspace) -> FileSource:
+def item_features(ws: Workspace) -> DataSource:
     return parquet(ws, "item_features", ws.item_snapshots / "*.parquet", "Weekly item snapshots")
 
 
-def customer_profile(ws: Workspace) -> FileSource:
+def customer_profile(ws: Workspace) -> DataSource:
     return parquet(ws, "customer_profile", ws.profile, "CRM attributes, valid from signup")
 
 
-def customer_segments(ws: Workspace) -> FileSource:
+def customer_segments(ws: Workspace) -> DataSource:
     return parquet(ws, "customer_segments", ws.segments / "*.parquet", "Segments per snapshot (`propel segments`)")
 
 
