@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from feast import DataSource, FileSource, PushSource
+from feast import FileSource, PushSource
+from feast.data_source import DataSource
 
 from propel.config import Workspace
 from propel.features.definitions import view_features
