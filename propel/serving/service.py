@@ -9,8 +9,9 @@ from the Feast online store. `propel serve` / `make serve` start it; `bentoml bu
                                              ingest does, in the event log (propel/lake/events_log.py) before the
                                              answer, each with its person (customer_id: a new device gets an
                                              anonymous profile); `propel stream flush` moves them into the lake,
-                                             and a consumer thread (one worker's, unless [stream] consume = false)
-                                             folds them into real-time features (propel/featurestore/realtime.py):
+                                             and the stream consumer (a process `propel serve` runs beside the
+                                             workers, unless [stream] consume = false) folds them into real-time
+                                             features (propel/featurestore/realtime.py):
                                              /recommend folds in a profile's recent items, the scores compute
                                              "days since" from its newest events
   POST /reload                               load champions promoted since start (also automatic, see below)
@@ -58,7 +59,6 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from propel.config import Workspace
-from propel.featurestore import realtime
 from propel.lake import events_log, intake
 from propel.serving import event_metrics
 from propel.serving.runtime import Runtime
@@ -352,9 +352,6 @@ class Propel:
         self.queue = BatchQueue(QUEUE_SHARE * SETTINGS.timeout_seconds)
         self._events_log = events_log.open_log(WS)  # POST /events appends here (a Redis log connects lazily)
         self._intake = GroupCommit(self._take_events, 5 * WS.settings().stream.max_events)
-        self._stop = threading.Event()
-        if WS.settings().stream.consume:
-            realtime.run_in_background(WS, self._stop)
         self._lock = threading.Lock()
         self._stamp = self.runtime.stamp()
         self.runtime.refresh()
@@ -400,7 +397,6 @@ class Propel:
 
     @bentoml.on_shutdown
     def _close(self) -> None:
-        self._stop.set()
         self.report.close()
         self.served.close()
         self._events_log.close()
