@@ -79,6 +79,10 @@ INLINE_IDS = 32  # scoring batches up to this size run on the event loop; larger
 QUEUE_SHARE = 0.75  # the queued scoring work of a worker is kept under this share of serve.timeout_seconds
 DRAIN_FACTOR = 32  # a body past the limit is read (and dropped) up to this many times the limit, then cut off
 OPEN_PATHS = {"/healthz", "/livez", "/readyz", "/metrics"}  # answered without the API key
+# POST /events batches are taken in a thread that holds the interpreter lock in stretches (validation, the log's
+# append); with this switch interval instead of Python's 5 ms the event loop, where /recommend runs, gets the lock
+# back sooner: its lag p99 was 3.3-5.7 ms against 4.5-7.7 ms while a thread took 10 batches of 100 a second
+SWITCH_SECONDS = 0.001
 ARRIVED: contextvars.ContextVar[float] = contextvars.ContextVar("arrived")  # when Gate saw the request (monotonic)
 
 FALLBACKS = Counter("propel_fallback", "Answers served by a fallback, per endpoint and reason", ["endpoint", "reason"])
@@ -345,6 +349,7 @@ pages = Starlette(routes=[Route("/metadata", metadata), Route("/report", report)
 @bentoml.asgi_app(pages, path="/")
 class Propel:
     def __init__(self) -> None:
+        sys.setswitchinterval(SWITCH_SECONDS)
         self.runtime = Runtime(WS)
         self.report = Report(WS, SETTINGS.report_seconds)
         # what /recommend answered, for analytics (written off the request path; never for a forgotten customer)
