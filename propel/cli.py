@@ -437,7 +437,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: serve.port, 3000).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Server processes (default: serve.workers, 2).")] = None,
 ) -> None:
-    """Serve recommendations and scores over HTTP (BentoML) with the registry's champions; Ctrl-C stops."""
+    """Serve recommendations and scores over HTTP (BentoML) with the registry's champions, and the stream consumer
+    as a process beside it (unless [stream] consume = false); Ctrl-C stops both."""
     import os
     import sys
 
