@@ -216,3 +216,6 @@ def test_redis_state_counts_once_when_two_consumers_race(ws, redis_url):
         second.close()
     want = _from_scratch(events, recent=5)
     _assert_equal(_feast_rows(ws, list(want.index)), want)
+    reader = realtime.reader(store.feature_store(ws))  # serving's one-id read, from Redis
+    _assert_equal(pd.DataFrame([reader.one(p) for p in want.index], index=want.index), want)
+    assert reader.one("nobody") is None
