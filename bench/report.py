@@ -150,6 +150,48 @@ def crashed(label: str):
     return of_row(label, figure, "lost")
 
 
+def freshness(label: str):
+    """Seconds from POST /events answered to /recommend and /score/churn reflecting the event (bench/freshness.py)."""
+    def figure(row):
+        parts, checks = [], []
+        for endpoint, key in (("/recommend", "freshness_recommend"), ("/score/churn", "freshness_churn")):
+            f = row[key]
+            parts.append(f"{endpoint} p50 {num(f['p50_ms'])} / p99 {num(f['p99_ms'])} ms ({f['reflected']} of {f['probes']} probes)")
+            checks.append((endpoint, f["p99_ms"] <= 1000 and f["reflected"] == f["probes"] > 0))
+        return f"{'; '.join(parts)}; {row['events_per_s']:,} events/s", checks
+    return of_row(label, figure, "freshness_recommend")
+
+
+def loaded(label: str, p99_ms: float | None = None):
+    """An open-loop phase of bench/freshness.py: latency percentiles and each process's CPU seconds per second."""
+    def figure(row):
+        base, checks = open_loop(label, p99_ms)({label: row})
+        cpu = row["cpu_per_s"]
+        share = ", ".join(f"{k} {cpu[k]:.2f}" for k in ("worker", "consumer", "client") if k in cpu)
+        return f"{base}; CPU s/s: {share}; whole machine {cpu['machine']:.2f} of {row['cores']} cores", checks
+    return of_row(label, figure, "cpu_per_s")
+
+
+def crashed_realtime(label: str):
+    def figure(row):
+        return (f"{row['lost']} of {row['acknowledged']:,} acknowledged lost, {row['logged_twice']} logged twice; "
+                f"consumer restarted: {'yes' if row['consumer_restarted'] else 'no'}; online events_1h wrong for "
+                f"{row['online_wrong']} of {row['online_profiles']:,} profiles; after flush {row['lake_lost']} missing "
+                f"from the lake, {row['lake_twice']} twice",
+                [("log", row["lost"] == 0 and row["logged_twice"] == 0),
+                 ("online", row["online_wrong"] == 0 and row["consumer_restarted"]),
+                 ("lake", row["lake_lost"] == 0 and row["lake_twice"] == 0)])
+    return of_row(label, figure, "online_wrong")
+
+
+def stream_state(label: str, recent_items: int = 20):
+    def figure(row):
+        return (f"{row['profiles']:,} profiles, {row['bytes_per_profile']:,} bytes each on average (max "
+                f"{row['max_bytes']:,}); longest window {row['max_window']} events, at most {row['max_items']} items "
+                "per list", [("items", row["max_items"] <= recent_items)])
+    return of_row(label, figure, "bytes_per_profile")
+
+
 def shape_quality(label: str):
     """One data shape of issue 16 (bench/shapes.py): its size, the protocol training chose, and the champion's
     test ROC AUC against the better of its baselines fitted on the same rows (target: within 0.005)."""
@@ -249,6 +291,19 @@ METRICS = [
              ">= 5,000 events/s, 0 lost", "realtime", intake(f"intake http batch {n}", 5000)) for n in (100, 1000)],
     Metric("realtime intake crash", "realtime", "`kill -9` of the server (all workers) under load, then restart",
            "every acknowledged event in the log and, after flush, the lake, once", "realtime", crashed("intake crash (kill -9 under load)")),
+    Metric("realtime freshness", "realtime", "freshness: `POST /events` answered -> `/recommend` and `/score/churn` "
+           "reflecting it, during ~1,000 events/s + `/recommend` at 200 RPS", "p99 <= 1 s", "freshness",
+           freshness("freshness under load")),
+    Metric("realtime /recommend under load", "realtime", "`/recommend` open loop at 200 RPS during ~1,000 events/s "
+           "(stream consumer in its own process)", "p99 <= 10 ms", "freshness", loaded("freshness under load", 10)),
+    Metric("realtime /recommend alone", "realtime", "the same `/recommend` load on the same server without events "
+           "(this run's floor)", "", "freshness", loaded("freshness /recommend alone")),
+    Metric("realtime crash consumer and server", "realtime", "`kill -9` of the stream consumer, then of the whole "
+           "server, under ~1,000 events/s; restart", "every acknowledged event in the log, the online state and, "
+           "after flush, the lake, once", "freshness", crashed_realtime("realtime crash (kill -9 consumer, then server)")),
+    Metric("realtime stream state", "realtime", "the stream consumer's state after the freshness bench",
+           "bounded per profile: its last 24 h of events, `recent_items` (20) items per list", "freshness",
+           stream_state("realtime stream state")),
     Metric("serve control closed loop", "serving", "control: a bare uvicorn echo app, closed loop at c = 1 / 8 / 32",
            "", SERVE, closed_loop("control (bare uvicorn echo)")),
     *[Metric(f"serve control at {rate} RPS", "serving", f"control: the echo app, open loop at {rate} RPS", "", SERVE,

@@ -10,6 +10,8 @@ Each stage runs as its own child process so its wall time and peak RSS are its o
                            (bench/recommender_sparse.py)
   shapes                   each real-data shape of issue 16 end to end: protocol used, model vs baselines (bench/shapes.py)
   realtime                 POST /events over HTTP into the embedded log: events/s, zero lost, kill -9 (bench/intake.py)
+  freshness                the real-time path on the demo workspace: freshness and /recommend p99 under 1,000 events/s,
+                           kill -9 of the consumer and the server, the stream state's size (bench/freshness.py)
 Pick with `BENCH=ingest-1m,ingest-10m make bench` (default: all); `BENCH_REUSE_LAKE=1` keeps a scale's lake
 from an earlier run and re-runs only the stages after ingestion. Results: bench/results/<stamp>.json, merged
 into bench/reference.json, from which docs/benchmarks.md's tables are rendered (bench/report.py).
@@ -28,6 +30,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import freshness as freshness_bench  # bench/freshness.py
 import intake as intake_bench  # bench/intake.py
 import score as score_bench  # bench/score.py
 from common import free_port, machine, wait_for_port  # bench/common.py
@@ -48,7 +51,8 @@ SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m
           "recommender": (1_000_000, 0),  # synthetic interactions, no generated history
           "recommender-sparse": (610, 0),  # shape 4 of issue 16, built by its test's builder
           "shapes": (0, 0),  # sizes per shape in bench/shapes.py
-          "realtime": (0, 0)}  # POST /events into a fresh workspace (bench/intake.py)
+          "realtime": (0, 0),  # POST /events into a fresh workspace (bench/intake.py)
+          "freshness": (20_000, 365)}  # the `serve` demo workspace, events and /recommend together (bench/freshness.py)
 # DuckDB working memory per scale (propel.toml); 50M events need more than the laptop default to stage
 MEMORY = {"features-1m": "4.5GB"}
 
@@ -162,7 +166,7 @@ def main() -> None:
         stages = {"score-1m": score_bench.stages, "serve": serve_bench.stages,
                   "recommender": recommender_bench.stages,
                   "recommender-sparse": recommender_sparse_bench.stages, "shapes": shapes_bench.stages,
-                  "realtime": intake_bench.stages}.get(name)
+                  "realtime": intake_bench.stages, "freshness": freshness_bench.stages}.get(name)
         result["rows"] += stages(WORK / name, run) if stages else bench_scale(name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{result['when'].replace(':', '')}.json"

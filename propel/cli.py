@@ -148,13 +148,25 @@ def stream_flush(
 def stream_run(
     ctx: typer.Context,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Stop once the log has nothing new.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for another consumer of this workspace to stop, and retry "
+                                       "failures (no features applied yet, the store down): how `propel serve` runs it.")] = False,
 ) -> None:
     """Fold the event log into the real-time features (the customer_realtime view) as events arrive; `propel
-    serve` runs this itself unless [stream] consume = false. Ctrl-C stops; a restart goes on where it stopped."""
+    serve` runs this itself (a process beside the server) unless [stream] consume = false. Ctrl-C or SIGTERM
+    stops; a restart goes on where it stopped."""
+    import signal
     import threading
 
     from propel.featurestore import realtime
 
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if wait:
+        try:
+            realtime.follow(ctx.obj, stop)
+        except KeyboardInterrupt:
+            pass
+        return
     lock = realtime.claim(ctx.obj)
     if lock is None:
         raise UserError("a stream consumer already runs in this workspace (`propel serve`'s or another `propel "
@@ -163,7 +175,6 @@ def stream_run(
         consumer = realtime.Consumer(ctx.obj)
     except realtime.NotApplied as exc:
         raise UserError(str(exc)) from None
-    stop = threading.Event()
     try:
         done = consumer.run(stop, until_idle)
     except KeyboardInterrupt:
@@ -171,7 +182,7 @@ def stream_run(
     finally:
         consumer.close()
         lock.close()
-    console.print(f"[green]stream run[/] {'stopped' if done is None else f'{done:,} events folded'}")
+    console.print(f"[green]stream run[/] {'stopped' if done is None or stop.is_set() else f'{done:,} events folded'}")
 
 
 OnlineOption = Annotated[Optional[str], typer.Option("--online", help="Online store: sqlite or redis (default: propel.toml, else sqlite).")]
@@ -428,7 +439,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: serve.port, 3000).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Server processes (default: serve.workers, 2).")] = None,
 ) -> None:
-    """Serve recommendations and scores over HTTP (BentoML) with the registry's champions; Ctrl-C stops."""
+    """Serve recommendations and scores over HTTP (BentoML) with the registry's champions, and the stream consumer
+    as a process beside it (unless [stream] consume = false); Ctrl-C stops both."""
     import os
     import sys
 
@@ -445,9 +457,45 @@ def serve(
     console.print(f"[green]serve[/] {ws.root} on http://{host}:{port} ({workers or cfg.workers} workers; /docs for the API)")
     bentoml = Path(sys.executable).parent / "bentoml"
     root = Path(__file__).resolve().parents[1]
-    os.execve(bentoml, [str(bentoml), "serve", "propel.serving.service:Propel", "--working-dir", str(root), "--host", host,
-                        "--port", str(port), "--arg", f"workers={workers or cfg.workers}"],
-              {**os.environ, "PROPEL_HOME": str(ws.root)})
+    server = [str(bentoml), "serve", "propel.serving.service:Propel", "--working-dir", str(root), "--host", host,
+              "--port", str(port), "--arg", f"workers={workers or cfg.workers}"]
+    env = {**os.environ, "PROPEL_HOME": str(ws.root)}
+    if not ws.settings().stream.consume:
+        os.execve(bentoml, server, env)
+    consumer = [str(Path(sys.executable).parent / "propel"), "--workspace", str(ws.root), "stream", "run", "--wait"]
+    raise typer.Exit(_supervise(server, consumer, env))
+
+
+def _supervise(server: list[str], consumer: list[str], env: dict, restart_seconds: float = 5.0) -> int:
+    """`propel serve` with its stream consumer: the server and the consumer as two child processes (the consumer's
+    folding never takes a serving worker's GIL), the consumer restarted when it dies (at most every
+    restart_seconds), both stopped on SIGTERM/SIGINT or when the server exits; the server's exit code."""
+    import signal
+    import subprocess
+    import time
+
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    procs = {"server": subprocess.Popen(server, env=env)}
+    started = 0.0
+    while not stopping and procs["server"].poll() is None:
+        if procs.get("consumer") is None or procs["consumer"].poll() is not None:
+            if time.monotonic() - started >= restart_seconds:
+                if "consumer" in procs:
+                    console.print(f"[yellow]serve[/] the stream consumer exited ({procs['consumer'].returncode}); restarted")
+                procs["consumer"], started = subprocess.Popen(consumer, env=env), time.monotonic()
+        time.sleep(0.2)
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return procs["server"].returncode if not stopping else 0
 
 
 @app.command()

@@ -234,8 +234,8 @@ class StreamSettings:
     backend: str = "sqlite"
     redis_url: str = field(default_factory=lambda: os.environ.get("PROPEL_REDIS_URL", "127.0.0.1:6379"))
     max_events: int = 1000  # most events in one POST /events (more -> 400 naming events)
-    # The consumer folding the log into real-time features (propel/featurestore/realtime.py): inside `propel serve`
-    # (one worker of the machine runs it) unless false, then run `propel stream run` beside it
+    # The consumer folding the log into real-time features (propel/featurestore/realtime.py): `propel serve` runs it
+    # as a process of its own beside the server (restarted if it dies) unless false; then run `propel stream run`
     consume: bool = True
     consume_batch: int = 2000  # most events folded and committed at once
     poll_seconds: float = 0.05  # with nothing new in the log, look again after this long

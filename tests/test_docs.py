@@ -99,11 +99,25 @@ def test_every_bench_row_is_read_from_a_whole_run():
             *[{"stage": f"intake http batch {n}", "clients": 32, "events_per_s": 7000, "p50_ms": 300.0, "p99_ms": 600.0,
                "acknowledged": 1000, "lost": 0, "logged_twice": 0} for n in (100, 1000)],
             {"stage": "intake crash (kill -9 under load)", "acknowledged": 1000, "lost": 0, "logged_twice": 0, "lake_lost": 0,
-             "lake_twice": 0}]
+             "lake_twice": 0},
+            {"stage": "freshness /recommend alone", **wrk, "cores": 2,
+             "cpu_per_s": {"worker": 0.5, "consumer": 0.0, "client": 0.3, "machine": 0.9}},
+            timed("freshness under load", **wrk, cores=2, events_per_s=1000,
+                  cpu_per_s={"worker": 0.5, "consumer": 0.05, "client": 0.3, "machine": 0.9},
+                  freshness_recommend={"p50_ms": 70.0, "p99_ms": 190.0, "reflected": 16, "probes": 16},
+                  freshness_churn={"p50_ms": 70.0, "p99_ms": 1500.0, "reflected": 16, "probes": 16}),
+            {"stage": "realtime crash (kill -9 consumer, then server)", "acknowledged": 1900, "consumer_restarted": True,
+             "lost": 0, "logged_twice": 0, "online_profiles": 1900, "online_wrong": 0, "lake_lost": 0, "lake_twice": 0},
+            {"stage": "realtime stream state", "profiles": 6932, "bytes_per_profile": 280, "max_bytes": 317,
+             "max_window": 4, "max_items": 1}]
     machine = {"cores": 2, "memory_gib": 23.5, "cpu": "AMD EPYC", "virtualised": True}
     recs = {r["key"]: r for r in report.records({"when": "2030-01-02T00:00:00+00:00", "machine": machine,
                                                  "rows": rows})}
     assert set(recs) == {m.key for m in report.METRICS}
+    assert recs["realtime freshness"]["met"] == "no (/score/churn)"
+    assert recs["realtime /recommend under load"]["figure"] == ("p50 1 / p95 2 / p99 3 / max 9 ms; CPU s/s: worker 0.50, "
+                                                               "consumer 0.05, client 0.30; whole machine 0.90 of 2 cores")
+    assert recs["realtime crash consumer and server"]["met"] == "yes"
     assert recs["recommender recommend"]["figure"] == "p50 0.5 / p99 1.25 ms"
     assert recs["recommender recommend"]["met"] == "no"
     assert recs["recommender sparse shape"]["figure"] == ("NDCG@10 0.202 vs popularity 0.113 = 1.79x (als; leave_last_out, "

@@ -115,6 +115,18 @@ class OnlineReader:
         missing = [i for i, k in zip(ids, known.tolist()) if not k] if self.views else []
         return df, missing
 
+    def one(self, entity) -> dict | None:
+        """One entity's stored features by name, None when the store does not know it: `read` without building
+        a frame (pandas is ~2 ms of a single id's ~2.1), for per-request reads such as the stream's recent items."""
+        if self.through_feast or self.on_demand or not self.views:
+            df, missing = self.read([entity])
+            return None if missing else df.iloc[0].to_dict()
+        numbers, objects = np.full((1, len(self.numeric)), np.nan), np.full((1, len(self.other)), None, dtype=object)
+        known = np.zeros(1, dtype=bool)
+        position = {entity_keys(self.key, self.key_type, [entity])[0]: 0}
+        (self._read_sqlite if self.kind == "sqlite" else self._read_redis)(position, numbers, objects, known)
+        return {**dict(zip(self.numeric, numbers[0].tolist())), **dict(zip(self.other, objects[0]))} if known[0] else None
+
     def _read_feast(self, ids: list, request_ts: datetime | None) -> tuple[pd.DataFrame, list[str]]:
         """`read` through Feast's public API: the same frame (unknown = every stored feature NOT_FOUND)."""
         extra = {"request_ts": request_ts or datetime.now(timezone.utc)} if self.on_demand else {}

@@ -260,12 +260,12 @@ def claim(ws: Workspace):
     return fh
 
 
-def run_in_background(ws: Workspace, stop: threading.Event, retry_seconds: float = 5.0) -> threading.Thread:
-    """`propel serve`'s consumer: a thread of every worker waits for the machine's lock and the one holding it
-    consumes; a failure (no features applied yet, the online store down) is logged and retried."""
-
-    def loop():
-        lock = None
+def follow(ws: Workspace, stop: threading.Event, retry_seconds: float = 5.0) -> None:
+    """`propel stream run --wait` (how `propel serve` runs the consumer, in a process of its own): wait for the
+    machine's lock, then consume until `stop`; a failure (no features applied yet, the online store down) is
+    logged and retried."""
+    lock = None
+    try:
         while not stop.is_set():
             try:
                 lock = lock or claim(ws)
@@ -275,16 +275,13 @@ def run_in_background(ws: Workspace, stop: threading.Event, retry_seconds: float
                         consumer.run(stop)
                     finally:
                         consumer.close()
-            except Exception as exc:  # noqa: BLE001 - keep serving; retried
+            except Exception as exc:  # noqa: BLE001 - keep following; retried
                 log.warning("stream consumer stopped (%s: %s); retrying in %.0f s", type(exc).__name__,
                             exc if isinstance(exc, NotApplied) else "see the stream settings", retry_seconds)
             stop.wait(retry_seconds)
+    finally:
         if lock is not None:
             lock.close()
-
-    thread = threading.Thread(target=loop, name="propel-stream-consumer", daemon=True)
-    thread.start()
-    return thread
 
 
 def reader(store):
@@ -301,10 +298,8 @@ def reader(store):
 
 def recent(reader, customer_id: str) -> tuple[list[str], list[str]]:
     """(recent views, recent purchases) of a profile, newest first, from the real-time view."""
-    df, missing = reader.read([customer_id])
-    if missing:
-        return [], []
-    return list(df.at[0, "recent_views"] or []), list(df.at[0, "recent_purchases"] or [])
+    found = reader.one(customer_id) or {}
+    return list(found.get("recent_views") or []), list(found.get("recent_purchases") or [])
 
 
 def days_since(ts: np.ndarray, now: datetime) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The stream consumer (`propel stream run`): real-time features folded from the event log equal a from-scratch
-computation with pandas and are read by Feast itself (`customer_realtime:*`), windows expire by event time and
+computation with pandas and are read by Feast itself (`customer_realtime:*`) and by serving's one-id read, windows expire by event time and
 the state stays bounded, a login carries the anonymous profile's items over, and each event counts exactly once
 across `kill -9` and restarts (SQLite state) and across competing consumers (Redis state)."""
 
@@ -121,6 +121,10 @@ def test_folded_features_equal_a_from_scratch_computation_and_feast_reads_them(w
     want = _from_scratch(events, recent=5)
     assert want["purchases_24h"].sum() > 0 and (want["events_1h"] < want["events_24h"]).any()
     _assert_equal(_feast_rows(ws, list(want.index)), want)
+    reader = realtime.reader(store.feature_store(ws))  # what /recommend reads per request (one id, no frame)
+    _assert_equal(pd.DataFrame([reader.one(p) for p in want.index], index=want.index), want)
+    assert [realtime.recent(reader, p) for p in want.index] == list(zip(want["recent_views"], want["recent_purchases"]))
+    assert reader.one("nobody") is None and realtime.recent(reader, "nobody") == ([], [])
 
 
 def test_windows_expire_by_event_time_and_the_state_stays_bounded(ws):
@@ -212,3 +216,6 @@ def test_redis_state_counts_once_when_two_consumers_race(ws, redis_url):
         second.close()
     want = _from_scratch(events, recent=5)
     _assert_equal(_feast_rows(ws, list(want.index)), want)
+    reader = realtime.reader(store.feature_store(ws))  # serving's one-id read, from Redis
+    _assert_equal(pd.DataFrame([reader.one(p) for p in want.index], index=want.index), want)
+    assert reader.one("nobody") is None
