@@ -1,0 +1,132 @@
+"""The features as of T: the one way to read the feature tables `propel features build` writes.
+
+A table holds a row for an entity at a cutoff only when one of its stored values changed since its previous
+row (or it is new), and stores the features that move with the clock alone as the day they count from
+(`Feature.counts_from`). The features as of T are each entity's newest row at or before T, with those clock
+features counted from T: at a cutoff, the very rows a full snapshot at that cutoff would hold
+(tests/features/test_asof.py checks, all features). Every reader goes through `as_of_sql` / `as_of`;
+Feast's training sets and online reads through the on-demand view `customer_clock`, which runs `clock` on
+the request time (propel/featurestore/repo/feature_views.py).
+
+A moment T counts as the midnight at or after it, as a snapshot cut then would: a cutoff is its own day,
+a request at 10:00 counts today as a day (as the stream's `days_since` does).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from propel.config import Workspace
+from propel.features.definitions import CUSTOMER_FEATURES, ITEM_FEATURES, clock_features, stored_features
+
+_DTYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR"}
+# entity -> (key column, its features)
+ENTITIES = {"customer": ("customer_id", CUSTOMER_FEATURES), "item": ("item_id", ITEM_FEATURES)}
+_RATIO = re.compile(r"CASE WHEN (?P<den>\w+) > 0 THEN (?P<num>\w+) / (?P=den) ELSE 0 END")
+
+
+def folder(ws: Workspace, entity: str) -> Path:
+    return ws.customer_snapshots if entity == "customer" else ws.item_snapshots
+
+
+def day_number(T: date | datetime) -> int:
+    """Days since 1970-01-01 of the midnight at or after T (a date is its own midnight; naive = UTC)."""
+    if not isinstance(T, datetime):
+        return (T - date(1970, 1, 1)).days
+    T = T if T.tzinfo else T.replace(tzinfo=timezone.utc)
+    return math.ceil(T.timestamp() / 86400)
+
+
+def _tables(ws: Workspace, entity: str, T: date | datetime) -> list[Path]:
+    """The entity's table files of cutoffs at or before T, checked to be of this layout."""
+    from propel.features.build import LAYOUT, load_catalog
+
+    catalog = load_catalog(ws)
+    if catalog.get("layout") != LAYOUT:
+        raise ValueError(f"{ws.catalog}: these features were built by an older Propel (a full snapshot per cutoff); "
+                         "run `propel features build` to rebuild them")
+    moment = T if isinstance(T, datetime) else datetime(T.year, T.month, T.day)
+    moment = moment.replace(tzinfo=None) if moment.tzinfo is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return [folder(ws, entity) / f"{c}.parquet" for c in catalog["cutoffs"] if datetime.fromisoformat(c) <= moment]
+
+
+def clock_sql(features, t_day: str) -> tuple[list[str], list[str]]:
+    """(SQL columns of the clock features counted from day number `t_day`, in layers: each later one may use
+    the earlier ones' names) for a relation holding the stored features."""
+    base, derived = [], []
+    for f in clock_features(features):
+        if f.counts_from:
+            base.append(f"CAST(coalesce({t_day} - {f.counts_from}, {f.default}) AS BIGINT) AS {f.name}")
+        else:
+            derived.append(f"CAST(coalesce({f.sql}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}")
+    return base, derived
+
+
+def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer") -> str:
+    """DuckDB SQL of the features as of T: key, event_timestamp (= T), every feature in definition order
+    (the columns of a full snapshot). Entities with no row at or before T are not in it."""
+    key, features = ENTITIES[entity]
+    files = _tables(ws, entity, T)
+    if not files:  # before the first cutoff: nobody, with the columns all the same
+        files, where = _tables(ws, entity, datetime.max)[:1], "WHERE false"
+    else:
+        where = ""
+    if not files:
+        raise FileNotFoundError(f"{folder(ws, entity)}: no feature tables. Run `propel features build` first.")
+    src = f"read_parquet([{', '.join(repr(str(p)) for p in files)}])"
+    newest = (f"SELECT f.* FROM {src} f JOIN (SELECT {key}, max(event_timestamp) AS ts FROM {src} {where} GROUP BY {key}) n "
+              f"ON f.{key} = n.{key} AND f.event_timestamp = n.ts")
+    base, derived = clock_sql(features, str(day_number(T)))
+    sql = f"SELECT *, {', '.join(base)} FROM ({newest})" if base else newest
+    for col in derived:
+        sql = f"SELECT *, {col} FROM ({sql})"
+    stamp = T if isinstance(T, datetime) else datetime(T.year, T.month, T.day)
+    stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
+    return (f"SELECT {key}, TIMESTAMP '{stamp.isoformat(' ')}' AS event_timestamp, "
+            f"{', '.join(f.name for f in features)} FROM ({sql})")
+
+
+def as_of(ws: Workspace, T: date | datetime, entity: str = "customer", columns: list[str] | None = None,
+          where: str = "true") -> pd.DataFrame:
+    """The features as of T as a frame (`columns`: some of them; `where`: SQL over them), in key order."""
+    key = ENTITIES[entity][0]
+    cols = ", ".join([key, *(c for c in columns if c != key)]) if columns else "*"
+    with duckdb.connect() as con:
+        return con.execute(f"SELECT {cols} FROM ({as_of_sql(ws, T, entity)}) WHERE {where} ORDER BY {key}").df()
+
+
+def clock_inputs(features=CUSTOMER_FEATURES) -> list[str]:
+    """The stored features the clock features are computed from (days counted from, and other inputs)."""
+    stored = {f.name for f in stored_features(features)}
+    out = [f.counts_from for f in clock_features(features) if f.counts_from]
+    for f in clock_features(features):
+        out += [n for n in re.findall(r"\w+", f.sql) if n in stored and n not in out and not f.counts_from]
+    return out
+
+
+def clock(inputs: pd.DataFrame) -> pd.DataFrame:
+    """The customer clock features from their stored inputs and `request_ts` (Feast's on-demand view
+    `customer_clock`; online reads and training sets). numpy, not SQL: a DuckDB query costs about a
+    millisecond, the whole budget of an online read. Same values as `clock_sql` (tests check)."""
+    ts = pd.to_datetime(inputs["request_ts"], utc=True)
+    t_day = np.ceil((ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() / 86400)
+    out: dict[str, np.ndarray] = {}
+    for f in clock_features(CUSTOMER_FEATURES):
+        if f.counts_from:
+            start = pd.to_numeric(inputs[f.counts_from], errors="coerce").to_numpy(np.float64)
+            out[f.name] = np.where(np.isnan(start), float(f.default), t_day - start).astype(np.int64)
+        elif m := _RATIO.fullmatch(f.sql):
+            num, den = (out[m[k]] if m[k] in out else inputs[m[k]].to_numpy(np.float64) for k in ("num", "den"))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f.name] = np.where(den > 0, num / den, 0.0)
+        else:
+            raise ValueError(f"feature {f.name}: `{f.sql}` over clock features has no numpy form; add its shape to "
+                             "propel/features/asof.py:clock")
+    return pd.DataFrame(out, index=inputs.index)
