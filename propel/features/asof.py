@@ -111,10 +111,18 @@ def clock_inputs(features=CUSTOMER_FEATURES) -> list[str]:
     return out
 
 
-def clock(inputs: pd.DataFrame) -> pd.DataFrame:
-    """The customer clock features from their stored inputs and `request_ts` (Feast's on-demand view
-    `customer_clock`; online reads and training sets). numpy, not SQL: a DuckDB query costs about a
-    millisecond, the whole budget of an online read. Same values as `clock_sql` (tests check)."""
+def clock(inputs):
+    """Feast's on-demand view `customer_clock` (online reads and training sets). Feast stores the function
+    by value and runs it without this module's globals, so it imports what it runs."""
+    from propel.features.asof import clock_values
+
+    return clock_values(inputs)
+
+
+def clock_values(inputs: pd.DataFrame) -> pd.DataFrame:
+    """The customer clock features from their stored inputs and `request_ts`. numpy, not SQL: a DuckDB query
+    costs about a millisecond, the whole budget of an online read. Same values as `clock_sql` (tests check)."""
+    inputs = inputs.loc[:, ~inputs.columns.duplicated()]  # Feast passes a feature twice when the service has it too
     ts = pd.to_datetime(inputs["request_ts"], utc=True)
     t_day = np.ceil((ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() / 86400)
     out: dict[str, np.ndarray] = {}

@@ -166,15 +166,18 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     df = entity_df.reset_index(drop=True).assign(_entity_row=lambda d: range(len(d)))
     df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
     fs = store.get_feature_service(service)
-    if any(p.name == "request_context" for p in fs.feature_view_projections) and "request_ts" not in df:
-        df["request_ts"] = df["event_timestamp"]
+    on_demand = {v.name for v in store.list_on_demand_feature_views()}
+    if any(p.name in on_demand for p in fs.feature_view_projections) and "request_ts" not in df:
+        df["request_ts"] = df["event_timestamp"]  # the moment on-demand views count from (calendar, days since)
     try:
         parts = [store.get_historical_features(entity_df=df.iloc[i:i + chunk_rows], features=fs).to_df()
                  for i in range(0, max(len(df), 1), chunk_rows)]
     finally:
         _release_offline_connection()
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    out = out.sort_values("_entity_row").reset_index(drop=True)
+    # Feast also returns what on-demand views were computed from (the stored days): not the service's features
+    wanted = [*df.columns, *(f.name for p in fs.feature_view_projections for f in p.features)]
+    out = out[[c for c in out.columns if c in wanted]].sort_values("_entity_row").reset_index(drop=True)
     if len(out) != len(df) or not (out["_entity_row"].to_numpy() == df["_entity_row"].to_numpy()).all():
         raise RuntimeError(f"feature retrieval returned {len(out)} rows for {len(df)} entity rows")
     return out.drop(columns="_entity_row")
