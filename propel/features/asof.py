@@ -57,6 +57,14 @@ def _tables(ws: Workspace, entity: str, T: date | datetime) -> list[Path]:
     return [folder(ws, entity) / f"{c}.parquet" for c in catalog["cutoffs"] if datetime.fromisoformat(c) <= moment]
 
 
+def newest_sql(src: str, key: str, ts: str, cols: str, where: str = "true") -> str:
+    """SQL of the newest row per entity of the rows in `src` matching `where` (materialization reads a
+    view's rows in its interval with it). The newest timestamp per entity first (two narrow columns), then
+    only those rows: ~3x cheaper than ranking every row; the QUALIFY keeps one row where a timestamp repeats."""
+    return (f"SELECT {cols} FROM {src} JOIN (SELECT {key}, max({ts}) AS {ts} FROM {src} WHERE {where} GROUP BY ALL) "
+            f"USING ({key}, {ts}) QUALIFY row_number() OVER (PARTITION BY {key}) = 1")
+
+
 def clock_sql(features, t_day: str) -> tuple[list[str], list[str]]:
     """(SQL columns of the clock features counted from day number `t_day`, in layers: each later one may use
     the earlier ones' names) for a relation holding the stored features."""
@@ -74,15 +82,12 @@ def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer") -> st
     (the columns of a full snapshot). Entities with no row at or before T are not in it."""
     key, features = ENTITIES[entity]
     files = _tables(ws, entity, T)
+    where = "true"
     if not files:  # before the first cutoff: nobody, with the columns all the same
-        files, where = _tables(ws, entity, datetime.max)[:1], "WHERE false"
-    else:
-        where = ""
+        files, where = _tables(ws, entity, datetime.max)[:1], "false"
     if not files:
         raise FileNotFoundError(f"{folder(ws, entity)}: no feature tables. Run `propel features build` first.")
-    src = f"read_parquet([{', '.join(repr(str(p)) for p in files)}])"
-    newest = (f"SELECT f.* FROM {src} f JOIN (SELECT {key}, max(event_timestamp) AS ts FROM {src} {where} GROUP BY {key}) n "
-              f"ON f.{key} = n.{key} AND f.event_timestamp = n.ts")
+    newest = newest_sql(f"read_parquet([{', '.join(repr(str(p)) for p in files)}])", key, "event_timestamp", "*", where)
     base, derived = clock_sql(features, str(day_number(T)))
     sql = f"SELECT *, {', '.join(base)} FROM ({newest})" if base else newest
     for col in derived:
