@@ -77,9 +77,10 @@ def clock_sql(features, t_day: str) -> tuple[list[str], list[str]]:
     return base, derived
 
 
-def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer") -> str:
+def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer", stored: bool = False) -> str:
     """DuckDB SQL of the features as of T: key, event_timestamp (= T), every feature in definition order
-    (the columns of a full snapshot). Entities with no row at or before T are not in it."""
+    (the columns of a full snapshot). Entities with no row at or before T are not in it. `stored`: the
+    stored columns instead (the days clock features count from), as a table written at T would hold them."""
     key, features = ENTITIES[entity]
     files = _tables(ws, entity, T)
     where = "true"
@@ -88,23 +89,42 @@ def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer") -> st
     if not files:
         raise FileNotFoundError(f"{folder(ws, entity)}: no feature tables. Run `propel features build` first.")
     newest = newest_sql(f"read_parquet([{', '.join(repr(str(p)) for p in files)}])", key, "event_timestamp", "*", where)
-    base, derived = clock_sql(features, str(day_number(T)))
+    base, derived = ([], []) if stored else clock_sql(features, str(day_number(T)))
     sql = f"SELECT *, {', '.join(base)} FROM ({newest})" if base else newest
     for col in derived:
         sql = f"SELECT *, {col} FROM ({sql})"
     stamp = T if isinstance(T, datetime) else datetime(T.year, T.month, T.day)
     stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
-    return (f"SELECT {key}, TIMESTAMP '{stamp.isoformat(' ')}' AS event_timestamp, "
-            f"{', '.join(f.name for f in features)} FROM ({sql})")
+    names = [f.name for f in (stored_features(features) if stored else features)]
+    return f"SELECT {key}, TIMESTAMP '{stamp.isoformat(' ')}' AS event_timestamp, {', '.join(names)} FROM ({sql})"
 
 
 def as_of(ws: Workspace, T: date | datetime, entity: str = "customer", columns: list[str] | None = None,
           where: str = "true") -> pd.DataFrame:
     """The features as of T as a frame (`columns`: some of them; `where`: SQL over them), in key order."""
     key = ENTITIES[entity][0]
-    cols = ", ".join([key, *(c for c in columns if c != key)]) if columns else "*"
+    cols = ", ".join([key, *(c for c in columns if c != key)]) if columns is not None else "*"
     with duckdb.connect() as con:
         return con.execute(f"SELECT {cols} FROM ({as_of_sql(ws, T, entity)}) WHERE {where} ORDER BY {key}").df()
+
+
+def as_of_spark(spark, ws: Workspace, T: date | datetime, entity: str = "customer"):
+    """`as_of_sql` as a Spark DataFrame (batch scoring on Spark): the same tables, newest-row rule and clock SQL."""
+    from pyspark.sql import functions as F
+
+    key, features = ENTITIES[entity]
+    files = _tables(ws, entity, T) or _tables(ws, entity, datetime.max)[:1]
+    rows = spark.read.parquet(*map(str, files))
+    if not _tables(ws, entity, T):
+        rows = rows.limit(0)
+    newest = rows.groupBy(key).agg(F.max("event_timestamp").alias("event_timestamp"))
+    df = rows.join(newest, [key, "event_timestamp"])
+    base, derived = clock_sql(features, str(day_number(T)))
+    df = df.selectExpr("*", *base)
+    for col in derived:
+        df = df.selectExpr("*", col)
+    stamp = T if isinstance(T, datetime) else datetime(T.year, T.month, T.day)
+    return df.select(key, F.lit(stamp).cast("timestamp").alias("event_timestamp"), *(f.name for f in features))
 
 
 def clock_inputs(features=CUSTOMER_FEATURES) -> list[str]:

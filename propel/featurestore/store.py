@@ -116,11 +116,11 @@ def apply(ws: Workspace, online: str | None = None) -> list[str]:
 
 
 def materialize(ws: Workspace, online: str | None = None) -> dict:
-    """Load the newest snapshot of every view into the online store, up to the newest cutoff.
+    """Load the newest row per entity of every view into the online store, up to the newest cutoff.
 
     Incremental, as `feast materialize-incremental` (which does the same through Propel's engine,
-    `propel.featurestore.engine`): each snapshot view continues from where its last run ended, the
-    profile view (ttl 0) is loaded whole; the real-time view (a push source) is the stream's, not loaded here.
+    `propel.featurestore.engine`): the segments view continues from where its last run ended, views with
+    ttl 0 (the feature tables, the profile) are loaded whole; the real-time view (a push source) is the stream's, not loaded here.
     Feast's `materialize` runs the engine and records the intervals.
     """
     started = time.perf_counter()

@@ -28,6 +28,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from propel.features import asof
 from propel.lake.tables import Lake
 from propel.config import Workspace
 from propel.serving.audience import where_sql
@@ -59,11 +60,10 @@ def session(master: str = "local[*]", app: str = "propel-score", **conf: str) ->
 def features(spark: SparkSession, ws: Workspace, as_of: date | None = None) -> DataFrame:
     """The snapshot as of `as_of` joined with the CRM profile and segments: `propel.serving.batch.Audience`'s `base`."""
     snap = snapshot(ws, as_of)
-    df = spark.read.parquet(str(snap.path)).drop("event_timestamp")
+    df = asof.as_of_spark(spark, ws, snap.day).drop("event_timestamp")
     df = df.join(spark.read.parquet(str(ws.profile)).drop("event_timestamp"), "customer_id", "left")
-    segments = ws.segments / snap.path.name
-    if segments.exists():
-        df = df.join(spark.read.parquet(str(segments)).drop("event_timestamp"), "customer_id", "left")
+    if snap.segments.exists():
+        df = df.join(spark.read.parquet(str(snap.segments)).drop("event_timestamp"), "customer_id", "left")
     return df
 
 

@@ -329,9 +329,10 @@ def test_csv_exports_escape_formula_cells(champions, copy_of, tmp_path):
     ws = copy_of(champions)
     snap = snapshot(ws)
     planted = ['=HYPERLINK("http://evil.example","open")', "+SUM(1)", "-2+3", "@cmd", "\tTAB"]
-    df = pd.read_parquet(snap.path)
+    table = ws.customer_snapshots / f"{snap.day}.parquet"  # the newest rows: the planted ids are read as of it
+    df = pd.read_parquet(table)
     df.loc[df.index[:len(planted)], "customer_id"] = planted
-    df.to_parquet(snap.path, index=False)
+    df.to_parquet(table, index=False)
     for task, out in (("churn", tmp_path / "scores.csv"), ("recommender", tmp_path / "recs.csv")):
         result = cli(ws, task, "--ignore-consent", "--out", str(out), *(["--reasons", "0"] if task == "churn" else []))
         assert result.exit_code == 0, result.output
