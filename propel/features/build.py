@@ -117,8 +117,9 @@ class BuildReport:
     seconds: float
 
     def summary(self) -> str:
-        return (f"{len(self.cutoffs)} snapshots {self.cutoffs[0]}..{self.cutoffs[-1]}: {self.customer_rows:,} customer rows, "
-                f"{self.item_rows:,} item rows, {len(self.profile_columns)} CRM attributes ({self.seconds:.1f}s)")
+        return (f"{len(self.cutoffs)} cutoffs {self.cutoffs[0]}..{self.cutoffs[-1]}: {self.customer_rows:,} customer rows, "
+                f"{self.item_rows:,} item rows (only where values changed), {len(self.profile_columns)} CRM attributes "
+                f"({self.seconds:.1f}s)")
 
 
 def cutoffs(latest: date, every_days: int, count: int) -> list[date]:

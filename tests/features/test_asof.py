@@ -58,7 +58,10 @@ def test_as_of_every_cutoff_equals_a_full_snapshot(built_features, copy_of):
             got, full = as_of(ws, T, entity), as_of(scratch, T, entity)
             assert len(full) > 100 and list(got.columns) == [full.columns[0], "event_timestamp", *(
                 f.name for f in (CUSTOMER_FEATURES if entity == "customer" else ITEM_FEATURES))]
-            pd.testing.assert_frame_equal(got, full, check_exact=True, obj=f"{entity} features as of {T}")
+            # floats to 1e-12: DuckDB's parallel sums of doubles (the category mix) may differ in the last bit
+            # from run to run, as two full builds' did; everything else exactly
+            pd.testing.assert_frame_equal(got, full, check_exact=False, rtol=1e-12, atol=0,
+                                          obj=f"{entity} features as of {T}")
         assert rows == len(as_of(scratch, T)), "a first cutoff writes every customer"
 
 

@@ -14,12 +14,12 @@ ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(), 
 
 def customer_features(ws: Workspace) -> FileSource:
     return FileSource(name="customer_features", path=str(ws.customer_snapshots / "*.parquet"),
-                      timestamp_field="event_timestamp", description="Weekly customer snapshots")
+                      timestamp_field="event_timestamp", description="Customer feature rows, when values change")
 
 
 def item_features(ws: Workspace) -> FileSource:
     return FileSource(name="item_features", path=str(ws.item_snapshots / "*.parquet"),
-                      timestamp_field="event_timestamp", description="Weekly item snapshots")
+                      timestamp_field="event_timestamp", description="Item feature rows, when values change")
 
 
 def customer_profile(ws: Workspace) -> FileSource:

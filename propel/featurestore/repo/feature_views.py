@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from types import FunctionType
 
 from feast import FeatureView, Field, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
@@ -63,7 +64,8 @@ def customer_clock(stored: FeatureView):
         schema=[Field(name=f.name, dtype=FEAST_TYPES[f.dtype]) for f in clock],  # no descriptions: Feast's check of
         # the schema against the function's output compares whole fields
         description="Customer features that move with the clock, counted from the request time",
-    )(asof.clock)
+    )(FunctionType(asof.clock.__code__, asof.clock.__globals__, asof.clock.__name__))  # a copy: Feast's decorator
+    # renames its function's module to __main__, after which Feast could not find asof.clock's source again
 
 
 request_time = RequestSource(name="request_time", schema=[Field(name="request_ts", dtype=UnixTimestamp)],
