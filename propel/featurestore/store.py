@@ -153,9 +153,11 @@ def online_reader(store: FeatureStore, service: str, key: str = "customer_id") -
     return OnlineReader(store, service, key)
 
 
-# Entity rows per Feast retrieval: Feast's DuckDB join peaks at ~5 GiB per 1M rows x 82 features, so larger
-# training sets are fetched in parts (each part re-reads the snapshots: time traded for bounded memory)
-HISTORICAL_CHUNK_ROWS = 1_000_000
+# Entity rows per Feast retrieval: Feast's DuckDB join pairs each entity row with every row of its entity up to
+# then (no ttl cuts them: change-only rows), and peaked at 6 GiB for 400k rows x 82 features at 200k customers
+# (~18 rows per customer), so larger training sets are fetched in parts (each part re-reads the tables: time
+# traded for bounded memory)
+HISTORICAL_CHUNK_ROWS = 250_000
 
 
 def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame,
