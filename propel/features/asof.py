@@ -77,10 +77,13 @@ def clock_sql(features, t_day: str) -> tuple[list[str], list[str]]:
     return base, derived
 
 
-def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer", stored: bool = False) -> str:
+def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer", stored: bool = False,
+              clock_at: datetime | None = None) -> str:
     """DuckDB SQL of the features as of T: key, event_timestamp (= T), every feature in definition order
     (the columns of a full snapshot). Entities with no row at or before T are not in it. `stored`: the
-    stored columns instead (the days clock features count from), as a table written at T would hold them."""
+    stored columns instead (the days clock features count from), as a table written at T would hold them.
+    `clock_at`: count the clock features to this later moment (scoring for a send: the online path counts
+    to its request time)."""
     key, features = ENTITIES[entity]
     files = _tables(ws, entity, T)
     where = "true"
@@ -89,7 +92,7 @@ def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer", store
     if not files:
         raise FileNotFoundError(f"{folder(ws, entity)}: no feature tables. Run `propel features build` first.")
     newest = newest_sql(f"read_parquet([{', '.join(repr(str(p)) for p in files)}])", key, "event_timestamp", "*", where)
-    base, derived = ([], []) if stored else clock_sql(features, str(day_number(T)))
+    base, derived = ([], []) if stored else clock_sql(features, str(day_number(clock_at or T)))
     sql = f"SELECT *, {', '.join(base)} FROM ({newest})" if base else newest
     for col in derived:
         sql = f"SELECT *, {col} FROM ({sql})"
@@ -108,7 +111,7 @@ def as_of(ws: Workspace, T: date | datetime, entity: str = "customer", columns: 
         return con.execute(f"SELECT {cols} FROM ({as_of_sql(ws, T, entity)}) WHERE {where} ORDER BY {key}").df()
 
 
-def as_of_spark(spark, ws: Workspace, T: date | datetime, entity: str = "customer"):
+def as_of_spark(spark, ws: Workspace, T: date | datetime, entity: str = "customer", clock_at: datetime | None = None):
     """`as_of_sql` as a Spark DataFrame (batch scoring on Spark): the same tables, newest-row rule and clock SQL."""
     from pyspark.sql import functions as F
 
@@ -119,7 +122,7 @@ def as_of_spark(spark, ws: Workspace, T: date | datetime, entity: str = "custome
         rows = rows.limit(0)
     newest = rows.groupBy(key).agg(F.max("event_timestamp").alias("event_timestamp"))
     df = rows.join(newest, [key, "event_timestamp"])
-    base, derived = clock_sql(features, str(day_number(T)))
+    base, derived = clock_sql(features, str(day_number(clock_at or T)))
     df = df.selectExpr("*", *base)
     for col in derived:
         df = df.selectExpr("*", col)

@@ -126,15 +126,18 @@ def reasons(champion: Champion, df: pd.DataFrame, top: int) -> list[str]:
 
 @dataclass
 class Snapshot:
-    """The features as of a cutoff (`propel.features.asof`): `sql` is their relation, in DuckDB SQL."""
+    """The features as of a cutoff (`propel.features.asof`): `sql` is their relation, in DuckDB SQL. `at`: the
+    moment the clock features (days since, tenure) count to, e.g. the send time, as the online path counts
+    to its request time; None = the cutoff."""
     day: date
     latest: date
     ws: Workspace
     catalog: dict
+    at: datetime | None = None
 
     @property
     def sql(self) -> str:
-        return as_of_sql(self.ws, self.day)
+        return as_of_sql(self.ws, self.day, clock_at=self.at)
 
     @property
     def segments(self) -> Path:
@@ -147,15 +150,18 @@ class Snapshot:
                 "features_built_at": built.isoformat(timespec="seconds"), "lake_load": self.catalog.get("lake_load")}
 
 
-def snapshot(ws: Workspace, as_of: date | None = None) -> Snapshot:
-    """The newest feature snapshot on or before `as_of` (default: the latest)."""
+def snapshot(ws: Workspace, as_of: date | None = None, at: datetime | None = None) -> Snapshot:
+    """The newest feature snapshot on or before `as_of` (default: the latest), its clock features counted to
+    `at` (default: the snapshot's own day; never before it)."""
     catalog = load_catalog(ws)
     days = [date.fromisoformat(c) for c in catalog["cutoffs"]]
     usable = [d for d in days if as_of is None or d <= as_of]
     if not usable:
         raise ValueError(f"--as-of {as_of}: no feature snapshot on or before it; snapshots cover "
                          f"{days[0]}..{days[-1]} (`propel features build --snapshots N` keeps more)")
-    return Snapshot(usable[-1], days[-1], ws, catalog)
+    day = usable[-1]
+    midnight = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return Snapshot(day, days[-1], ws, catalog, max(at, midnight) if at else None)
 
 
 class Audience:

@@ -57,10 +57,11 @@ def session(master: str = "local[*]", app: str = "propel-score", **conf: str) ->
     return builder.getOrCreate()
 
 
-def features(spark: SparkSession, ws: Workspace, as_of: date | None = None) -> DataFrame:
-    """The snapshot as of `as_of` joined with the CRM profile and segments: `propel.serving.batch.Audience`'s `base`."""
-    snap = snapshot(ws, as_of)
-    df = asof.as_of_spark(spark, ws, snap.day).drop("event_timestamp")
+def features(spark: SparkSession, ws: Workspace, as_of: date | None = None, at: datetime | None = None) -> DataFrame:
+    """The snapshot as of `as_of` (clock features counted to `at`, see `propel.serving.batch.snapshot`) joined with
+    the CRM profile and segments: `propel.serving.batch.Audience`'s `base`."""
+    snap = snapshot(ws, as_of, at)
+    df = asof.as_of_spark(spark, ws, snap.day, clock_at=snap.at).drop("event_timestamp")
     df = df.join(spark.read.parquet(str(ws.profile)).drop("event_timestamp"), "customer_id", "left")
     if snap.segments.exists():
         df = df.join(spark.read.parquet(str(snap.segments)).drop("event_timestamp"), "customer_id", "left")
@@ -83,9 +84,9 @@ def model_columns(champion: Champion, ctx: dict) -> list[Column]:
 
 
 def audience(spark: SparkSession, ws: Workspace, as_of: date | None = None, where: str | None = None,
-             honour_consent: bool = True) -> DataFrame:
+             honour_consent: bool = True, at: datetime | None = None) -> DataFrame:
     """`features()` filtered by `--where` and, unless told otherwise, to customers who gave consent."""
-    df = features(spark, ws, as_of)
+    df = features(spark, ws, as_of, at)
     if where:
         df = df.where(where_sql(where, df.columns, dialect="spark"))
     if honour_consent:
@@ -125,7 +126,7 @@ def write_scores(ws: Workspace, champion: Champion, ctx: dict, aud: Audience, ma
     created = SparkSession.getActiveSession() is None
     spark = session(master)
     try:
-        df = audience(spark, ws, aud.snap.day, aud.where_text, aud.honour_consent)
+        df = audience(spark, ws, aud.snap.day, aud.where_text, aud.honour_consent, aud.snap.at)
         scored = apply(spark, champion, df, ctx, {"segment": aud.segment} if aud.segment else None)
         scored = scored.drop("model_version").withColumn("decile", F.col("decile").cast("long"))
         scored.write.parquet(str(folder / "spark"))
