@@ -16,7 +16,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 
 import duckdb
 import numpy as np

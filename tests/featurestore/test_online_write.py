@@ -13,7 +13,6 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
