@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from propel.featurestore import store as fstore
+from propel.features.asof import as_of
 from propel.features.build import load_catalog
 from propel.config import Workspace
 from propel.training.tasks import SERVICES
@@ -34,7 +36,7 @@ def p99_ms(fn, calls: int) -> dict:
 def main(ws_dir: str) -> None:
     ws = Workspace.resolve(ws_dir)
     latest = load_catalog(ws)["cutoffs"][-1]
-    ids = pd.read_parquet(ws.customer_snapshot(latest), columns=["customer_id"])["customer_id"]
+    ids = as_of(ws, date.fromisoformat(latest), columns=[])["customer_id"]
     rng = np.random.default_rng(0)
     out = {}
     for online in ("redis", "sqlite"):  # Redis first: SQLite's 25 GB file at 1M churns the page cache

@@ -16,12 +16,13 @@ import json
 import shutil
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
 
 from propel.featurestore import store as fstore
+from propel.features.asof import as_of
 from propel.features.build import build, load_catalog
 from propel.config import Workspace
 
@@ -42,8 +43,7 @@ def measure(ws: Workspace, online: str, stock: bool = False) -> dict:
     else:
         fstore.materialize(ws, online)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    latest = ws.customer_snapshot(load_catalog(ws)['cutoffs'][-1])
-    entities = duckdb.sql(f"SELECT count(*) FROM read_parquet('{latest}')").fetchall()[0][0]
+    entities = len(as_of(ws, date.fromisoformat(load_catalog(ws)['cutoffs'][-1]), columns=[]))
     features = sum(len(v.features) for v in fstore.feature_store(ws, online).list_feature_views())
     out = {"online": online, "path": "stock" if stock else "fast", "entities": entities, "features": features,
            "seconds": round(seconds, 2), "entities_per_s": round(entities / seconds), "cpu_seconds": round(cpu, 2)}
@@ -108,7 +108,7 @@ def synthetic(root: Path, customers: int) -> Workspace:
     ws = Workspace.resolve(root / "ws")
     ingest(root / "raw", ws)
     build(ws, every_days=7, snapshots=1)
-    latest = ws.customer_snapshot(load_catalog(ws)['cutoffs'][-1])
+    latest = ws.customer_snapshots / f"{load_catalog(ws)['cutoffs'][-1]}.parquet"  # the one cutoff: every customer
     for path in (latest, ws.profile):
         tmp = path.with_suffix(".tmp")
         duckdb.sql(f"""COPY (SELECT printf('S%09d', i) AS customer_id, s.* EXCLUDE (customer_id, k)

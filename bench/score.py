@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from datetime import date
 from pathlib import Path
 
 import common  # bench/common.py
@@ -56,6 +57,7 @@ def big_workspace(demo: Path, ws: Path, n: int) -> None:
     and the demo's churn champion."""
     import mlflow
 
+    from propel.features.asof import as_of_sql
     from propel.features.build import load_catalog
     from propel.lake.tables import Lake
     from propel.config import Workspace
@@ -68,15 +70,16 @@ def big_workspace(demo: Path, ws: Path, n: int) -> None:
     catalog = load_catalog(src)
     latest = catalog["cutoffs"][-1]
     con = Lake(src).connect()
-    snap = src.customer_snapshot(latest)
-    rows = con.execute(f"SELECT count(*) FROM read_parquet('{snap}')").fetchall()[0][0]
+    # the stored rows as of the latest cutoff: the one table file of a build with that single cutoff
+    snap = f"({as_of_sql(src, date.fromisoformat(latest), stored=True)})"
+    rows = con.execute(f"SELECT count(*) FROM {snap}").fetchall()[0][0]
     con.execute(f"""CREATE TEMP TABLE ids AS SELECT printf('B%07d', g.range) AS customer_id, s.customer_id AS src
                     FROM range({n}) g JOIN (SELECT customer_id, row_number() OVER (ORDER BY customer_id) - 1 AS r
-                                            FROM read_parquet('{snap}')) s ON s.r = g.range % {rows}""")
-    for path, out in ((snap, dst.customer_snapshot(latest)),
-                      (src.profile, dst.profile)):
+                                            FROM {snap}) s ON s.r = g.range % {rows}""")
+    for rel, out in ((snap, dst.customer_snapshots / f"{latest}.parquet"),
+                     (f"read_parquet('{src.profile}')", dst.profile)):
         con.execute(f"""COPY (SELECT ids.customer_id, t.* EXCLUDE (customer_id) FROM ids
-                              JOIN read_parquet('{path}') t ON t.customer_id = ids.src ORDER BY ids.customer_id)
+                              JOIN {rel} t ON t.customer_id = ids.src ORDER BY ids.customer_id)
                         TO '{out}' (FORMAT parquet)""")
     con.execute(f"""COPY (SELECT ids.customer_id, c.signup_at, coalesce(c.marketing_consent, true) AS marketing_consent,
                                  'L000001' AS _load

@@ -323,10 +323,9 @@ class Workspace:
 
     @property
     def customer_snapshots(self) -> Path:
-        return self.features / "customer_features"  # one Parquet per weekly cutoff, <YYYY-MM-DD>.parquet
-
-    def customer_snapshot(self, cutoff) -> Path:
-        return self.customer_snapshots / f"{cutoff}.parquet"
+        # one Parquet per cutoff, <YYYY-MM-DD>.parquet, of the customers whose values changed: read through
+        # propel.features.asof ("the features as of T"), never a file alone
+        return self.features / "customer_features"
 
     @property
     def item_snapshots(self) -> Path:

@@ -68,7 +68,9 @@ def value_rules() -> str:
 
 def feature_tables() -> str:
     from propel.features.definitions import (CUSTOMER_FEATURES, FEATURE_GROUPS, FEATURE_SERVICES, ITEM_FEATURES,
-                                             REALTIME_FEATURES, SEGMENT_FEATURES)
+                                             REALTIME_FEATURES, SEGMENT_FEATURES, clock_features)
+
+    clock = {f.name: f.counts_from for f in clock_features(CUSTOMER_FEATURES)}
 
     out = []
     for group, (view, description) in FEATURE_GROUPS.items():
@@ -79,7 +81,9 @@ def feature_tables() -> str:
                     "when features are built; timestamp = signup (or first event).", ""]
             continue
         out += ["| feature | type | default | description |", "|---|---|---|---|"]
-        out += [f"| `{f.name}` | {f.dtype} | {f.default.strip(chr(39))} | {f.description} |" for f in feats]
+        out += [f"| `{f.name}` | {f.dtype} | {f.default.strip(chr(39))} | {f.description}"
+                + (f" (counted at read time, view `customer_clock`{f'; stored: `{clock[f.name]}`' if clock[f.name] else ''})"
+                   if f.name in clock else "") + " |" for f in feats]
         out.append("")
         if group == "customer_segments":
             out += segment_rules()

@@ -17,7 +17,7 @@ The result is a JSON-able dict (`data/reports/monitor.json`); any alert makes `p
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from propel.analytics import champions
+from propel.features.asof import as_of
 from propel.features.build import load_catalog
 from propel.lake.tables import Lake
 from propel.config import MonitorSettings, Workspace
@@ -67,7 +68,7 @@ def drift(ws: Workspace, cfg: MonitorSettings) -> dict:
     fitted = rows[rows["split"].isin(["train", "valid"])][["customer_id", "event_timestamp"]]
     reference = champions.score(ws, model, fitted.sample(min(len(fitted), cfg.sample_rows), random_state=0))
     newest = load_catalog(ws)["cutoffs"][-1]
-    snap = pd.read_parquet(ws.customer_snapshot(newest), columns=["customer_id", "days_since_last_purchase"])
+    snap = as_of(ws, date.fromisoformat(newest), columns=["days_since_last_purchase"])
     active = snap.loc[snap["days_since_last_purchase"] <= ws.settings().train.churn_lookback_days, ["customer_id"]]
     active = active.sample(min(len(active), cfg.sample_rows), random_state=0).assign(event_timestamp=pd.Timestamp(newest))
     current = champions.score(ws, model, active)

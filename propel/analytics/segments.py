@@ -16,7 +16,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -25,6 +24,7 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
 from propel.analytics import champions
+from propel.features.asof import as_of
 from propel.features.build import load_catalog
 from propel.features.definitions import SEGMENT_FEATURES
 from propel.config import AnalyticsSettings, Workspace
@@ -112,10 +112,6 @@ def _cutoffs(ws: Workspace) -> list[date]:
     return [date.fromisoformat(c) for c in load_catalog(ws)["cutoffs"]]
 
 
-def _snapshot_path(ws: Workspace, cutoff: date) -> Path:
-    return ws.customer_snapshot(cutoff.isoformat())
-
-
 def churn_scores(ws: Workspace, snaps: dict[date, pd.DataFrame]) -> dict[date, pd.Series]:
     """The churn champion's score per customer it can score honestly (see module doc), by snapshot."""
     loaded = champions.load(ws, "churn")
@@ -150,8 +146,7 @@ def compute(ws: Workspace, cutoffs: list[date] | None = None, progress: bool = F
     settings = ws.settings().analytics
     cutoffs = cutoffs or _cutoffs(ws)
     con = duckdb.connect()
-    snaps = {t: con.execute(f"SELECT * FROM read_parquet('{_snapshot_path(ws, t)}') ORDER BY customer_id").df()
-             for t in cutoffs}  # a fixed row order: k-means' seeded start depends on it
+    snaps = {t: as_of(ws, t) for t in cutoffs}  # in customer_id order: k-means' seeded start depends on a fixed one
     scores = churn_scores(ws, snaps)
     clusterer = Clusterer(settings.clusters, settings.seed)
     with steps(progress, "segments", len(cutoffs)) as advance:

@@ -4,12 +4,17 @@ Events are first reduced to small per-customer (and per-item) *daily* tables; ea
 cutoff T (a midnight, UTC) then aggregates only days strictly before T, so a snapshot never sees an
 event at or after its own timestamp. Snapshots are computed oldest first, each from the previous one's
 running sums plus the days that entered and left each window (`_Snapshots`). Cutoffs are every `every_days` days back from the "latest"
-snapshot, which is the midnight after the newest event. Output (Parquet, one file per cutoff):
+snapshot, which is the midnight after the newest event. Output (Parquet, one file per cutoff holding only
+the entities whose stored values changed since their previous row, or that are new):
 
-  data/features/customer_features/<date>.parquet   customer_id, event_timestamp, every customer feature
-  data/features/item_features/<date>.parquet       item_id, event_timestamp, item features
+  data/features/customer_features/<date>.parquet   customer_id, event_timestamp, stored customer features
+  data/features/item_features/<date>.parquet       item_id, event_timestamp, stored item features
   data/features/customer_profile.parquet           CRM attributes (timestamp = signup), see below
   data/features/catalog.json                       cutoffs, CRM columns and types, the lake load used
+
+Features that move with the clock alone (days since the last purchase, tenure) are stored as the day they
+count from, so a customer's row does not change just because a week passed. Read the tables only through
+`propel.features.asof` ("the features as of T": newest row per entity, clock features counted from T).
 
 All SQL is plain aggregate/join SQL over Parquet, so it ports to Spark SQL as it is.
 """
@@ -26,13 +31,15 @@ from pathlib import Path
 
 import duckdb
 
-from propel.features.definitions import CUSTOMER_FEATURES, FEATURE_CHANNELS, ITEM_FEATURES, Feature
+from propel.features.definitions import (CUSTOMER_FEATURES, FEATURE_CHANNELS, ITEM_FEATURES, Feature, clock_features,
+                                        stored_features)
 from propel.lake.tables import Lake
 from propel.lake.schema import TABLES, pii_kind
 from propel.config import Workspace
 from propel.progress import steps
 
 _DTYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR"}
+LAYOUT = "changes"  # the catalog's name for the feature tables' layout: rows only when values change (asof.py reads it)
 
 # Per-customer daily sources; features aggregate them with `day < T`.
 _SOURCES = {
@@ -110,8 +117,9 @@ class BuildReport:
     seconds: float
 
     def summary(self) -> str:
-        return (f"{len(self.cutoffs)} snapshots {self.cutoffs[0]}..{self.cutoffs[-1]}: {self.customer_rows:,} customer rows, "
-                f"{self.item_rows:,} item rows, {len(self.profile_columns)} CRM attributes ({self.seconds:.1f}s)")
+        return (f"{len(self.cutoffs)} cutoffs {self.cutoffs[0]}..{self.cutoffs[-1]}: {self.customer_rows:,} customer rows, "
+                f"{self.item_rows:,} item rows (only where values changed), {len(self.profile_columns)} CRM attributes "
+                f"({self.seconds:.1f}s)")
 
 
 def cutoffs(latest: date, every_days: int, count: int) -> list[date]:
@@ -185,6 +193,17 @@ def _step(states: list[_State], table: str, source: str, keys: str, prev: str, T
             f"SELECT {keys}, {_updates(states)} FROM moved_keys LEFT JOIN {table} o USING ({keys}) {joins}")
 
 
+def _moved(source: str, keys: str, offsets: set[int], prev: str, T: str) -> str:
+    """SQL of the distinct keys with rows of `source` entering a window between cutoffs `prev` and `T`, or
+    leaving one, at any of the offsets (in days)."""
+    days = " OR ".join(f"day >= {prev} - {d} AND day < {T} - {d}" for d in sorted(offsets))
+    return f"SELECT DISTINCT {keys} FROM src_{source} WHERE {days}"
+
+
+# A stored day: days since 1970-01-01 (an integer every store carries: Parquet, Feast, SQLite, Redis, Spark)
+_EPOCH_DAY = "date_diff('day', DATE '1970-01-01', {})"
+
+
 def _updates(states: list[_State]) -> str:
     """SQL for the state columns after a step, from their old values (`o`) and the moved rows' aggregates."""
     def update(st: _State) -> str:
@@ -205,14 +224,22 @@ class _Snapshots:
     event, is a from-scratch computation by the same SQL, so building one snapshot alone gives the same
     rows as reaching it step by step (tests/test_features.py checks). Joins (anti and semi included),
     FILTERed aggregates and CTEs: all of it has a Spark SQL equivalent.
+
+    Rows are written only for entities whose stored values changed since their previous row, or that are
+    new (`changes`): the entities a step touched are recomputed and compared with `latest_<out>`, each
+    entity's newest row. Features that move with the clock alone are stored as the day they count from.
     """
 
     def __init__(self, con, features: tuple[Feature, ...], key: str, out: str):
         """`key` joins the sources and the grid; `out`, a grid column, identifies rows in the output."""
         self.con, self.features, self.key, self.out = con, features, key, out
+        self.clock = clock_features(features)
+        self.stored = [f.name for f in stored_features(features)]
         self.by_source: dict[str, list[_State]] = {}
         self.sql: dict[str, str] = {}  # feature -> SQL over its source's state
         for f in features:
+            if f.counts_from and not f.sql.startswith("T - "):
+                raise ValueError(f"feature {f.name}: counts_from needs SQL `T - <day>`, not `{f.sql}`")
             if f.source == "derived" or f.source in _PAIRS:
                 continue
             states, self.sql[f.name] = _states(f)
@@ -225,6 +252,7 @@ class _Snapshots:
         sources = [*self.by_source, *(_PAIRS[p].source for p in self.pairs)]
         days = [d for d, in (con.execute(f"SELECT min(day) FROM src_{s}").fetchone() for s in sources) if d]
         self.cutoff = f"DATE '{min(days, default=date.max).isoformat()}'"  # before any row: the first step starts here
+        self.latest, self.started = f"latest_{out}", False  # each entity's newest row written, once `changes` ran
         for source, states in self.by_source.items():
             self._empty(f"st_{source}", key, source, states)
         for name, states in self.pairs.items():
@@ -245,24 +273,54 @@ class _Snapshots:
         return f"SELECT {key}, {aggs} FROM ({pairs}) GROUP BY {key}"
 
     def advance(self, T: date) -> None:
-        """Move every state from the previous cutoff to T."""
+        """Move every state from the previous cutoff to T; `touched_<out>` = the entities whose states moved."""
         prev, t_sql, key = self.cutoff, f"DATE '{T.isoformat()}'", self.key
+        touched = []
         for source, states in self.by_source.items():
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE st_{source} AS "
                              f"{_step(states, f'st_{source}', source, key, prev, t_sql)}")
+            offsets = {st.enter for st in states} | {st.leave for st in states if st.leave is not None}
+            touched.append(_moved(source, key, offsets, prev, t_sql))
         for name, states in self.pairs.items():
             p = _PAIRS[name]
             step = _step(states, f"pairs_{name}", p.source, f"{key}, {p.key}", prev, t_sql)
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_{name} AS SELECT * FROM ({step}) WHERE n_rows > 0")
             # features change only for entities with rows entering or leaving the window: recompute just those
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE changed AS SELECT DISTINCT {key} FROM src_{p.source} WHERE "
-                             f"day >= {prev} AND day < {t_sql} OR day >= {prev} - {p.days} AND day < {t_sql} - {p.days}")
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE changed AS {_moved(p.source, key, {0, p.days}, prev, t_sql)}")
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE pf_{name} AS SELECT * FROM pf_{name} ANTI JOIN changed "
                              f"USING ({key}) UNION ALL {self._pair_features(name, f'SEMI JOIN changed USING ({key})')}")
+            touched.append(_moved(p.source, key, {0, p.days}, prev, t_sql))
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE touched_{self.out} AS {' UNION '.join(touched)}")
         self.cutoff = t_sql
 
-    def select(self, grid: str, T: date) -> str:
-        """SQL of the snapshot at T (after `advance(T)`): grid LEFT JOIN the states, then derived features."""
+    def changes(self, grid: str, T: date) -> str:
+        """After `advance(T)`: the SQL of the rows at T to write, the entities of `grid` that are new or whose
+        stored values differ from their latest row; those rows become their latest. Only entities whose
+        states moved can differ, so only they and the new ones are computed."""
+        key, latest, out = self.key, self.latest, self.out
+        if self.started:
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE due AS SELECT {key} FROM touched_{out} UNION "
+                             f"SELECT {key} FROM ({grid}) n ANTI JOIN {latest} USING ({key})")
+            rows = self.select(f"SELECT g.* FROM ({grid}) g SEMI JOIN due USING ({key})", T, only="due")
+        else:  # the first cutoff: everyone is new
+            rows = self.select(grid, T)
+        # `latest` keeps a 64-bit hash of each entity's stored values, not the values: comparing and rewriting
+        # two columns instead of ~80 (a collision, ~1e-19 per comparison, would drop one changed row)
+        if not self.started:
+            self.started = True
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {latest} AS SELECT {key}, CAST(NULL AS UBIGINT) AS h "
+                             f"FROM ({grid}) LIMIT 0")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE changed_{out} AS SELECT c.* FROM (SELECT *, "
+                         f"hash({', '.join(self.stored)}) AS h FROM ({rows})) c "
+                         f"LEFT JOIN {latest} l ON c.{key} = l.{key} WHERE l.h IS DISTINCT FROM c.h")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {latest} AS SELECT * FROM {latest} ANTI JOIN changed_{out} "
+                         f"USING ({key}) UNION ALL SELECT {key}, h FROM changed_{out}")
+        return f"SELECT {out}, event_timestamp, {', '.join(self.stored)} FROM changed_{out}"
+
+    def select(self, grid: str, T: date, only: str | None = None) -> str:
+        """SQL of the stored rows at T (after `advance(T)`) of the grid's entities: grid LEFT JOIN the states,
+        then derived features; clock features as the day they count from (`_EPOCH_DAY`). `only`: a table of
+        the keys the grid is limited to, which the states are cut to before the joins (smaller hash tables)."""
         key, joins, cols = self.key, [], []
         for f in self.features:
             if f.source in self.by_source:
@@ -271,15 +329,18 @@ class _Snapshots:
                 sql = f"p_{f.source}.{f.name}"
             else:
                 continue
-            cols.append(f"CAST(coalesce({sql}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}")
-        joins += [f"LEFT JOIN st_{s} s_{s} USING ({key})" for s in self.by_source]
-        joins += [f"LEFT JOIN pf_{name} p_{name} USING ({key})" for name in self.pairs]
-        derived = [f"CAST(coalesce({f.sql}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}"
-                   for f in self.features if f.source == "derived"]
-        names = ", ".join(f.name for f in self.features)
+            cols.append(_EPOCH_DAY.format(sql.removeprefix("T - ")) + f" AS {f.counts_from}" if f.counts_from
+                        else f"CAST(coalesce({sql}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}")
+        cut = (lambda t: f"(SELECT * FROM {t} SEMI JOIN {only} USING ({key}))") if only else (lambda t: t)
+        joins += [f"LEFT JOIN {cut(f'st_{s}')} s_{s} USING ({key})" for s in self.by_source]
+        joins += [f"LEFT JOIN {cut(f'pf_{name}')} p_{name} USING ({key})" for name in self.pairs]
+        derived = [_EPOCH_DAY.format(f.sql.removeprefix("T - ")) + f" AS {f.counts_from}" if f.counts_from
+                   else f"CAST(coalesce({f.sql}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}"
+                   for f in self.features if f.source == "derived" and (f.counts_from or f not in self.clock)]
+        keys = key if key == self.out else f"{key}, {self.out}"
         # rows in no particular order: sorting 1.55M wide rows was a fifth of a snapshot's time, and readers
         # that need an order (segments' k-means) sort themselves
-        sql = (f"SELECT {self.out}, CAST(T AS TIMESTAMP) AS event_timestamp, {names} FROM ("
+        sql = (f"SELECT {keys}, CAST(T AS TIMESTAMP) AS event_timestamp, {', '.join(self.stored)} FROM ("
                f"SELECT *, {', '.join(derived)} FROM (SELECT g.*, {', '.join(cols)} FROM ({grid}) g {' '.join(joins)}))")
         return re.sub(r"\bT\b", f"DATE '{T.isoformat()}'", sql)  # `T` in feature SQL is the snapshot date
 
@@ -365,7 +426,9 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
                                      f"({str(exc).splitlines()[0]}); feature sums keep up to 10^12 per customer. "
                                      "Check the events' revenue and quantity columns for unit errors.") from None
                 path = sub / f"{T.isoformat()}.parquet"
-                con.execute(f"COPY ({snapshots.select(grid.format(T=T), T)}) TO '{path}' (FORMAT parquet)")
+                # zstd: a quarter smaller than the default snappy, for about the same time (change rows compress
+                # less than full snapshots, whose idle customers' rows were alike)
+                con.execute(f"COPY ({snapshots.changes(grid.format(T=T), T)}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
                 rows[i] += con.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0]
             advance(f"snapshot {T}")
         crm = profile_columns(con)
@@ -375,7 +438,7 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
                     f"TO '{staged(ws.profile)}' (FORMAT parquet)")
         advance("profile")
     loads = [m["load_id"] for m in lake.manifests()]
-    catalog = {"cutoffs": [c.isoformat() for c in cuts], "every_days": every_days, "lake_load": loads[-1],
+    catalog = {"cutoffs": [c.isoformat() for c in cuts], "every_days": every_days, "layout": LAYOUT, "lake_load": loads[-1],
                "profile_columns": crm, "customer_rows": rows[0], "item_rows": rows[1]}
     staged(ws.catalog).write_text(json.dumps(catalog, indent=2))
     shutil.rmtree(out, ignore_errors=True)

@@ -13,7 +13,7 @@ expression over other features of the same row.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FEATURE_CHANNELS = ("web", "app", "store", "email", "sms", "social", "search")
 NEVER_DAYS = 9999  # "days since" for something that never happened: large, finite, documented
@@ -28,6 +28,9 @@ class Feature:
     sql: str  # aggregate over `source`, or an expression over other features when source == "derived"
     source: str = "daily"
     default: str = "0"  # SQL literal used when there is no history
+    # A feature that moves with the clock alone (SQL `T - <a day>`): feature tables store that day instead, in
+    # this column (days since 1970-01-01, null if none), and readers count the days from their own T (asof.py)
+    counts_from: str = ""
 
 
 def _windowed(name: str, desc: str, group: str, expr: str, windows: tuple[int, ...], dtype: str = "int",
@@ -43,16 +46,17 @@ def _ratio(name: str, num: str, den: str, desc: str, group: str) -> Feature:
 CUSTOMER_FEATURES: tuple[Feature, ...] = (
     # --- RFM -----------------------------------------------------------------------------------
     Feature("days_since_last_purchase", "int", f"days from the last purchase to the snapshot ({NEVER_DAYS} if never)",
-            "customer_rfm", "T - max(day) FILTER (WHERE n_purchases > 0)", default=str(NEVER_DAYS)),
+            "customer_rfm", "T - max(day) FILTER (WHERE n_purchases > 0)", default=str(NEVER_DAYS),
+            counts_from="last_purchase_day"),
     Feature("days_since_last_visit", "int", f"days from the last event of any kind to the snapshot ({NEVER_DAYS} if never)",
-            "customer_rfm", "T - max(day)", default=str(NEVER_DAYS)),
+            "customer_rfm", "T - max(day)", default=str(NEVER_DAYS), counts_from="last_visit_day"),
     *_windowed("purchases", "purchases", "customer_rfm", "sum(n_purchases)", (7, 30, 90, 365)),
     *_windowed("revenue", "revenue", "customer_rfm", "sum(revenue)", (7, 30, 90, 365), "float"),
     Feature("lifetime_purchases", "int", "purchases ever before the snapshot", "customer_rfm", "sum(n_purchases)"),
     Feature("lifetime_revenue", "float", "revenue ever before the snapshot", "customer_rfm", "sum(revenue)"),
     _ratio("avg_order_value_365d", "revenue_365d", "purchases_365d", "average purchase value over 365 days", "customer_rfm"),
     Feature("tenure_days", "int", "days since signup (or first event) at the snapshot", "customer_rfm",
-            "T - CAST(since AS DATE)", "derived"),
+            "T - CAST(since AS DATE)", "derived", counts_from="first_seen_day"),
     # --- channel behaviour -----------------------------------------------------------------------
     *[f for ch in FEATURE_CHANNELS for f in _windowed(f"events_{ch}", f"events on the {ch} channel", "customer_channels",
                                                         f"sum(n_{ch})", (7, 30, 90))],
@@ -74,7 +78,7 @@ CUSTOMER_FEATURES: tuple[Feature, ...] = (
     *_windowed("touches", "campaign messages received (control group excluded)", "customer_campaigns", "sum(n_touches)",
                (30, 90, 365), source="touches"),
     Feature("days_since_last_touch", "int", f"days since the last campaign message ({NEVER_DAYS} if never)",
-            "customer_campaigns", "T - max(day)", "touches", str(NEVER_DAYS)),
+            "customer_campaigns", "T - max(day)", "touches", str(NEVER_DAYS), counts_from="last_touch_day"),
     *_windowed("email_opens", "email opens", "customer_campaigns", "sum(n_email_opens)", (90,)),
     *_windowed("email_clicks", "email clicks", "customer_campaigns", "sum(n_email_clicks)", (90,)),
     *_windowed("sms_clicks", "SMS clicks", "customer_campaigns", "sum(n_sms_clicks)", (90,)),
@@ -246,6 +250,25 @@ FEATURE_SERVICES: dict[str, tuple[str, ...]] = {
     # not a model: serving reads the stream's features by this name (days since, recent items)
     "realtime_v1": ("customer_realtime",),
 }
+
+
+def clock_features(features) -> list[Feature]:
+    """The features that move with the clock alone: those counting days from a stored day (`counts_from`) and
+    derived ones over them (overdue_ratio). Feature tables do not store them; readers compute them (asof.py)."""
+    out: list[Feature] = []
+    for f in features:
+        if f.counts_from or f.source == "derived" and any(re.search(rf"\b{c.name}\b", f.sql) for c in out):
+            out.append(f)
+    return out
+
+
+def stored_features(features) -> list[Feature]:
+    """The columns a feature table holds, in definition order: a clock feature's place holds the day it counts
+    from, and features derived from clock features are left out."""
+    clock = clock_features(features)
+    return [replace(f, name=f.counts_from, dtype="int", default="NULL", counts_from="",
+                    description=f"the day {f.name} counts from (days since 1970-01-01; null if none)")
+            if f.counts_from else f for f in features if f.counts_from or f not in clock]
 
 
 def view_features(view: str) -> list[Feature]:

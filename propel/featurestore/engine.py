@@ -5,8 +5,10 @@ so `feast materialize-incremental`, `feast materialize` and `FeatureStore.materi
 and Feast itself records the intervals and refreshes the affected services, as for any engine. Views the
 writer does not handle go to Feast's stock local engine, over the same interval.
 
-Two intervals differ from Feast's default, the same for every caller: a view with ttl 0 (customer_profile:
-valid forever, rows stamped at signup, often before the last run) is always loaded whole, and a view never
+Two intervals differ from Feast's default, the same for every caller: a view with ttl 0 is always loaded
+whole: customer_profile (valid forever, rows stamped at signup, often before the last run) and the feature
+tables (a row only when values change: each entity's newest row, however old, after a rebuild that may have
+changed old rows too), and a view never
 materialized is loaded from the start of its data (Feast would start at now - ttl, skipping every snapshot
 of a workspace whose data ends earlier). Both only write rows the online store should hold anyway.
 """

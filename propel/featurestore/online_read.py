@@ -58,6 +58,21 @@ class OnlineReader:
                                  f"{[c.name for c in view.entity_columns]}, not {key}")
             key_type = join.dtype.to_value_type()
             self.views.append((view, names))
+        # what on-demand views compute from (customer_clock: the stored days) is read too, then dropped
+        served = {n for _, names in self.views for n in names}
+        self.hidden: list[str] = []
+        for odfv, _ in self.on_demand:
+            for source in odfv.source_feature_view_projections.values():
+                view = store.get_feature_view(source.name)
+                entry = next((e for e in self.views if e[0].name == view.name), None)
+                if entry is None:
+                    entry = (view, [])
+                    self.views.append(entry)
+                    key_type = view.entity_columns[0].dtype.to_value_type()
+                extra = [f.name for f in source.features if f.name not in served]
+                entry[1].extend(extra)
+                self.hidden += extra
+                served |= set(extra)
         self.key_type = key_type
         types = {f.name: f.dtype.to_value_type() for view, _ in self.views for f in view.features}
         self.numeric = [n for _, names in self.views for n in names if types[n] in _NUMERIC_TYPES]
@@ -107,11 +122,12 @@ class OnlineReader:
                         pd.DataFrame(objects, columns=self.other)], axis=1)
         if self.on_demand:
             ts = pd.Timestamp(request_ts or datetime.now(timezone.utc)).tz_convert("UTC")
-            request = pd.DataFrame({"request_ts": pd.Series([ts] * len(ids), dtype="datetime64[ns, UTC]")})
+            inputs = df.assign(request_ts=pd.Series([ts] * len(ids), dtype="datetime64[ns, UTC]"))
             for odfv, names in self.on_demand:
-                out = odfv.feature_transformation.udf(request)
+                out = odfv.feature_transformation.udf(inputs)
                 for name in names:
                     df[name] = out[name].to_numpy()
+            df = df.drop(columns=self.hidden)
         missing = [i for i, k in zip(ids, known.tolist()) if not k] if self.views else []
         return df, missing
 
@@ -139,9 +155,10 @@ class OnlineReader:
             if name in stored:
                 found |= np.array([s != FieldStatus.NOT_FOUND for s in result.statuses], dtype=bool)
         df = pd.DataFrame({self.key: ids})
-        for name in self.numeric:
+        hidden = set(self.hidden)
+        for name in (n for n in self.numeric if n not in hidden):
             df[name] = np.array([np.nan if v is None else float(v) for v in values[name]], dtype=np.float64)
-        for name in self.other:
+        for name in (n for n in self.other if n not in hidden):
             df[name] = pd.Series(values[name], dtype=object)
         for _, names in self.on_demand:
             for name in names:

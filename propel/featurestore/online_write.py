@@ -46,6 +46,7 @@ from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from propel.featurestore import feast_private as private
+from propel.features import asof
 from propel.lake.schema import quote_ident, quote_literal
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,10 @@ def _latest_rows(view: FeatureView, start: datetime, end: datetime) -> pa.Table:
     """Join key, timestamp and features of the newest row per entity in the interval."""
     key, ts = view.entity_columns[0].name, view.batch_source.timestamp_field
     cols = ", ".join(quote_ident(c) for c in [key, ts, *(f.name for f in view.features)])
-    # newest timestamp per entity first (two narrow columns), then only those rows: ~3x cheaper than
-    # ranking every row of every snapshot; the QUALIFY keeps one row where a timestamp repeats
-    sql = (f"SELECT {cols} FROM read_parquet($path) JOIN (SELECT {quote_ident(key)}, max({quote_ident(ts)}) AS {quote_ident(ts)} "
-           f"FROM read_parquet($path) WHERE CAST({quote_ident(ts)} AS TIMESTAMP) BETWEEN $start AND $end GROUP BY ALL) "
-           f"USING ({quote_ident(key)}, {quote_ident(ts)}) QUALIFY row_number() OVER (PARTITION BY {quote_ident(key)}) = 1")
+    # a feature table's view holds the stored values (the days clock features count from): what the features as
+    # of `end` are made of, by the same newest-row rule (propel.features.asof)
+    sql = asof.newest_sql("read_parquet($path)", quote_ident(key), quote_ident(ts), cols,
+                          f"CAST({quote_ident(ts)} AS TIMESTAMP) BETWEEN $start AND $end")
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         rel = con.sql(sql, params={"path": view.batch_source.path, "start": to_naive_utc(start), "end": to_naive_utc(end)})

@@ -121,11 +121,11 @@ def apply(ws: Workspace, online: str | None = None) -> list[str]:
 
 
 def materialize(ws: Workspace, online: str | None = None) -> dict:
-    """Load the newest snapshot of every view into the online store, up to the newest cutoff.
+    """Load the newest row per entity of every view into the online store, up to the newest cutoff.
 
     Incremental, as `feast materialize-incremental` (which does the same through Propel's engine,
-    `propel.featurestore.engine`): each snapshot view continues from where its last run ended, the
-    profile view (ttl 0) is loaded whole; the real-time view (a push source) is the stream's, not loaded here.
+    `propel.featurestore.engine`): the segments view continues from where its last run ended, views with
+    ttl 0 (the feature tables, the profile) are loaded whole; the real-time view (a push source) is the stream's, not loaded here.
     Feast's `materialize` runs the engine and records the intervals.
     """
     started = time.perf_counter()
@@ -158,9 +158,11 @@ def online_reader(store: FeatureStore, service: str, key: str = "customer_id") -
     return OnlineReader(store, service, key)
 
 
-# Entity rows per Feast retrieval: Feast's DuckDB join peaks at ~5 GiB per 1M rows x 82 features, so larger
-# training sets are fetched in parts (each part re-reads the snapshots: time traded for bounded memory)
-HISTORICAL_CHUNK_ROWS = 1_000_000
+# Entity rows per Feast retrieval: Feast's DuckDB join pairs each entity row with every row of its entity up to
+# then (no ttl cuts them: change-only rows), and peaked at 6 GiB for 400k rows x 82 features at 200k customers
+# (~18 rows per customer), so larger training sets are fetched in parts (each part re-reads the tables: time
+# traded for bounded memory)
+HISTORICAL_CHUNK_ROWS = 250_000
 
 
 def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame,
@@ -171,15 +173,18 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     df = entity_df.reset_index(drop=True).assign(_entity_row=lambda d: range(len(d)))
     df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
     fs = store.get_feature_service(service)
-    if any(p.name == "request_context" for p in fs.feature_view_projections) and "request_ts" not in df:
-        df["request_ts"] = df["event_timestamp"]
+    on_demand = {v.name for v in store.list_on_demand_feature_views()}
+    if any(p.name in on_demand for p in fs.feature_view_projections) and "request_ts" not in df:
+        df["request_ts"] = df["event_timestamp"]  # the moment on-demand views count from (calendar, days since)
     try:
         parts = [store.get_historical_features(entity_df=df.iloc[i:i + chunk_rows], features=fs).to_df()
                  for i in range(0, max(len(df), 1), chunk_rows)]
     finally:
         _release_offline_connection()
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    out = out.sort_values("_entity_row").reset_index(drop=True)
+    # Feast also returns what on-demand views were computed from (the stored days): not the service's features
+    wanted = [*df.columns, *(f.name for p in fs.feature_view_projections for f in p.features)]
+    out = out[[c for c in out.columns if c in wanted]].sort_values("_entity_row").reset_index(drop=True)
     if len(out) != len(df) or not (out["_entity_row"].to_numpy() == df["_entity_row"].to_numpy()).all():
         raise RuntimeError(f"feature retrieval returned {len(out)} rows for {len(df)} entity rows")
     # the entity rows' own timestamps, as given, from every offline store (Spark's returns them naive, in ns)

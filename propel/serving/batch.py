@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from propel.features.asof import as_of_sql
 from propel.features.build import load_catalog
 from propel.lake.tables import Lake
 from propel.features.request_features import request_context
@@ -125,27 +126,42 @@ def reasons(champion: Champion, df: pd.DataFrame, top: int) -> list[str]:
 
 @dataclass
 class Snapshot:
+    """The features as of a cutoff (`propel.features.asof`): `sql` is their relation, in DuckDB SQL. `at`: the
+    moment the clock features (days since, tenure) count to, e.g. the send time, as the online path counts
+    to its request time; None = the cutoff."""
     day: date
     latest: date
-    path: Path
+    ws: Workspace
     catalog: dict
+    at: datetime | None = None
+
+    @property
+    def sql(self) -> str:
+        return as_of_sql(self.ws, self.day, clock_at=self.at)
+
+    @property
+    def segments(self) -> Path:
+        return self.ws.segments / f"{self.day.isoformat()}.parquet"  # `propel segments` output, if it ran
 
     def freshness(self) -> dict:
-        built = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
+        built = datetime.fromtimestamp(self.ws.catalog.stat().st_mtime, timezone.utc)
         return {"snapshot": self.day.isoformat(), "latest_snapshot": self.latest.isoformat(),
                 "snapshot_age_days": (datetime.now(timezone.utc).date() - self.day).days,
                 "features_built_at": built.isoformat(timespec="seconds"), "lake_load": self.catalog.get("lake_load")}
 
 
-def snapshot(ws: Workspace, as_of: date | None = None) -> Snapshot:
-    """The newest feature snapshot on or before `as_of` (default: the latest)."""
+def snapshot(ws: Workspace, as_of: date | None = None, at: datetime | None = None) -> Snapshot:
+    """The newest feature snapshot on or before `as_of` (default: the latest), its clock features counted to
+    `at` (default: the snapshot's own day; never before it)."""
     catalog = load_catalog(ws)
     days = [date.fromisoformat(c) for c in catalog["cutoffs"]]
     usable = [d for d in days if as_of is None or d <= as_of]
     if not usable:
         raise ValueError(f"--as-of {as_of}: no feature snapshot on or before it; snapshots cover "
                          f"{days[0]}..{days[-1]} (`propel features build --snapshots N` keeps more)")
-    return Snapshot(usable[-1], days[-1], ws.customer_snapshot(usable[-1].isoformat()), catalog)
+    day = usable[-1]
+    midnight = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return Snapshot(day, days[-1], ws, catalog, max(at, midnight) if at else None)
 
 
 class Audience:
@@ -155,12 +171,12 @@ class Audience:
         self.snap, self.where_text, self.honour_consent = snap, where, honour_consent
         self.con = Lake(ws).connect()
         profile = "".join(f', p."{c}"' for c in snap.catalog.get("profile_columns", {}))
-        segments = ws.segments / snap.path.name  # `propel segments` output for this snapshot, if it ran
+        segments = snap.segments
         self.con.execute("CREATE TEMP TABLE allowed AS SELECT customer_id FROM contactable")
         self.con.execute(f"""CREATE TEMP VIEW base AS SELECT f.* EXCLUDE (event_timestamp){profile}
                                {", s.* EXCLUDE (customer_id, event_timestamp)" if segments.exists() else ""},
                                a.customer_id IS NOT NULL AS _consent
-                             FROM read_parquet('{snap.path}') f
+                             FROM ({snap.sql}) f
                              LEFT JOIN read_parquet('{ws.profile}') p USING (customer_id)
                              {f"LEFT JOIN read_parquet('{segments}') s USING (customer_id)" if segments.exists() else ""}
                              LEFT JOIN allowed a USING (customer_id)""")

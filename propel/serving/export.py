@@ -62,8 +62,10 @@ def execute(ws: Workspace, req: ScoreRequest, progress: bool = False) -> dict:
     send_at = (req.send_at or datetime.now(timezone.utc)).replace(microsecond=0)
     send_at = send_at if send_at.tzinfo else send_at.replace(tzinfo=timezone.utc)
     top_reasons = cfg.reasons if req.reasons is None else req.reasons
-    # features as of the planned send, unless asked otherwise: a backtest must not see the future
-    snap = snapshot(ws, req.as_of or (send_at.date() if req.send_at else None))
+    # features as of the planned send, unless asked otherwise: a backtest must not see the future. With a
+    # planned send the days since count to it, as the online path counts to its request time; else to the
+    # snapshot's cutoff (its values as built)
+    snap = snapshot(ws, req.as_of or (send_at.date() if req.send_at else None), send_at if req.send_at else None)
     if req.task == "recommender":
         if not (req.item or req.category):
             return recommendations.recommendations(ws, snap, req.selection, req.out, req.k or cfg.recommendations,

@@ -60,7 +60,7 @@ def typical_order_value(snap: Snapshot) -> float:
     """Mean average order value of the snapshot's buyers: the expected order of someone yet to buy."""
     import duckdb
 
-    value = duckdb.sql(f"SELECT avg({ORDER_VALUE}) FROM read_parquet('{snap.path}') WHERE {ORDER_VALUE} > 0").fetchall()[0][0]
+    value = duckdb.sql(f"SELECT avg({ORDER_VALUE}) FROM ({snap.sql}) WHERE {ORDER_VALUE} > 0").fetchall()[0][0]
     return float(value or 0.0)
 
 

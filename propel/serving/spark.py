@@ -27,6 +27,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from propel.features import asof
 from propel.lake.spark import session
 from propel.lake.tables import Lake
 from propel.config import Workspace
@@ -35,14 +36,14 @@ from propel.serving.batch import (Audience, Campaign, Champion, context, decile_
                            snapshot)
 
 
-def features(spark: SparkSession, ws: Workspace, as_of: date | None = None) -> DataFrame:
-    """The snapshot as of `as_of` joined with the CRM profile and segments: `propel.serving.batch.Audience`'s `base`."""
-    snap = snapshot(ws, as_of)
-    df = spark.read.parquet(str(snap.path)).drop("event_timestamp")
+def features(spark: SparkSession, ws: Workspace, as_of: date | None = None, at: datetime | None = None) -> DataFrame:
+    """The snapshot as of `as_of` (clock features counted to `at`, see `propel.serving.batch.snapshot`) joined with
+    the CRM profile and segments: `propel.serving.batch.Audience`'s `base`."""
+    snap = snapshot(ws, as_of, at)
+    df = asof.as_of_spark(spark, ws, snap.day, clock_at=snap.at).drop("event_timestamp")
     df = df.join(spark.read.parquet(str(ws.profile)).drop("event_timestamp"), "customer_id", "left")
-    segments = ws.segments / snap.path.name
-    if segments.exists():
-        df = df.join(spark.read.parquet(str(segments)).drop("event_timestamp"), "customer_id", "left")
+    if snap.segments.exists():
+        df = df.join(spark.read.parquet(str(snap.segments)).drop("event_timestamp"), "customer_id", "left")
     return df
 
 
@@ -62,9 +63,9 @@ def model_columns(champion: Champion, ctx: dict) -> list[Column]:
 
 
 def audience(spark: SparkSession, ws: Workspace, as_of: date | None = None, where: str | None = None,
-             honour_consent: bool = True) -> DataFrame:
+             honour_consent: bool = True, at: datetime | None = None) -> DataFrame:
     """`features()` filtered by `--where` and, unless told otherwise, to customers who gave consent."""
-    df = features(spark, ws, as_of)
+    df = features(spark, ws, as_of, at)
     if where:
         df = df.where(where_sql(where, df.columns, dialect="spark"))
     if honour_consent:
@@ -104,7 +105,7 @@ def write_scores(ws: Workspace, champion: Champion, ctx: dict, aud: Audience, ma
     created = SparkSession.getActiveSession() is None
     spark = session(master)
     try:
-        df = audience(spark, ws, aud.snap.day, aud.where_text, aud.honour_consent)
+        df = audience(spark, ws, aud.snap.day, aud.where_text, aud.honour_consent, aud.snap.at)
         scored = apply(spark, champion, df, ctx, {"segment": aud.segment} if aud.segment else None)
         scored = scored.drop("model_version").withColumn("decile", F.col("decile").cast("long"))
         scored.write.parquet(str(folder / "spark"))

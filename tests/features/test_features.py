@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime
+from datetime import date, datetime, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from propel.features.asof import as_of
 from propel.features.build import _states, build, load_catalog
 from propel.features.definitions import CUSTOMER_FEATURES, NEVER_DAYS, Feature
 from propel.lake.ingest import ingest
@@ -20,7 +21,7 @@ EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_typ
 
 
 def _snapshot(ws, day: str) -> pd.DataFrame:
-    return pd.read_parquet(ws.customer_snapshot(day)).set_index("customer_id").sort_index()
+    return as_of(ws, date.fromisoformat(day)).set_index("customer_id")
 
 
 @pytest.fixture
@@ -139,9 +140,11 @@ def _check_online_matches_latest_snapshot(ws, online: str):
     fstore.materialize(ws, online)
     store = fstore.feature_store(ws, online)
     latest = load_catalog(ws)["cutoffs"][-1]
-    offline = pd.read_parquet(ws.customer_snapshot(latest)).set_index("customer_id")
+    offline = _snapshot(ws, latest)
     sample = sorted(offline.sample(min(60, len(offline)), random_state=1).index) + ["no-such-customer"]
-    online_df, missing = fstore.online_features(store, "churn_v1", sample)
+    # asked at the latest cutoff, the clock features count the days to it, as the snapshot at it does
+    at = datetime.fromisoformat(latest).replace(tzinfo=timezone.utc)
+    online_df, missing = fstore.online_features(store, "churn_v1", sample, request_ts=at)
     assert missing == ["no-such-customer"]
     online_df = online_df.set_index("customer_id").loc[sample[:-1]]
     for f in CUSTOMER_FEATURES:
@@ -168,12 +171,13 @@ def test_online_equals_latest_offline_redis(generated_features, redis_url, monke
     _check_online_matches_latest_snapshot(generated_features, "redis")
 
 
-def test_materialize_is_incremental(generated_features):
+def test_materialize_loads_ttl0_views_whole(generated_features):
     ws = generated_features
     fstore.apply(ws)
     fstore.materialize(ws)
     again = fstore.materialize(ws)
-    assert list(again["views"]) == ["customer_profile"], "snapshot views already up to date are not reloaded"
+    # ttl 0 views are loaded whole: the profile, and the feature tables (each entity's newest row, however old)
+    assert sorted(again["views"]) == ["customer_features", "customer_profile", "item_stats"]
 
 
 def test_services_pick_their_groups_and_apply_drops_stale_views(generated_features):
@@ -193,7 +197,8 @@ def test_services_pick_their_groups_and_apply_drops_stale_views(generated_featur
     for service, groups in FEATURE_SERVICES.items():
         if service == "segments_v1":  # registered once `propel segments` ran
             continue
-        read = {f.split(":")[1] for f in fstore.service_features(store, service) if f.startswith("customer_features:")}
+        read = {f.split(":")[1] for f in fstore.service_features(store, service)
+                if f.startswith(("customer_features:", "customer_clock:"))}
         assert read == {f.name for f in CUSTOMER_FEATURES if f.group in groups}, service
     assert len(fstore.service_features(store, "churn_v1")) > len(CUSTOMER_FEATURES)  # all of them plus CRM columns
     # a view left over from an older definition (e.g. before views were merged) is removed with its table

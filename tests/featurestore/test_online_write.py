@@ -13,7 +13,6 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,6 +27,7 @@ from feast.types import Bool, Float32, Float64, Int64, String
 from propel.featurestore import online_write
 from propel.featurestore.online_read import OnlineReader
 from propel.featurestore import store as fstore
+from propel.features.asof import as_of
 from propel.features.build import load_catalog
 from propel.config import Workspace
 from tests.helpers import copy_workspace
@@ -113,16 +113,17 @@ def _online(ws: Workspace, online: str, refs: list[str], rows: list[dict]) -> di
     return fstore.feature_store(ws, online).get_online_features(features=refs, entity_rows=rows).to_dict()
 
 
-def _check_reader(reader: OnlineReader, ids: list, feast: dict) -> None:
+def _check_reader(reader: OnlineReader, ids: list, feast: dict, request_ts: datetime | None = None) -> None:
     """The fast reader answers what Feast answers: numbers as float64 (null = NaN), others as objects."""
-    df, missing = reader.read(ids)
+    df, missing = reader.read(ids, request_ts)
     assert df[reader.key].tolist() == list(ids)
-    for name in reader.numeric:
+    assert not set(reader.hidden) & set(df.columns), "what on-demand views compute from is not answered"
+    for name in (n for n in reader.numeric if n not in reader.hidden):
         want = np.array([np.nan if v is None else float(v) for v in feast[name]])
         assert np.array_equal(df[name].to_numpy(), want, equal_nan=True), name
-    for name in reader.other:
+    for name in (n for n in reader.other if n not in reader.hidden):
         assert df[name].tolist() == feast[name], name
-    stored = reader.numeric + reader.other
+    stored = [n for n in reader.numeric + reader.other if n not in reader.hidden]
     assert set(missing) <= {i for j, i in enumerate(ids) if all(feast[n][j] is None for n in stored)}
     return missing
 
@@ -144,9 +145,10 @@ def _stock_materialize(ws: Workspace, online: str) -> None:
 
 def _check_built(built: Workspace, tmp_path, online: str, use_stock=lambda: None, use_fast=lambda: None):
     stock, fast = (copy_workspace(built, tmp_path / name) for name in ("stock", "fast"))
-    latest = pd.read_parquet(built.customer_snapshot(load_catalog(built)['cutoffs'][-1]))
-    customers = [{"customer_id": c} for c in sorted(latest["customer_id"])[:50]] + [{"customer_id": "no-such-customer"}]
-    items = [{"item_id": i} for i in sorted(pd.read_parquet(built.item_snapshots)["item_id"].unique())[:20]]
+    latest = datetime.fromisoformat(load_catalog(built)['cutoffs'][-1])
+    customers = [{"customer_id": c, "request_ts": latest} for c in as_of(built, latest, columns=[])["customer_id"][:50]]
+    customers += [{"customer_id": "no-such-customer", "request_ts": latest}]
+    items = [{"item_id": i} for i in as_of(built, latest, "item", columns=[])["item_id"][:20]]
     results = []
     for ws, use, load in ((stock, use_stock, _stock_materialize), (fast, use_fast, fstore.materialize)):
         use()
@@ -161,11 +163,12 @@ def _check_built(built: Workspace, tmp_path, online: str, use_stock=lambda: None
         reader = fstore.online_reader(store, service)
         feast = store.get_online_features(features=store.get_feature_service(service),
                                           entity_rows=[{"customer_id": i, "request_ts": 0} for i in ids]).to_dict()
-        assert _check_reader(reader, ids + ids[:2], {k: v + v[:2] for k, v in feast.items()}) == ["no-such-customer"]
+        assert _check_reader(reader, ids + ids[:2], {k: v + v[:2] for k, v in feast.items()},
+                             datetime(1970, 1, 1, tzinfo=UTC)) == ["no-such-customer"]
     assert reader.read(ids[:1], datetime(2025, 6, 7, 13, tzinfo=UTC))[0].loc[0, "request_dow"] == 5
     assert results[1] == results[0]
     got = results[1][0]
-    assert got["days_since_last_purchase"][-1] is None and got["customer_id"][-1] == "no-such-customer"
+    assert got["purchases_30d"][-1] is None and got["customer_id"][-1] == "no-such-customer"
     assert None in got["city_tier"] and None in got["gender"], "nulls (string and nullable int) are covered"
     assert {type(got[f][0]) for f in ("tenure_days", "revenue_30d", "preferred_channel_90d")} == {int, float, str}
     return stock, fast
@@ -179,7 +182,7 @@ def test_built_features_sqlite_identical_to_feast(built_features, tmp_path):
     for table in expected:
         assert got[table] == expected[table], table
     again = fstore.materialize(fast, "sqlite")
-    assert list(again["views"]) == ["customer_profile"], "intervals recorded: the next run is incremental"
+    assert sorted(again["views"]) == ["customer_features", "customer_profile", "item_stats"], "ttl 0 views load whole"
 
 
 @pytest.mark.redis

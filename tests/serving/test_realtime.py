@@ -7,14 +7,15 @@ its first views; the request's fresh_interactions still count; a consumer killed
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
-import duckdb
 import httpx
 import psutil
 import pytest
 
 from propel.config import Workspace
+from propel.features.asof import as_of
+from propel.features.build import load_catalog
 from propel.training.recommender_model import load_recommender
 from tests.helpers import BIN, copy_workspace, start, stop
 
@@ -48,10 +49,10 @@ def http(server):
 def lapsed(champions) -> str:
     """A customer the recommender knows who bought, but not for the longest time (the newest snapshot)."""
     rec, _ = load_recommender(champions)
-    path = champions.customer_snapshots / "*.parquet"
-    rows = duckdb.sql(f"SELECT customer_id FROM read_parquet('{path}') WHERE lifetime_purchases > 0 QUALIFY "
-                      "event_timestamp = max(event_timestamp) OVER () ORDER BY days_since_last_purchase DESC, 1").fetchall()
-    return next(c for (c,) in rows if rec.knows_customer(c))
+    newest = date.fromisoformat(load_catalog(champions)["cutoffs"][-1])
+    rows = as_of(champions, newest, columns=["days_since_last_purchase"], where="lifetime_purchases > 0")
+    rows = rows.sort_values(["days_since_last_purchase", "customer_id"], ascending=[False, True])
+    return next(c for c in rows["customer_id"] if rec.knows_customer(c))
 
 
 def _post(http, events: list[dict]) -> tuple[list[dict], float]:

@@ -198,7 +198,8 @@ def test_same_scores_as_the_online_path(champions, base, send_at, tmp_path):
         champion = load_champion(champions, task)
         out = tmp_path / f"{task}.parquet"
         job = batch.score_job(champion, campaign, send_at, 3)
-        batch.run(champions, job, Audience(champions, snapshot(champions), f"customer_id IN {tuple(ids)}"),
+        # the days since count to the send, as the online path counts to its request time
+        batch.run(champions, job, Audience(champions, snapshot(champions, at=send_at), f"customer_id IN {tuple(ids)}"),
                   batch.Selection(), out, 1000)
         offline = read(out).set_index("customer_id").loc[ids]
         context = {"campaign_channel": campaign.channel, "offer_type": campaign.offer_type} if campaign else None
@@ -329,9 +330,10 @@ def test_csv_exports_escape_formula_cells(champions, copy_of, tmp_path):
     ws = copy_of(champions)
     snap = snapshot(ws)
     planted = ['=HYPERLINK("http://evil.example","open")', "+SUM(1)", "-2+3", "@cmd", "\tTAB"]
-    df = pd.read_parquet(snap.path)
+    table = ws.customer_snapshots / f"{snap.day}.parquet"  # the newest rows: the planted ids are read as of it
+    df = pd.read_parquet(table)
     df.loc[df.index[:len(planted)], "customer_id"] = planted
-    df.to_parquet(snap.path, index=False)
+    df.to_parquet(table, index=False)
     for task, out in (("churn", tmp_path / "scores.csv"), ("recommender", tmp_path / "recs.csv")):
         result = cli(ws, task, "--ignore-consent", "--out", str(out), *(["--reasons", "0"] if task == "churn" else []))
         assert result.exit_code == 0, result.output

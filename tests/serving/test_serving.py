@@ -91,8 +91,9 @@ def test_http_scores_equal_the_batch_export(http, champions, tmp_path):
     """What a marketer exports with `propel score` (offline snapshot) is what an app gets over HTTP (online
     store) for the same customers: score, decile and reason codes."""
     out = tmp_path / "top.csv"
-    subprocess.run([BIN / "propel", "--workspace", champions.root, "score", "churn", "--top", "5", "--out", out],
-                   check=True, capture_output=True)
+    now = datetime.now(timezone.utc)  # the days since count to the send, as the service counts to the request
+    subprocess.run([BIN / "propel", "--workspace", champions.root, "score", "churn", "--top", "5", "--out", out,
+                    "--send-at", f"{now:%Y-%m-%dT%H:%M}"], check=True, capture_output=True)
     batch = pd.read_csv(out)
     r = http.post("/score/churn", json={"customer_ids": batch["customer_id"].tolist()})
     assert r.status_code == 200, r.text

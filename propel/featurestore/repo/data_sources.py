@@ -27,11 +27,11 @@ def parquet(ws: Workspace, name: str, path: Path, description: str) -> DataSourc
 
 
 def customer_features(ws: Workspace) -> DataSource:
-    return parquet(ws, "customer_features", ws.customer_snapshots / "*.parquet", "Weekly customer snapshots")
+    return parquet(ws, "customer_features", ws.customer_snapshots / "*.parquet", "Customer feature rows, when values change")
 
 
 def item_features(ws: Workspace) -> DataSource:
-    return parquet(ws, "item_features", ws.item_snapshots / "*.parquet", "Weekly item snapshots")
+    return parquet(ws, "item_features", ws.item_snapshots / "*.parquet", "Item feature rows, when values change")
 
 
 def customer_profile(ws: Workspace) -> DataSource:
