@@ -120,17 +120,19 @@ async def probes(client, customers: list[str], items: list[str], stop: float, ou
 
 def customers_and_items(ws: Path) -> tuple[list[str], list[str]]:
     """Known customers who bought long ago (a purchase now moves their churn score) and recommendable items."""
-    import duckdb
+    from datetime import date
 
     from propel.config import Workspace
+    from propel.features.asof import as_of
+    from propel.features.build import load_catalog
     from propel.training.recommender_model import load_recommender
 
-    rec, _ = load_recommender(Workspace.resolve(ws))
-    path = Workspace.resolve(ws).customer_snapshots / "*.parquet"
-    rows = duckdb.sql(f"SELECT customer_id FROM read_parquet('{path}') WHERE lifetime_purchases > 0 AND "
-                      "days_since_last_purchase > 30 QUALIFY event_timestamp = max(event_timestamp) OVER () "
-                      "ORDER BY hash(customer_id) LIMIT 2000").fetchall()
-    return [c for (c,) in rows if rec.knows_customer(c)][:500], [i for i in rec.items[:400] if rec.knows_item(i)][:200]
+    w = Workspace.resolve(ws)
+    rec, _ = load_recommender(w)
+    latest = date.fromisoformat(load_catalog(w)["cutoffs"][-1])
+    rows = as_of(w, latest, columns=[], where="lifetime_purchases > 0 AND days_since_last_purchase > 30")
+    ids = rows["customer_id"].sample(frac=1, random_state=0).head(2000)
+    return [c for c in ids if rec.knows_customer(c)][:500], [i for i in rec.items[:400] if rec.knows_item(i)][:200]
 
 
 def ms(values: list[float | None]) -> dict:
