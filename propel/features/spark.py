@@ -7,10 +7,13 @@ DuckDB to Spark SQL, plus what sqlglot leaves to the engine:
   CREATE TEMP TABLE t AS q   a temp view over q, locally checkpointed (the running state chains one step per
                              cutoff: without truncating its lineage each step would recompute all before it)
   CREATE VIEW v AS q         a temp view (lazy)
-  COPY (q) TO 'f.parquet'    one Parquet file at f.parquet, as DuckDB writes it (same columns and types)
+  COPY (q) TO 'f.parquet'    one Parquet file at f.parquet, as DuckDB writes it (same columns, types and
+                             compression)
   read_parquet([...])        the files read by Spark (columns united by name), FROM 'f.parquet' likewise
   DESCRIBE t                 (column, DuckDB type name) rows
   date - date                datediff(date, date) (Spark's difference is an interval)
+  hash(a, b, ...)            xxhash64(a, a IS NULL, b, ...) and UBIGINT as BIGINT (the build's change
+                             hashes: compared only with others of the same engine)
   first(x ORDER BY k)        min_by(x, struct(k IS NULL, k)) (NULLs last, as DuckDB orders them)
   * RENAME (a AS b)          * EXCEPT (a), a AS b
   WITH c AS MATERIALIZED     a plain CTE (a DuckDB planner hint)
@@ -85,17 +88,19 @@ class SparkConnection:
             self.spark.catalog.dropTempView(statement.find(exp.Table).name)
             return Result([])
         if isinstance(statement, exp.Copy):
-            self._copy(self.spark.sql(self._spark_sql(statement.this.unnest())), Path(statement.args["files"][0].name))
+            params = {p.this.name.lower(): p.expression.name for p in statement.args.get("params") or []}
+            self._copy(self.spark.sql(self._spark_sql(statement.this.unnest())), Path(statement.args["files"][0].name),
+                       params.get("compression", "snappy"))
             return Result([])
         if isinstance(statement, exp.Describe):
             return Result([(f.name, _duckdb_type(f.dataType.simpleString()))
                            for f in self.spark.table(statement.this.name).schema.fields])
         return Result([tuple(r) for r in self.spark.sql(self._spark_sql(statement)).collect()])
 
-    def _copy(self, df, path: Path) -> None:
+    def _copy(self, df, path: Path, compression: str) -> None:
         """`df` as the one Parquet file `path` (written by Spark into a folder beside it, then moved)."""
         folder = path.with_name(path.name + ".spark")
-        df.repartition(1).write.mode("overwrite").parquet(str(folder))
+        df.repartition(1).write.mode("overwrite").option("compression", compression).parquet(str(folder))
         part, = folder.glob("part-*.parquet")
         part.rename(path)
         shutil.rmtree(folder)
@@ -118,6 +123,12 @@ class SparkConnection:
                              exp.Neg(this=o.this) if o.args.get("desc") else o.this]
                 node.replace(exp.Anonymous(this="min_by", expressions=[
                     node.this.this, exp.Anonymous(this="struct", expressions=keys)]))
+            elif isinstance(node, exp.DataType) and node.this == exp.DataType.Type.UBIGINT:
+                node.replace(exp.DataType.build("BIGINT"))  # the change hashes: Spark's are signed
+            elif isinstance(node, exp.Anonymous) and node.name.lower() == "hash":
+                # xxhash64 skips NULLs: an IS NULL beside each value keeps (NULL, x) and (x, NULL) apart
+                node.replace(exp.Anonymous(this="xxhash64", expressions=[
+                    v for e in node.expressions for v in (e, exp.Is(this=e.copy(), expression=exp.Null()))]))
             elif isinstance(node, exp.Star) and node.args.get("rename"):
                 renamed = node.args["rename"]
                 node.set("except_", [*(node.args.get("except_") or []), *(a.this for a in renamed)])

@@ -187,8 +187,9 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     out = out[[c for c in out.columns if c in wanted]].sort_values("_entity_row").reset_index(drop=True)
     if len(out) != len(df) or not (out["_entity_row"].to_numpy() == df["_entity_row"].to_numpy()).all():
         raise RuntimeError(f"feature retrieval returned {len(out)} rows for {len(df)} entity rows")
-    # the entity rows' own timestamps, as given, from every offline store (Spark's returns them naive, in ns)
-    return out.drop(columns="_entity_row").assign(event_timestamp=df["event_timestamp"].array)
+    # the entity rows' own columns as given, from every offline store (Spark's returns timestamps naive, in ns)
+    entity = df.drop(columns="_entity_row")
+    return out.drop(columns="_entity_row").assign(**{c: entity[c].array for c in entity.columns})
 
 
 def _release_offline_connection() -> None:

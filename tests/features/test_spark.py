@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from datetime import date
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from propel.cli import app
 from propel.config import Workspace
+from propel.features.asof import as_of
 from propel.features.build import build
 from propel.lake.ingest import ingest
 from tests.helpers import copy_workspace
@@ -72,10 +74,10 @@ def test_spark_build_writes_the_duckdb_build_value_for_value(duck, spark, tmp_pa
         want, got = pq.read_schema(duck.features / rel), pq.read_schema(ws.features / rel)
         assert [(f.name, f.type) for f in got] == [(f.name, f.type) for f in want], rel
         want, got = _table(duck.features / rel), _table(ws.features / rel)
-        assert len(want) > 100, rel
+        assert len(want) > (100 if rel.parts[0] != "item_features" else 0), rel
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=0, atol=1e-9, obj=str(rel))
     # the cases the SQL's DuckDB-isms matter for have data: date differences, the top category, windows leaving
-    last = _table(ws.customer_snapshots / files[1].name)
+    last = as_of(ws, date.fromisoformat(json.loads(ws.catalog.read_text())["cutoffs"][-1]))
     assert (last["days_since_last_purchase"] < 9999).any() and (last["tenure_days"] > 0).any()
     assert last["top_category_365d"].ne("none").any() and (last["ipt_std_days_365d"] > 0).any()
     assert (last["events_30d"] > last["events_web_7d"]).any()
