@@ -11,6 +11,7 @@ bursts are left to the lake flush.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -26,6 +27,8 @@ EVENTS = TABLES["events"]
 CONTRACT = [c.name for c in EVENTS.columns]
 # The answer's columns: the contract's typed values (identity as ingest stages it) and the extras as JSON.
 OUT_COLUMNS = CONTRACT + ["extra"]
+# A field name as ingest reads a column name; batches repeat a few names, and the regex cost ~15 ms per 1,000 events.
+_column_name = functools.lru_cache(maxsize=4096)(normalize_column)
 
 # Staging queries kept prepared per process and workspace, one per set of columns (the contract's and a
 # batch's extra fields); past this many, the least recently used one is dropped.
@@ -112,7 +115,7 @@ def validate(ws: Workspace, events: list, now: datetime | None = None) -> list[d
             continue
         values: dict[str, str | None] = {}
         for key, value in event.items():
-            name = normalize_column(str(key))
+            name = _column_name(str(key))
             if name in values or not name:
                 results[i] = {"status": "rejected", "field": str(key), "reason": "duplicate_field"}
                 break
