@@ -508,6 +508,12 @@ class _Loader:
 
     def _drop_forgotten(self, table: Table, present: set[str]) -> None:
         """Rows naming a tombstoned identifier are dropped before they reach the lake or quarantine."""
+        hit = self._forgotten(present)
+        if hit:
+            self.con.execute(f"UPDATE stage SET _dup = 'forgotten' WHERE {hit}")
+
+    def _forgotten(self, present: set[str]) -> str | None:
+        """SQL condition: the row names a tombstoned identifier; None when it cannot (nobody was forgotten)."""
         nodes = []
         if {"identity_type", "identity_value"} <= present:
             nodes.append(("identity_type", "identity_value"))
@@ -516,9 +522,8 @@ class _Loader:
         if "customer_id" in present:
             nodes.append(("'customer_id'", "customer_id"))
         if not nodes or not self.lake.ws.tombstones.exists():
-            return
-        hit = " OR ".join(f"sha256({t} || ':' || {v}) IN (SELECT key FROM {tombstone_sql(self.lake)})" for t, v in nodes)
-        self.con.execute(f"UPDATE stage SET _dup = 'forgotten' WHERE {hit}")
+            return None
+        return " OR ".join(f"sha256({t} || ':' || {v}) IN (SELECT key FROM {tombstone_sql(self.lake)})" for t, v in nodes)
 
     # ---- writing -------------------------------------------------------------------------------
     def _write(self, table: Table, present: set[str], load_id: str, coercions: dict[str, dict]) -> TableCounts:

@@ -167,19 +167,19 @@ def _stage(ws: Workspace, rows: dict[str, list], now: datetime | None) -> list[t
         con.execute("SET VARIABLE intake_batch = ?", [[rows[n] for n in names]])
         staged = con.sql(f"EXECUTE {statement}(batch := getvariable('intake_batch'), "
                          f"future := {loader._future()})").to_arrow_table()
+        _refresh_map(ws, loader)
+        forgotten = loader._forgotten(set(rows))
+        why = "coalesce(_dup, _reason)"  # as ingest's `_drop_forgotten` marks a forgotten person's rows
+        why = f"CASE WHEN {forgotten} THEN 'forgotten' ELSE {why} END" if forgotten else why
+        has_extra = len(rows) > len(CONTRACT)
+        cols = ", ".join(f"s.{quote_ident(c)}" for c in CONTRACT) + (", s.extra" if has_extra else ", NULL AS extra")
         con.register("intake_staged", staged)
         try:
-            con.execute("CREATE OR REPLACE TEMP TABLE stage AS SELECT * FROM intake_staged")
-            loader._drop_forgotten(EVENTS, set(rows))
-            _refresh_map(ws, loader)
-            has_extra = len(rows) > len(CONTRACT)
-            cols = ", ".join(f"s.{quote_ident(c)}" for c in CONTRACT) + (", s.extra" if has_extra else ", NULL AS extra")
             fetched = con.execute(
-                f"SELECT coalesce(_dup, _reason), {cols}, n.customer_id, c.customer_id FROM stage s "
+                f"SELECT _why, {cols}, n.customer_id, c.customer_id FROM (SELECT *, {why} AS _why FROM intake_staged) s "
                 "LEFT JOIN live_map n ON n.identity_type = s.identity_type AND n.identity_value = s.identity_value "
                 "LEFT JOIN live_map c ON c.identity_type = 'customer_id' AND c.identity_value = s.customer_id "
                 "ORDER BY _row").fetchall()
-            con.execute("DROP TABLE stage")
         finally:
             con.unregister("intake_staged")
     out = []
