@@ -193,11 +193,14 @@ class _Loader:
         and the (normalised) columns it has."""
         return self._select(self._source(path), str(path.relative_to(self.raw_dir)), table)
 
-    def _select(self, src: str, rel: str, table: Table, hashed: bool = False) -> tuple[str, set[str]]:
+    def _select(self, src: str, rel: str, table: Table, hashed: bool = False,
+                names: list[str] | None = None) -> tuple[str, set[str]]:
         """`_file_select` of any SQL source `src` (a file scan, or events held in memory), named `rel`;
-        `hashed`: its PII is hashed already (events from the event log), so it is not hashed again."""
+        `hashed`: its PII is hashed already (events from the event log), so it is not hashed again;
+        `names`: its columns, for a source DuckDB cannot describe (one read from query parameters)."""
         try:
-            names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+            if names is None:
+                names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
         except duckdb.OutOfMemoryException:
             raise  # not the file's fault; the CLI explains the memory setting
         except duckdb.Error as exc:
@@ -269,9 +272,14 @@ class _Loader:
             return f"nullif(trim({raw}), '')"
         return f"CASE WHEN lower(trim({raw})) NOT IN ({', '.join(map(quote_literal, MISSING_TOKENS))}) THEN trim({raw}) END"
 
-    def _checks(self, table: Table, present: set[str]) -> list[tuple[str, str]]:
-        """(SQL condition on the text `t_<column>` and typed `<column>` columns, reason code), first match wins."""
-        future = self.now + timedelta(hours=self.settings.ingest.future_tolerance_hours)
+    def _future(self) -> str:
+        """SQL TIMESTAMP after which a timestamp is `future_timestamp` (now plus the tolerance)."""
+        return f"TIMESTAMP '{self.now + timedelta(hours=self.settings.ingest.future_tolerance_hours):%Y-%m-%d %H:%M:%S}'"
+
+    def _checks(self, table: Table, present: set[str], future: str | None = None) -> list[tuple[str, str]]:
+        """(SQL condition on the text `t_<column>` and typed `<column>` columns, reason code), first match wins;
+        `future`: SQL of the future bound (default `self._future()`; a parameter in a statement prepared once)."""
+        future = future or self._future()
         checks: list[tuple[str, str]] = []
         if table.identified:
             has_node = " OR ".join(
@@ -293,7 +301,7 @@ class _Loader:
             if col.nonnegative:
                 checks.append((f"{val} < 0", f"negative_value:{col.name}"))
             if col.kind == "timestamp" and (table.name, col.name) not in FUTURE_OK:
-                checks.append((f"{val} > TIMESTAMP '{future:%Y-%m-%d %H:%M:%S}'", f"future_timestamp:{col.name}"))
+                checks.append((f"{val} > {future}", f"future_timestamp:{col.name}"))
             if col.name in ("identity_value", "linked_value", "customer_id"):
                 checks.append((f"regexp_matches({val}, {quote_literal(BLOCKED_VALUE_PATTERN)}, 'i')",
                                f"placeholder_value:{col.name}"))
@@ -325,12 +333,19 @@ class _Loader:
 
     def _stage_selects(self, table: Table, selects: list[tuple[str, set[str]]]) -> tuple[set[str], list[Column]]:
         """`stage` from the SELECTs of `_select`; returns the columns present and the typed ones."""
+        sql, present, typed = self._stage_sql(table, selects)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE stage AS {sql}")
+        return present, typed
+
+    def _stage_sql(self, table: Table, selects: list[tuple[str, set[str]]],
+                   future: str | None = None) -> tuple[str, set[str], list[Column]]:
+        """The query of `stage` (`future`: see `_checks`), the columns present and the typed ones."""
         present = set().union(*(cols for _, cols in selects))
         union = " UNION ALL BY NAME ".join(f"({sql})" for sql, _ in selects)
         known = [c for c in table.columns if c.name in present]
         typed = [c for c in known if c.kind in COERCIONS]
         extras = sorted(present - {c.name for c in known})
-        reason = "CASE " + " ".join(f"WHEN {cond} THEN {quote_literal(code)}" for cond, code in self._checks(table, present)) + " END"
+        reason = "CASE " + " ".join(f"WHEN {cond} THEN {quote_literal(code)}" for cond, code in self._checks(table, present, future)) + " END"
         checked = CHECKED_KINDS[table.name]
         raw_json = "to_json(struct_pack(" + ", ".join(
             f"{quote_ident(c)} := {_scrub_sql(quote_ident('r_' + c), self.salt) if c in checked else quote_ident('r_' + c)}"
@@ -347,14 +362,12 @@ class _Loader:
         trimmed = [f"{self._text(c.kind, quote_ident(c.name))} AS {t}" for c, t in zip(known, texts)]
         blanks = [f"{quote_ident(c.name)} IS NOT NULL AND {quote_ident('t_' + c.name)} IS NULL AS {quote_ident('e_' + c.name)}" for c in typed]
         drop = [t for c, t in zip(known, texts) if c not in typed] + raws
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE stage AS SELECT * EXCLUDE ({', '.join(drop)}), "
-            f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
-            f"SELECT *, {reason} AS _reason FROM ("
-            f"SELECT {', '.join(parsed + keep + raw_cols + texts + blanks)}, _file, _row FROM ("
-            f"SELECT *, {', '.join(trimmed)} FROM ({union}))))"
-        )
-        return present, typed
+        sql = (f"SELECT * EXCLUDE ({', '.join(drop)}), "
+               f"CASE WHEN _reason IS NOT NULL THEN {raw_json} END AS _raw, NULL::VARCHAR AS _dup FROM ("
+               f"SELECT *, {reason} AS _reason FROM ("
+               f"SELECT {', '.join(parsed + keep + raw_cols + texts + blanks)}, _file, _row FROM ("
+               f"SELECT *, {', '.join(trimmed)} FROM ({union}))))")
+        return sql, present, typed
 
     def _quarantine_malformed(self, table: Table, files: list[Path]) -> None:
         """CSV rows DuckDB set aside (wrong field count, bad quoting) join `stage` as quarantined
@@ -495,6 +508,12 @@ class _Loader:
 
     def _drop_forgotten(self, table: Table, present: set[str]) -> None:
         """Rows naming a tombstoned identifier are dropped before they reach the lake or quarantine."""
+        hit = self._forgotten(present)
+        if hit:
+            self.con.execute(f"UPDATE stage SET _dup = 'forgotten' WHERE {hit}")
+
+    def _forgotten(self, present: set[str]) -> str | None:
+        """SQL condition: the row names a tombstoned identifier; None when it cannot (nobody was forgotten)."""
         nodes = []
         if {"identity_type", "identity_value"} <= present:
             nodes.append(("identity_type", "identity_value"))
@@ -503,9 +522,8 @@ class _Loader:
         if "customer_id" in present:
             nodes.append(("'customer_id'", "customer_id"))
         if not nodes or not self.lake.ws.tombstones.exists():
-            return
-        hit = " OR ".join(f"sha256({t} || ':' || {v}) IN (SELECT key FROM {tombstone_sql(self.lake)})" for t, v in nodes)
-        self.con.execute(f"UPDATE stage SET _dup = 'forgotten' WHERE {hit}")
+            return None
+        return " OR ".join(f"sha256({t} || ':' || {v}) IN (SELECT key FROM {tombstone_sql(self.lake)})" for t, v in nodes)
 
     # ---- writing -------------------------------------------------------------------------------
     def _write(self, table: Table, present: set[str], load_id: str, coercions: dict[str, dict]) -> TableCounts:

@@ -1,8 +1,8 @@
 """Validation of events arriving over HTTP by the rules of file ingestion (one contract, one set of rules).
 
 A batch of JSON events is staged through ingest's own `_Loader` (the column SELECT hashing PII by
-name and by content, `_text`, `_parse`, `_checks`), read from an in-memory Arrow table of VARCHAR
-columns instead of a file, so an event is accepted or rejected, with the same reason code, exactly
+name and by content, `_text`, `_parse`, `_checks`), read from lists of VARCHAR values (one per
+column) instead of a file, so an event is accepted or rejected, with the same reason code, exactly
 as the same row in a CSV would be; an event about a forgotten person is rejected (`forgotten`), as
 ingest drops it. Each accepted event comes with what the committed identity map says of its identifier
 and customer_id, for the log to resolve the person (`identity.resolve_live`). Cross-load dedup and bot
@@ -11,11 +11,12 @@ bursts are left to the lake flush.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-
-import pyarrow as pa
 
 from propel.config import Workspace
 from propel.lake.ingest import _Loader
@@ -26,21 +27,62 @@ EVENTS = TABLES["events"]
 CONTRACT = [c.name for c in EVENTS.columns]
 # The answer's columns: the contract's typed values (identity as ingest stages it) and the extras as JSON.
 OUT_COLUMNS = CONTRACT + ["extra"]
+# A field name as ingest reads a column name; batches repeat a few names, and the regex cost ~15 ms per 1,000 events.
+_column_name = functools.lru_cache(maxsize=4096)(normalize_column)
 
-_loaders: dict[str, tuple[_Loader, threading.Lock]] = {}
+# Staging queries kept prepared per process and workspace, one per set of columns (the contract's and a
+# batch's extra fields); past this many, the least recently used one is dropped.
+PREPARED_MAX = 32
+
+
+@dataclass
+class _Stager:
+    """A workspace's loader (and DuckDB connection) in this process, used under `lock`, with its staging
+    query prepared once per set of columns: binding and planning that query (hundreds of regex constants)
+    cost several times what running it on a batch of 100 does."""
+    loader: _Loader
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    prepared: OrderedDict[tuple[str, ...], str] = field(default_factory=OrderedDict)  # columns -> statement name
+    made: int = 0
+
+
+_stagers: dict[str, _Stager] = {}
 _maps: dict[str, str | None] = {}  # per workspace: the identity map file loaded into the `live_map` table
-_loaders_lock = threading.Lock()
+_stagers_lock = threading.Lock()
 
 
-def _loader(ws: Workspace) -> tuple[_Loader, threading.Lock]:
+def _stager(ws: Workspace) -> _Stager:
     """One loader (and DuckDB connection) per workspace and process: connecting costs more than a batch."""
     key = str(ws.root)
-    with _loaders_lock:
-        if key not in _loaders:
+    with _stagers_lock:
+        if key not in _stagers:
             con = connect_duckdb(ws, threads=1)  # batches are small: one thread keeps row order and the other core
-            _loaders[key] = (_Loader(Lake(ws), ws.settings(), ws.root, datetime.now(timezone.utc), con=con),
-                             threading.Lock())
-        return _loaders[key]
+            _stagers[key] = _Stager(_Loader(Lake(ws), ws.settings(), ws.root, datetime.now(timezone.utc), con=con))
+        return _stagers[key]
+
+
+def _prepared(stager: _Stager, names: tuple[str, ...]) -> str:
+    """The prepared staging query of a batch with columns `names`. The batch is its parameter `batch` (one
+    VARCHAR list per column, unnested side by side) and the future bound its parameter `future`: DuckDB
+    re-binds a statement that reads a table on each run, so the statement reads none, and nothing of a
+    batch is bound into it."""
+    name = stager.prepared.get(names)
+    if name is not None:
+        stager.prepared.move_to_end(names)
+        return name
+    loader = stager.loader
+    # `$batch` used once: DuckDB re-binds at each run a statement that uses a parameter in several places
+    src = ("(SELECT " + ", ".join(f"unnest(b[{i}]) AS {quote_ident(n)}" for i, n in enumerate(names, 1))
+           + " FROM (SELECT $batch::VARCHAR[][] AS b))")
+    sql, _, _ = loader._stage_sql(EVENTS, [loader._select(src, "http", EVENTS, names=list(names))],
+                                  future="$future::TIMESTAMP")
+    stager.made += 1
+    name = f"intake_stage_{stager.made}"
+    loader.con.execute(f"PREPARE {name} AS {sql}")
+    stager.prepared[names] = name
+    if len(stager.prepared) > PREPARED_MAX:
+        loader.con.execute(f"DEALLOCATE {stager.prepared.popitem(last=False)[1]}")
+    return name
 
 
 def _text(value) -> str | None:
@@ -73,7 +115,7 @@ def validate(ws: Workspace, events: list, now: datetime | None = None) -> list[d
             continue
         values: dict[str, str | None] = {}
         for key, value in event.items():
-            name = normalize_column(str(key))
+            name = _column_name(str(key))
             if name in values or not name:
                 results[i] = {"status": "rejected", "field": str(key), "reason": "duplicate_field"}
                 break
@@ -115,26 +157,31 @@ def _stage(ws: Workspace, rows: dict[str, list], now: datetime | None) -> list[t
     """(reason or None, clean event, (map's id of its identifier, of its customer_id)) per row, in order,
     staged by ingest's `_Loader`. Every contract column is present (NULL when an event lacks it), so a
     missing field is a per-event reason."""
-    batch = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
-    loader, lock = _loader(ws)
-    with lock:
+    names = tuple(CONTRACT) + tuple(sorted(rows.keys() - set(CONTRACT)))  # one query per set of extra fields
+    stager = _stager(ws)
+    loader = stager.loader
+    with stager.lock:
         loader.now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
         con = loader.con
-        con.register("intake_batch", batch)
+        statement = _prepared(stager, names)
+        con.execute("SET VARIABLE intake_batch = ?", [[rows[n] for n in names]])
+        staged = con.sql(f"EXECUTE {statement}(batch := getvariable('intake_batch'), "
+                         f"future := {loader._future()})").to_arrow_table()
+        _refresh_map(ws, loader)
+        forgotten = loader._forgotten(set(rows))
+        why = "coalesce(_dup, _reason)"  # as ingest's `_drop_forgotten` marks a forgotten person's rows
+        why = f"CASE WHEN {forgotten} THEN 'forgotten' ELSE {why} END" if forgotten else why
+        has_extra = len(rows) > len(CONTRACT)
+        cols = ", ".join(f"s.{quote_ident(c)}" for c in CONTRACT) + (", s.extra" if has_extra else ", NULL AS extra")
+        con.register("intake_staged", staged)
         try:
-            loader._stage_selects(EVENTS, [loader._select("intake_batch", "http", EVENTS)])
-            loader._drop_forgotten(EVENTS, set(rows))
-            _refresh_map(ws, loader)
-            has_extra = len(rows) > len(CONTRACT)
-            cols = ", ".join(f"s.{quote_ident(c)}" for c in CONTRACT) + (", s.extra" if has_extra else ", NULL AS extra")
             fetched = con.execute(
-                f"SELECT coalesce(_dup, _reason), {cols}, n.customer_id, c.customer_id FROM stage s "
+                f"SELECT _why, {cols}, n.customer_id, c.customer_id FROM (SELECT *, {why} AS _why FROM intake_staged) s "
                 "LEFT JOIN live_map n ON n.identity_type = s.identity_type AND n.identity_value = s.identity_value "
                 "LEFT JOIN live_map c ON c.identity_type = 'customer_id' AND c.identity_value = s.customer_id "
                 "ORDER BY _row").fetchall()
-            con.execute("DROP TABLE stage")
         finally:
-            con.unregister("intake_batch")
+            con.unregister("intake_staged")
     out = []
     for reason, *values, of_node, of_customer in fetched:
         event = dict(zip(OUT_COLUMNS, values))

@@ -4,7 +4,9 @@ coercions, and PII hashed to the same value ingest writes for the same row."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
+from propel.lake import intake
 from propel.lake.ingest import hash_pii, ingest
 from propel.lake.intake import validate
 from tests.helpers import NOW, lake_frame, write
@@ -99,3 +101,31 @@ def test_identity_map_and_tombstones_reach_intake(ws, raw):
     forget(ws, ["C5"])
     assert validate(ws, [ev(event_id="m3", customer_id="C5"), device], now=NOW) == [
         {"status": "rejected", "field": "customer_id", "reason": "forgotten"}] * 2
+
+
+def test_consecutive_batches_through_the_prepared_query_each_get_their_own_answer(ws):
+    """The staging query is prepared once per set of columns and re-run per batch: nothing of one batch
+    (its values, its size, its `now`) may stay bound into the next one's answer."""
+    soon = (NOW + timedelta(days=200)).isoformat()
+    first = validate(ws, [ev(event_id="a1", revenue="$5"), ev(event_id="a2", ts=soon)], now=NOW)
+    second = validate(ws, [ev(event_id="b1", channel="pigeon"), ev(event_id="b2", ts=soon), ev(event_id="b3", revenue="7")],
+                      now=NOW + timedelta(days=400))
+    assert first[0]["event"]["event_id"] == "a1" and first[0]["event"]["revenue"] == 5.0
+    assert first[1] == {"status": "rejected", "field": "ts", "reason": "future_timestamp:ts"}
+    assert second[0] == {"status": "rejected", "field": "channel", "reason": "not_allowed:channel"}
+    assert second[1]["status"] == "accepted" and second[1]["event"]["event_id"] == "b2", "not future at the later now"
+    assert second[2]["event"]["event_id"] == "b3" and second[2]["event"]["revenue"] == 7.0
+    assert validate(ws, [ev(event_id="a1", revenue="$5"), ev(event_id="a2", ts=soon)], now=NOW) == first
+    assert len(intake._stager(ws).prepared) == 1, "the batches ran one prepared query"
+
+
+def test_batches_with_other_fields_get_their_own_prepared_query(ws, monkeypatch):
+    """Extra fields change the query (they fold into `extra`); past PREPARED_MAX queries the oldest is dropped
+    and prepared again when needed, with the same answers."""
+    monkeypatch.setattr(intake, "PREPARED_MAX", 1)
+    plain = validate(ws, [ev(event_id="p")], now=NOW)
+    noted = validate(ws, [ev(event_id="n", note="hi")], now=NOW)
+    assert plain[0]["event"]["extra"] is None and json.loads(noted[0]["event"]["extra"]) == {"note": "hi"}
+    assert validate(ws, [ev(event_id="p")], now=NOW) == plain
+    assert validate(ws, [ev(event_id="n", note="hi")], now=NOW) == noted
+    assert len(intake._stager(ws).prepared) == 1
