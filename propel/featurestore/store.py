@@ -38,10 +38,13 @@ ONLINE_STORES = ("sqlite", "redis")
 
 
 def repo_config(ws: Workspace, online: str | None = None, fast: bool = True) -> RepoConfig:
-    """The workspace's Feast configuration; `fast=False` keeps Feast's stock batch engine (for comparisons)."""
+    """The workspace's Feast configuration; `fast=False` keeps Feast's stock batch engine and DuckDB offline store
+    (for comparisons)."""
     raw = _config(ws, online, relative=False)
     if not fast:
         raw["batch_engine"] = "local"
+        if raw["offline_store"]["type"] != "spark":
+            raw["offline_store"] = {"type": "duckdb"}
     return RepoConfig(repo_path=ws.feast_repo, **raw)
 
 
