@@ -20,6 +20,7 @@ from typing import List, Union
 from datetime import timedelta
 
 import ibis
+import numpy as np
 import pandas as pd
 from ibis.expr import datatypes as dt
 from pydantic import StrictStr
@@ -35,6 +36,7 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 
+ROW_POS = "__propel_entity_row"  # an entity row's position: the rows come back in the entity frame's order
 ROW_TS = "__propel_row_ts"  # an entity row's time in UTC, as Feast casts the feature rows' (both sides compare alike)
 
 
@@ -81,10 +83,14 @@ def _asof_applies(views: List[FeatureView], entity_df, filter_by_created_timesta
 
 def _asof_join(entity_df: pd.DataFrame, ts: str, views: List[FeatureView], feature_refs: List[str],
                full_feature_names: bool) -> ibis.Table:
-    """The entity rows with each view's requested features as of their time (ibis's `asof_join` is DuckDB's
-    ASOF LEFT JOIN); columns as Feast's: the entity rows' own, then each view's features in order."""
+    """The entity rows with each view's requested features as of their time, in the entity rows' order; columns
+    as Feast's: the entity rows' own, then each view's features in order.
+
+    Per view, ibis's `asof_join` (DuckDB's ASOF LEFT JOIN) finds each entity row's newest feature row over the
+    narrow columns only (key, time, the row's file and number in it), and an equi-join on that row's identity
+    brings its features: sorting the wide rows for the ASOF join took 3x as long."""
     utc = dt.Timestamp(timezone="UTC")
-    entity = ibis.memtable(entity_df)
+    entity = ibis.memtable(entity_df.assign(**{ROW_POS: np.arange(len(entity_df))}))
     acc = entity.mutate(**{ROW_TS: entity[ts].cast(utc)})
     names: list[str] = []
     for i, view in enumerate(views):
@@ -94,20 +100,27 @@ def _asof_join(entity_df: pd.DataFrame, ts: str, views: List[FeatureView], featu
         features = [r.split(":", 1)[1] for r in feature_refs if r.startswith(f"{prefix}:")]
         base = view.projection.name_alias or view.name
         out = {f: f"{base}__{f}" if full_feature_names else f for f in features}
-        rows = ibis.read_parquet(source.path)
+        row_ts, file, number = f"__propel_ts{i}", f"__propel_file{i}", f"__propel_row{i}"
+        key_cols = {k: f"__propel_key{i}_{j}" for j, k in enumerate(keys)}
+        rows = ibis.read_parquet(source.path, filename=file, file_row_number=True)
         rows = rows.rename({new: old for old, new in source.field_mapping.items() if old in rows.columns})
+        rows = rows.rename({number: "file_row_number"})
+        stamps = rows
         if source.created_timestamp_column:  # of rows of one entity and time, Feast keeps the latest created
             order = ibis.desc(rows[source.created_timestamp_column])
-            rank = ibis.row_number().over(group_by=[*keys, source.timestamp_field], order_by=order)
-            rows = rows.filter(rank == 0)
-        row_ts, key_cols = f"__propel_ts{i}", {k: f"__propel_key{i}_{j}" for j, k in enumerate(keys)}
-        rows = rows.select(**{key_cols[k]: rows[k] for k in keys}, **{out[f]: rows[f] for f in features},
-                           **{row_ts: rows[source.timestamp_field].cast(utc)})
-        acc = acc.asof_join(rows, acc[ROW_TS] >= rows[row_ts],
-                            predicates=[acc[v] == rows[key_cols[k]] for k, v in keys.items()])
+            stamps = rows.filter(ibis.row_number().over(group_by=[*keys, source.timestamp_field], order_by=order) == 0)
+        stamps = stamps.select(file, number, **{key_cols[k]: stamps[k] for k in keys},
+                               **{row_ts: stamps[source.timestamp_field].cast(utc)})
+        acc = acc.asof_join(stamps, acc[ROW_TS] >= stamps[row_ts],
+                            predicates=[acc[v] == stamps[key_cols[k]] for k, v in keys.items()])
+        acc = acc.select(*entity_df.columns, ROW_POS, ROW_TS, *names, row_ts, file, number)
+        values = rows.select(*keys, file, number, **{out[f]: rows[f] for f in features})
+        acc = acc.left_join(values, [*(acc[v] == values[k] for k, v in keys.items()),
+                                     acc[file] == values[file], acc[number] == values[number]])
+        acc = acc.select(*entity_df.columns, ROW_POS, ROW_TS, *names, row_ts, *out.values())
         if view.ttl:  # the newest row older than the TTL: expired, as every earlier one (Feast: null)
             fresh = acc[row_ts] + ibis.interval(microseconds=int(view.ttl / timedelta(microseconds=1))) >= acc[ROW_TS]
             acc = acc.mutate(**{n: fresh.ifelse(acc[n], ibis.null(acc[n].type())) for n in out.values()})
         names += out.values()
-        acc = acc.select(*entity_df.columns, ROW_TS, *names)
-    return acc.select(*entity_df.columns, *names)
+        acc = acc.select(*entity_df.columns, ROW_POS, ROW_TS, *names)
+    return acc.order_by(ROW_POS).select(*entity_df.columns, *names)

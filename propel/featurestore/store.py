@@ -161,16 +161,12 @@ def online_reader(store: FeatureStore, service: str, key: str = "customer_id") -
     return OnlineReader(store, service, key)
 
 
-# Entity rows per Feast retrieval: Feast's DuckDB join pairs each entity row with every row of its entity up to
-# then (no ttl cuts them: change-only rows), and peaked at 6 GiB for 400k rows x 82 features at 200k customers
-# (~18 rows per customer), so larger training sets are fetched in parts (each part re-reads the tables: time
-# traded for bounded memory)
-HISTORICAL_CHUNK_ROWS = 250_000
-
-
 def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame,
-                        chunk_rows: int = HISTORICAL_CHUNK_ROWS) -> pd.DataFrame:
-    """Point-in-time training features: exactly one row per entity row, in the entity rows' order."""
+                        chunk_rows: int | None = None) -> pd.DataFrame:
+    """Point-in-time training features: exactly one row per entity row, in the entity rows' order.
+
+    One retrieval by default: Propel's offline store (propel/featurestore/offline.py) joins in memory linear in
+    the entity rows; `chunk_rows` fetches in parts of that many rows (each part re-reads the feature tables)."""
     if "event_timestamp" not in entity_df:
         raise ValueError("entity_df needs an 'event_timestamp' column (the moment each row is about)")
     df = entity_df.reset_index(drop=True).assign(_entity_row=lambda d: range(len(d)))
@@ -179,19 +175,24 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     on_demand = {v.name for v in store.list_on_demand_feature_views()}
     if any(p.name in on_demand for p in fs.feature_view_projections) and "request_ts" not in df:
         df["request_ts"] = df["event_timestamp"]  # the moment on-demand views count from (calendar, days since)
+    step = chunk_rows or max(len(df), 1)
     try:
-        parts = [store.get_historical_features(entity_df=df.iloc[i:i + chunk_rows], features=fs).to_df()
-                 for i in range(0, max(len(df), 1), chunk_rows)]
+        parts = [store.get_historical_features(entity_df=df.iloc[i:i + step], features=fs).to_df()
+                 for i in range(0, max(len(df), 1), step)]
     finally:
         _release_offline_connection()
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    # Feast also returns what on-demand views were computed from (the stored days): not the service's features
-    wanted = [*df.columns, *(f.name for p in fs.feature_view_projections for f in p.features)]
-    out = out[[c for c in out.columns if c in wanted]].sort_values("_entity_row").reset_index(drop=True)
+    if not out["_entity_row"].is_monotonic_increasing:  # Propel's store keeps the entity rows' order, Spark's not
+        out = out.sort_values("_entity_row")
     if len(out) != len(df) or not (out["_entity_row"].to_numpy() == df["_entity_row"].to_numpy()).all():
         raise RuntimeError(f"feature retrieval returned {len(out)} rows for {len(df)} entity rows")
+    # Feast also returns what on-demand views were computed from (the stored days): not the service's features
+    wanted = {*df.columns, *(f.name for p in fs.feature_view_projections for f in p.features)} - {"_entity_row"}
+    out = out.drop(columns=[c for c in out.columns if c not in wanted])
+    out.index = pd.RangeIndex(len(out))
     # the entity rows' own timestamps, as given, from every offline store (Spark's returns them naive, in ns)
-    return out.drop(columns="_entity_row").assign(event_timestamp=df["event_timestamp"].array)
+    out["event_timestamp"] = df["event_timestamp"].array
+    return out
 
 
 def _release_offline_connection() -> None:
