@@ -4,26 +4,27 @@ Feature tables hold change-only rows and their views have no TTL, so Feast's sto
 row with every earlier row of its entity, rank them, keep the first) grows with each entity's history: 6 GB for
 400k entity rows at 200k customers. `ASOF LEFT JOIN` finds each entity row's newest feature row (key equal,
 feature time <= entity row time) from sorted inputs instead. Same answers as the stock store
-(tests/featurestore/test_offline.py): TTL honoured (a newest row older than the TTL gives null, as no row within
-it would), a created_timestamp breaks ties, unknown entities get nulls. Feast still applies the on-demand views
-(the returned job is Feast's own ibis job) and `full_feature_names`. Everything else (materialization's
-pull_latest, writes) is the stock DuckDB store's; sources it cannot read as plain Parquet files (S3, Delta,
-Iceberg, ...) and `filter_by_created_timestamp` over a created column take the stock join.
+(tests/featurestore/test_offline.py): a TTL honoured (a newest row older than the TTL gives null, as every
+earlier row would), a created_timestamp breaks ties, unknown entities get nulls. Feast still applies the
+on-demand views (the returned job is Feast's own ibis job) and `full_feature_names`. Everything else
+(materialization's pull_latest, writes) is the stock DuckDB store's; sources other than local Parquet files
+(S3, Delta, Iceberg, ...), an entity SQL query and `filter_by_created_timestamp` over a created column take the
+stock join.
 
-Selected by propel/featurestore/repo/feature_store.yaml: `offline_store: type: propel.featurestore.offline.AsofDuckDBOfflineStore`.
+Selected in propel/featurestore/repo/feature_store.yaml:
+`offline_store: {type: propel.featurestore.offline.AsofDuckDBOfflineStore}`.
 """
 
 from __future__ import annotations
 
-from typing import List, Union
-
 from datetime import timedelta
+from typing import List, Union
 
 import ibis
 import numpy as np
 import pandas as pd
 from ibis.expr import datatypes as dt
-from pydantic import StrictStr
+from pydantic import field_validator
 
 from feast.data_format import ParquetFormat
 from feast.feature_view import FeatureView
@@ -41,7 +42,14 @@ ROW_TS = "__propel_row_ts"  # an entity row's time in UTC, as Feast casts the fe
 
 
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
-    type: StrictStr = "propel.featurestore.offline.AsofDuckDBOfflineStore"
+    """Feast picks the store by this class; its `type` then reads "duckdb", as the stock store's: it is a DuckDB
+    store over the same files, which is what readers of the type ask (Propel's bulk online writer takes its
+    fast path only over DuckDB's sources)."""
+
+    @field_validator("type")
+    @classmethod
+    def _duckdb(cls, _: str) -> str:
+        return "duckdb"
 
 
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
@@ -114,9 +122,8 @@ def _asof_join(entity_df: pd.DataFrame, ts: str, views: List[FeatureView], featu
         acc = acc.asof_join(stamps, acc[ROW_TS] >= stamps[row_ts],
                             predicates=[acc[v] == stamps[key_cols[k]] for k, v in keys.items()])
         acc = acc.select(*entity_df.columns, ROW_POS, ROW_TS, *names, row_ts, file, number)
-        values = rows.select(*keys, file, number, **{out[f]: rows[f] for f in features})
-        acc = acc.left_join(values, [*(acc[v] == values[k] for k, v in keys.items()),
-                                     acc[file] == values[file], acc[number] == values[number]])
+        values = rows.select(file, number, **{out[f]: rows[f] for f in features})
+        acc = acc.left_join(values, [acc[file] == values[file], acc[number] == values[number]])
         acc = acc.select(*entity_df.columns, ROW_POS, ROW_TS, *names, row_ts, *out.values())
         if view.ttl:  # the newest row older than the TTL: expired, as every earlier one (Feast: null)
             fresh = acc[row_ts] + ibis.interval(microseconds=int(view.ttl / timedelta(microseconds=1))) >= acc[ROW_TS]

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
 from feast.repo_config import RepoConfig
+from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
 from feast.types import Float64, Int64, String
 
 from propel.features.build import load_catalog
@@ -83,7 +84,8 @@ def test_training_sets_equal_feasts_stock_join(built_features, copy_of):
     ws = copy_of(built_features)
     fstore.apply(ws)
     ours, stock = fstore.feature_store(ws), fstore.feature_store(ws, fast=False)
-    assert ours.config.offline_store.type == ASOF and stock.config.offline_store.type == STOCK
+    assert type(ours._get_provider().offline_store) is AsofDuckDBOfflineStore
+    assert type(stock._get_provider().offline_store) is DuckDBOfflineStore
     cutoffs = pd.to_datetime(load_catalog(ws)["cutoffs"])
     customers = pd.read_parquet(ws.customer_snapshots / f"{cutoffs[-1].date()}.parquet")["customer_id"].unique()
     rng = np.random.default_rng(3)
