@@ -193,8 +193,9 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     # Feast also returns what on-demand views were computed from (the stored days): not the service's features
     wanted = {*df.columns, *(f.name for p in fs.feature_view_projections for f in p.features)} - {"_entity_row"}
     out = table.select([c for c in table.column_names if c in wanted]).to_pandas()
-    # the entity rows' own timestamps, as given, from every offline store (Spark's returns them naive, in ns)
-    out["event_timestamp"] = df["event_timestamp"].array
+    # the entity rows' own columns, as given, from every offline store (Spark's returns timestamps naive, in ns)
+    for column in out.columns.intersection(df.columns):
+        out[column] = df[column].array
     return out
 
 

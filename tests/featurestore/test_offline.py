@@ -6,7 +6,7 @@ one with `ASOF LEFT JOIN` (propel/featurestore/offline.py). Same rows, same valu
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
