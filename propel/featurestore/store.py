@@ -21,6 +21,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -38,10 +39,13 @@ ONLINE_STORES = ("sqlite", "redis")
 
 
 def repo_config(ws: Workspace, online: str | None = None, fast: bool = True) -> RepoConfig:
-    """The workspace's Feast configuration; `fast=False` keeps Feast's stock batch engine (for comparisons)."""
+    """The workspace's Feast configuration; `fast=False` keeps Feast's stock batch engine and DuckDB offline store
+    (for comparisons)."""
     raw = _config(ws, online, relative=False)
     if not fast:
         raw["batch_engine"] = "local"
+        if raw["offline_store"]["type"] != "spark":
+            raw["offline_store"] = {"type": "duckdb"}
     return RepoConfig(repo_path=ws.feast_repo, **raw)
 
 
@@ -158,16 +162,9 @@ def online_reader(store: FeatureStore, service: str, key: str = "customer_id") -
     return OnlineReader(store, service, key)
 
 
-# Entity rows per Feast retrieval: Feast's DuckDB join pairs each entity row with every row of its entity up to
-# then (no ttl cuts them: change-only rows), and peaked at 6 GiB for 400k rows x 82 features at 200k customers
-# (~18 rows per customer), so larger training sets are fetched in parts (each part re-reads the tables: time
-# traded for bounded memory)
-HISTORICAL_CHUNK_ROWS = 250_000
-
-
-def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame,
-                        chunk_rows: int = HISTORICAL_CHUNK_ROWS) -> pd.DataFrame:
-    """Point-in-time training features: exactly one row per entity row, in the entity rows' order."""
+def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time training features: exactly one row per entity row, in the entity rows' order. One
+    retrieval: Propel's offline store (propel/featurestore/offline.py) joins in memory linear in the entity rows."""
     if "event_timestamp" not in entity_df:
         raise ValueError("entity_df needs an 'event_timestamp' column (the moment each row is about)")
     df = entity_df.reset_index(drop=True).assign(_entity_row=lambda d: range(len(d)))
@@ -176,20 +173,23 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     on_demand = {v.name for v in store.list_on_demand_feature_views()}
     if any(p.name in on_demand for p in fs.feature_view_projections) and "request_ts" not in df:
         df["request_ts"] = df["event_timestamp"]  # the moment on-demand views count from (calendar, days since)
-    try:
-        parts = [store.get_historical_features(entity_df=df.iloc[i:i + chunk_rows], features=fs).to_df()
-                 for i in range(0, max(len(df), 1), chunk_rows)]
+    try:  # Arrow until the end: the columns dropped below cost nothing there, a copy of the frame in pandas
+        table = store.get_historical_features(entity_df=df, features=fs).to_arrow()
     finally:
         _release_offline_connection()
-    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    rows = table["_entity_row"].to_numpy()
+    if len(rows) > 1 and not (rows[1:] > rows[:-1]).all():  # Propel's store keeps the entity rows' order, Spark's not
+        table = table.take(np.argsort(rows, kind="stable"))
+        rows = table["_entity_row"].to_numpy()
+    if len(table) != len(df) or not (rows == df["_entity_row"].to_numpy()).all():
+        raise RuntimeError(f"feature retrieval returned {len(table)} rows for {len(df)} entity rows")
     # Feast also returns what on-demand views were computed from (the stored days): not the service's features
-    wanted = [*df.columns, *(f.name for p in fs.feature_view_projections for f in p.features)]
-    out = out[[c for c in out.columns if c in wanted]].sort_values("_entity_row").reset_index(drop=True)
-    if len(out) != len(df) or not (out["_entity_row"].to_numpy() == df["_entity_row"].to_numpy()).all():
-        raise RuntimeError(f"feature retrieval returned {len(out)} rows for {len(df)} entity rows")
-    # the entity rows' own columns as given, from every offline store (Spark's returns timestamps naive, in ns)
-    entity = df.drop(columns="_entity_row")
-    return out.drop(columns="_entity_row").assign(**{c: entity[c].array for c in entity.columns})
+    wanted = {*df.columns, *(f.name for p in fs.feature_view_projections for f in p.features)} - {"_entity_row"}
+    out = table.select([c for c in table.column_names if c in wanted]).to_pandas()
+    # the entity rows' own columns, as given, from every offline store (Spark's returns timestamps naive, in ns)
+    for column in out.columns.intersection(df.columns):
+        out[column] = df[column].array
+    return out
 
 
 def _release_offline_connection() -> None:
