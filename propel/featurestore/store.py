@@ -174,6 +174,7 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     if any(p.name in on_demand for p in fs.feature_view_projections) and "request_ts" not in df:
         df["request_ts"] = df["event_timestamp"]  # the moment on-demand views count from (calendar, days since)
     try:  # Arrow until the end: the columns dropped below cost nothing there, a copy of the frame in pandas
+        _bound_offline_memory(Workspace(Path(store.repo_path).parents[2]))  # repo_path is ws.feast_repo
         table = store.get_historical_features(entity_df=df, features=fs).to_arrow()
     finally:
         _release_offline_connection()
@@ -190,6 +191,19 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
     for column in out.columns.intersection(df.columns):
         out[column] = df[column].array
     return out
+
+
+def _bound_offline_memory(ws: Workspace) -> None:
+    """Feast's DuckDB offline store runs on ibis's default DuckDB backend, which may take 80% of the machine's
+    memory (a 1M-customer training set was OOM-killed at 22 GB): the workspace's DuckDB memory limit and spill
+    folder apply to it too, as to every other DuckDB connection of Propel (propel.lake.tables.connect_duckdb)."""
+    import ibis
+
+    spill = ws.data / ".duckdb_tmp"
+    spill.mkdir(parents=True, exist_ok=True)
+    backend = ibis.get_backend()
+    backend.raw_sql(f"SET memory_limit = '{ws.settings().duckdb_memory_limit}'")
+    backend.raw_sql(f"SET temp_directory = '{spill}'")
 
 
 def _release_offline_connection() -> None:
