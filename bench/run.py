@@ -2,7 +2,9 @@
 
 Each stage runs as its own child process so its wall time and peak RSS are its own. Scales:
   ingest-1m / ingest-10m   ingestion of ~1M and ~10M generated events (target: 10M in <= 60 s, <= 4 GiB)
-  features-1m              1M customers / ~50M events: feature build, materialize, reads, training set, churn fit
+  features-1m              1M customers / ~50M events: feature build, materialize, reads, training set, churn fit,
+                           batch score
+  scale-20k / scale-200k   the same stages at 20k and 200k customers (docs/scale.md: each stage's cost by scale)
   score-1m                 batch scoring: 1M customers scored and exported by `propel score` (bench/score.py)
   serve                    the HTTP service under load on loopback (wrk), demo-size models (bench/serve.py)
   recommender              ALS fit 1M x 50k x 20M, recommend() latency, batch top-10 for 1M (bench/recommender.py)
@@ -27,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import freshness as freshness_bench  # bench/freshness.py
@@ -46,6 +48,7 @@ WORK = Path(os.environ.get("BENCH_DIR", ROOT / "bench" / "work"))
 RESULTS = ROOT / "bench" / "results"
 # name -> (customers, days): ~50 events per person-year in the generator
 SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m": (1_000_000, 365),
+          "scale-20k": (20_000, 365), "scale-200k": (200_000, 365),  # docs/scale.md, with features-1m
           "score-1m": (20_000, 365),  # a champion trained on 20k people, scoring 1M synthetic customers
           "serve": (20_000, 365),  # the demo's models behind HTTP
           "recommender": (1_000_000, 0),  # synthetic interactions, no generated history
@@ -95,15 +98,20 @@ def lake_events(ws: Path) -> int:
 
 
 def latest_entities(ws: Path) -> int:
-    """Rows of the newest customer snapshot: the entities a materialization loads."""
+    """Customers in the features as of the newest cutoff: the entities a materialization loads."""
     import duckdb
 
     from propel.config import Workspace
-    from propel.features.build import CUSTOMER_DIR, load_catalog
+    from propel.features.asof import as_of_sql
+    from propel.features.build import load_catalog
 
     w = Workspace.resolve(ws)
-    latest = w.features / CUSTOMER_DIR / f"{load_catalog(w)['cutoffs'][-1]}.parquet"
-    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{latest}')").fetchall()[0][0]
+    latest = date.fromisoformat(load_catalog(w)["cutoffs"][-1])
+    return duckdb.sql(f"SELECT count(*) FROM ({as_of_sql(w, latest)})").fetchall()[0][0]
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def bench_scale(name: str) -> list[dict]:
@@ -130,7 +138,7 @@ def bench_scale(name: str) -> list[dict]:
         events = lake_events(ws)
         rows[-1]["events"] = events
         rows[-1]["events_per_s"] = round(events / rows[-1]["seconds"])
-    if name.startswith("features"):
+    if name.startswith(("features", "scale")):
         with redis_server(base / "redis") as url:
             rows += feature_stages(name, ws, propel, {"PROPEL_REDIS_URL": url})
     return rows
@@ -139,6 +147,7 @@ def bench_scale(name: str) -> list[dict]:
 def feature_stages(name: str, ws: Path, propel: list, env: dict) -> list[dict]:
     """Build, apply (both stores), materialize into SQLite and Redis, then read latency and a training set."""
     rows = [run(f"{name} features build", [*propel, "features", "build"])]
+    rows[-1]["feature_bytes"] = tree_bytes(ws / "data" / "features")
     for online in ("sqlite", "redis"):
         rows.append(run(f"{name} features apply {online}", [*propel, "features", "apply", "--online", online], env))
         rows.append(run(f"{name} materialize {online}", [*propel, "features", "materialize", "--online", online], env))
@@ -153,6 +162,9 @@ def feature_stages(name: str, ws: Path, propel: list, env: dict) -> list[dict]:
         rows[-1].update(json.loads(extra.read_text()))
     # issue 4: labels + training set from Feast + LightGBM fit and evaluation (train.max_rows bounds memory)
     rows.append(run(f"{name} train churn", [*propel, "train", "churn"], env))
+    # every customer scored by the new champion and exported, as a marketer's full audience
+    rows.append(run(f"{name} score churn", [*propel, "score", "churn", "--reasons", "0", "--out",
+                                            ws / "bench_scores.parquet"], env))
     return rows
 
 

@@ -15,13 +15,15 @@ def test_generated_doc_sections_are_current():
 def test_benchmarks_doc_is_what_the_reference_records_render():
     text = report.DOC.read_text()
     assert report.render(report.load(), text) == text, "docs/benchmarks.md is stale: run `python bench/report.py`"
+    scale = report.SCALE_DOC.read_text()
+    assert report.render(report.load(), scale, ("scale",)) == scale, "docs/scale.md is stale: run `python bench/report.py`"
 
 
 def test_reference_records_of_bench_rows_describe_them_as_the_bench_does():
     """A row `make bench` measures keeps the bench's wording and target, so a run replaces it in place."""
     metrics = {m.key: m for m in report.METRICS}
     recs = report.load()
-    assert all(set(r) == set(report.FIELDS) and r["stage"] in report.STAGES for r in recs)
+    assert all(set(r) == set(report.FIELDS) and r["stage"] in (*report.STAGES, "scale") for r in recs)
     assert len({r["key"] for r in recs}) == len(recs)
     drifted = [r["key"] for r in recs if r["key"] in metrics
                and (r["stage"], r["what"], r["target"]) != (metrics[r["key"]].stage, metrics[r["key"]].what,
@@ -36,17 +38,19 @@ def test_a_bench_run_replaces_its_rows_newest_first_and_the_tables_show_it():
     run = {"when": "2030-01-02T03:04:05+00:00", "machine": machine, "rows": [
         {"stage": "ingest-10m ingest", "seconds": 71.234, "peak_rss_gib": 3.2, "events": 9_288_915,
          "events_per_s": 130_400},
-        {"stage": "features-1m materialize sqlite", "seconds": 150.0, "peak_rss_gib": 2.9, "entities": 1_500_000},
+        {"stage": "features-1m materialize sqlite", "seconds": 150.0, "peak_rss_gib": 2.9, "entities": 2_000_000},
         *[{"stage": f"serve /recommend c={c}", "rps": rps, "p99_ms": p99, **wrk}
           for c, rps, p99 in ((1, 1500, 1.5), (8, 2500, 7.25), (32, 900, 30.0))],
         {"stage": "not a row of the reference", "seconds": 1.0, "peak_rss_gib": 0.1}]}
     new = {r["key"]: r for r in report.records(run)}
-    assert set(new) == {"ingest-10m ingest", "features-1m materialize sqlite", "serve /recommend closed loop"}
+    # docs/scale.md's rows read the same runs
+    assert set(new) == {"ingest-10m ingest", "features-1m materialize sqlite", "serve /recommend closed loop",
+                        "scale 200k ingest", "scale 1M materialize"}
     ingest = new["ingest-10m ingest"]
     assert (ingest["figure"], ingest["met"]) == ("71.2 s (130k events/s), peak 3.20 GiB", "no (time)")
     assert (ingest["date"], ingest["machine"]) == ("2030-01-02", "8 cores (Some CPU), 31.2 GiB")
     assert ingest["command"] == "`BENCH=ingest-10m make bench`"
-    assert new["features-1m materialize sqlite"]["figure"].startswith("150 s for 1.50M entities = 100 s per 1M")
+    assert new["features-1m materialize sqlite"]["figure"].startswith("150 s for 2.00M entities = 75 s per 1M")
     assert new["features-1m materialize sqlite"]["met"] == "yes"
     assert new["serve /recommend closed loop"]["figure"] == "RPS 1,500 / 2,500 / 900; p99 1.5 / 7.25 / 30 ms; 0 errors"
     assert new["serve /recommend closed loop"]["met"] == "no (RPS)"
@@ -72,8 +76,11 @@ def test_every_bench_row_is_read_from_a_whole_run():
     reads = "features-1m online reads + training set"
     rows = [*[timed(f"{s} {stage}", events_per_s=84_000) for s in ("ingest-1m", "ingest-10m", "features-1m")
               for stage in ("generate", "ingest")],
-            *[timed(f"features-1m {stage}", entities=1_552_000) for stage in
-              ("features build", "materialize sqlite", "materialize redis", "train churn")],
+            *[timed(f"{s} {stage}", entities=1_552_000, feature_bytes=1_400_000_000)
+              for s in ("features-1m", "scale-20k", "scale-200k")
+              for stage in ("features build", "materialize sqlite", "materialize redis", "train churn", "score churn")],
+            *[timed(f"{s} online reads + training set", training_set={"rows": 80_000, "columns": 84, "seconds": 2.0})
+              for s in ("scale-20k", "scale-200k")],
             timed("features-1m sqlite insert floor", seconds_per_1m_entities=40.5),
             timed(reads, **{f"online_{n}_{s}": lat for n in (1, 100) for s in ("redis", "sqlite")},
                   training_set={"rows": 1_000_000, "columns": 84, "seconds": 23.5}),
@@ -124,6 +131,8 @@ def test_every_bench_row_is_read_from_a_whole_run():
                                                           "610 test customers, 69,065 events)")
     assert recs["recommender sparse shape"]["met"] == "yes"
     assert recs["features-1m training set"]["figure"] == "23.5 s, peak 1.50 GiB"
+    assert recs["features-1m feature bytes"]["figure"] == "1.30 GiB = 43% of the full snapshots' 3.00 GiB"
+    assert recs["features-1m feature bytes"]["met"] == "no"
     assert recs["score-1m all customers -> csv, no reasons"]["figure"] == (
         "12.3 s (4.8 s in process), 929,674 exported, peak 1.50 GiB, 11 MiB")
     assert recs["serve /score/churn at 50 RPS"]["figure"] == "p50 1 / p95 2 / p99 3 / max 9 ms"
