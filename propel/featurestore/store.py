@@ -33,6 +33,7 @@ from propel.featurestore.online_read import OnlineReader
 from propel.features.build import load_catalog
 from propel.lake import spark
 from propel.config import Workspace
+from propel.lake.tables import memory_settings
 
 REPO_DIR = Path(__file__).resolve().parent / "repo"
 ONLINE_STORES = ("sqlite", "redis")
@@ -195,15 +196,12 @@ def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFra
 
 def _bound_offline_memory(ws: Workspace) -> None:
     """Feast's DuckDB offline store runs on ibis's default DuckDB backend, which may take 80% of the machine's
-    memory (a 1M-customer training set was OOM-killed at 22 GB): the workspace's DuckDB memory limit and spill
-    folder apply to it too, as to every other DuckDB connection of Propel (propel.lake.tables.connect_duckdb)."""
+    memory (a 1M-customer training set was OOM-killed at 22 GB): the workspace's bounds apply to it too."""
     import ibis
 
-    spill = ws.data / ".duckdb_tmp"
-    spill.mkdir(parents=True, exist_ok=True)
     backend = ibis.get_backend()
-    backend.raw_sql(f"SET memory_limit = '{ws.settings().duckdb_memory_limit}'")
-    backend.raw_sql(f"SET temp_directory = '{spill}'")
+    for setting in memory_settings(ws):
+        backend.raw_sql(setting)
 
 
 def _release_offline_connection() -> None:

@@ -338,14 +338,20 @@ def empty_relation(table: Table) -> str:
     return f"SELECT {', '.join(cols)}, NULL::VARCHAR AS _load WHERE false"
 
 
+def memory_settings(ws: Workspace) -> list[str]:
+    """The SQL that bounds a DuckDB connection to the workspace's `duckdb_memory_limit`, spilling beyond it into
+    the workspace (every DuckDB connection of Propel's, Feast's offline store's too)."""
+    spill = ws.data / ".duckdb_tmp"
+    spill.mkdir(parents=True, exist_ok=True)
+    return [f"SET temp_directory = '{spill}'", f"SET memory_limit = '{ws.settings().duckdb_memory_limit}'"]
+
+
 def connect_duckdb(ws: Workspace, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """DuckDB in memory, UTC, spilling to the workspace when a query outgrows memory."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    spill = ws.data / ".duckdb_tmp"
-    spill.mkdir(parents=True, exist_ok=True)
-    con.execute(f"SET temp_directory = '{spill}'")
-    con.execute(f"SET memory_limit = '{ws.settings().duckdb_memory_limit}'")
+    for setting in memory_settings(ws):
+        con.execute(setting)
     con.execute("SET preserve_insertion_order = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
