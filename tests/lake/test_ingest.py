@@ -145,7 +145,7 @@ def test_pii_is_hashed_everywhere(ws, raw):
     """)
     ingest(raw, ws, now=NOW)
     blobs = b"".join(p.read_bytes() for p in ws.data.rglob("*") if p.is_file() and p.name != ".salt")
-    for secret in (b"alice", b"ALICE", b"bob@", b"7700 900", b"7700900", b"900123")  # 6+ digits: hex hashes hold 4 by chance:
+    for secret in (b"alice", b"ALICE", b"bob@", b"7700 900", b"7700900", b"900123"):  # 6+ digits: a hex hash holds 4 by chance
         assert secret not in blobs.lower() if secret.islower() else secret not in blobs
     # the same address, differently written, hashes to one identifier that links the events to C1
     ev = lake_frame(ws, "SELECT event_id, customer_id FROM events ORDER BY 1")
