@@ -24,12 +24,16 @@ def label(value, allowed: tuple[str, ...]) -> str:
     return value if value in allowed else "other"
 
 
-def count(events: list, checked: list[dict], results: list[dict]) -> None:
-    """Count one batch: `events` as received, `checked` from `intake.validate`, `results` as answered
-    (summed first: one counter update per label set, not per event)."""
-    keys = collections.Counter()
+def keys(events: list, checked: list[dict], results: list[dict]) -> collections.Counter:
+    """One batch's counts per label set: `events` as received, `checked` from `intake.validate`, `results` as
+    answered (summed first: one counter update per label set, not per event)."""
+    counts = collections.Counter()
     for raw, r, answer in zip(events, checked, results):
         source = r.get("event") or (raw if isinstance(raw, dict) else {})
-        keys[label(source.get("channel"), CHANNELS), label(source.get("event_type"), EVENT_TYPES), answer["status"]] += 1
-    for key, n in keys.items():
+        counts[label(source.get("channel"), CHANNELS), label(source.get("event_type"), EVENT_TYPES), answer["status"]] += 1
+    return counts
+
+
+def add(counts: collections.Counter) -> None:
+    for key, n in counts.items():
         EVENTS.labels(*key).inc(n)

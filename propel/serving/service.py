@@ -59,8 +59,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from propel.config import Workspace
-from propel.lake import events_log, intake
-from propel.serving import event_metrics
+from propel.serving.event_intake import GroupCommit, IntakeProcess
 from propel.serving.runtime import Runtime
 from propel.serving.schemas import EventsResponse, RecommendResponse, ScoreResponse, SimilarItemsResponse, openapi, schemas
 from propel.serving.scoring import BadContext, CustomerScorer, check_context
@@ -79,9 +78,9 @@ INLINE_IDS = 32  # scoring batches up to this size run on the event loop; larger
 QUEUE_SHARE = 0.75  # the queued scoring work of a worker is kept under this share of serve.timeout_seconds
 DRAIN_FACTOR = 32  # a body past the limit is read (and dropped) up to this many times the limit, then cut off
 OPEN_PATHS = {"/healthz", "/livez", "/readyz", "/metrics"}  # answered without the API key
-# POST /events batches are taken in a thread that holds the interpreter lock in stretches (validation, the log's
-# append); with this switch interval instead of Python's 5 ms the event loop, where /recommend runs, gets the lock
-# back sooner: its lag p99 was 3.3-5.7 ms against 4.5-7.7 ms while a thread took 10 batches of 100 a second
+# A worker's threads (large scoring batches, reloads) hold the interpreter lock in stretches; with this switch
+# interval instead of Python's 5 ms the event loop, where /recommend runs, gets the lock back sooner (its lag p99
+# was 3.3-5.7 ms against 4.5-7.7 ms while a thread took 10 event batches of 100 a second)
 SWITCH_SECONDS = 0.001
 ARRIVED: contextvars.ContextVar[float] = contextvars.ContextVar("arrived")  # when Gate saw the request (monotonic)
 
@@ -239,45 +238,6 @@ class BatchQueue:
             self.busy, self.pending = self.busy - 1, self.pending - cost
 
 
-class GroupCommit:
-    """The POST /events batches that arrive while one is being taken are taken together, as one: a batch's
-    cost is mostly fixed (planning the staging query, one fsync), so merging concurrent batches multiplies
-    throughput under load and costs nothing when requests come one at a time."""
-
-    def __init__(self, take, most: int):
-        self.take, self.most = take, most  # take(list of batches) -> list of their results; most events at once
-        self.waiting: list[tuple[list, asyncio.Future]] = []
-        self.running = False
-
-    async def submit(self, events: list) -> list[dict]:
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append((events, future))
-        if not self.running:
-            self.running = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self.waiting:
-                group, n = [], 0
-                while self.waiting and (not group or n + len(self.waiting[0][0]) <= self.most):
-                    group.append(self.waiting.pop(0))
-                    n += len(group[-1][0])
-                try:
-                    results = await anyio.to_thread.run_sync(self.take, [events for events, _ in group])
-                except Exception as exc:  # noqa: BLE001 - each request answers it (503)
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for (_, future), result in zip(group, results):
-                        if not future.done():  # the client may have gone
-                            future.set_result(result)
-        finally:
-            self.running = False
-
-
 async def metadata(_request):
     svc = _live["propel"]
     return _json({"service": "propel", "tasks": {t: s.describe() for t, s in svc.runtime.tasks.items()},
@@ -355,8 +315,8 @@ class Propel:
         # what /recommend answered, for analytics (written off the request path; never for a forgotten customer)
         self.served = ServedLog(WS, forgotten=self.runtime.tombstones)
         self.queue = BatchQueue(QUEUE_SHARE * SETTINGS.timeout_seconds)
-        self._events_log = events_log.open_log(WS)  # POST /events appends here (a Redis log connects lazily)
-        self._intake = GroupCommit(self._take_events, 5 * WS.settings().stream.max_events)
+        self._intake_process = IntakeProcess(WS)  # POST /events batches are taken there (propel/serving/event_intake.py)
+        self._intake = GroupCommit(self._intake_process.take, 5 * WS.settings().stream.max_events)
         self._lock = threading.Lock()
         self._stamp = self.runtime.stamp()
         self.runtime.refresh()
@@ -404,7 +364,7 @@ class Propel:
     def _close(self) -> None:
         self.report.close()
         self.served.close()
-        self._events_log.close()
+        self._intake_process.close()
 
     async def _watch(self) -> None:
         while True:
@@ -477,29 +437,6 @@ class Propel:
         counts = {s: sum(r["status"] == s for r in results) for s in ("accepted", "duplicate", "rejected")}
         return _json({"accepted": counts["accepted"], "duplicates": counts["duplicate"], "rejected": counts["rejected"],
                       "results": results})
-
-    def _take_events(self, batches: list[list]) -> list[list[dict]]:
-        """Validate and log several requests' events as one batch; the answer of each request."""
-        events = [e for batch in batches for e in batch]
-        checked = intake.validate(WS, events)
-        accepted = [r for r in checked if r["status"] == "accepted"]
-        added = self._events_log.append([r["event"] for r in accepted], [r["mapped"] for r in accepted])
-        answers, start = [], 0
-        for batch in batches:
-            results = []
-            for i, (raw, r) in enumerate(zip(batch, checked[start:start + len(batch)])):
-                event_id = r["event"]["event_id"] if "event" in r else raw.get("event_id") if isinstance(raw, dict) else None
-                status = r["status"] if r["status"] != "accepted" or event_id in added else "duplicate"
-                result = {"index": i, "event_id": None if event_id is None else str(event_id), "status": status}
-                if status == "rejected":
-                    result.update(field=r.get("field"), reason=r.get("reason"))
-                elif status == "accepted":
-                    result["customer_id"] = added[event_id]
-                results.append(result)
-            answers.append(results)
-            start += len(batch)
-        event_metrics.count(events, checked, [r for results in answers for r in results])  # /metrics
-        return answers
 
     # ---- scores ----------------------------------------------------------------------------------
     async def _score(self, task: str, request, context: dict) -> JSONResponse:

@@ -1,12 +1,15 @@
 """POST /events on a real `propel serve` (loopback, one worker) over a fresh workspace: per-event answers by the
 ingest rules, idempotent re-send, PII hashed before the log, a new device's anonymous profile and its login, the
-API key, malformed bodies a 400, and (last) every acknowledged event in the log after a `kill -9` of the server."""
+API key, malformed bodies a 400, a killed intake process replaced, and (last) every acknowledged event in the log after
+a `kill -9` of the server, whose intake processes then exit on their own."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -14,7 +17,7 @@ from propel.config import Workspace
 from propel.lake import events_log
 from propel.lake.identity import _mint
 from propel.lake.schema import CHANNELS, EVENT_TYPES
-from tests.helpers import BIN, kill_server, start, stop
+from tests.helpers import BIN, start, stop
 
 pytestmark = pytest.mark.slow  # a real server
 KEY = "events-key"
@@ -152,11 +155,55 @@ def test_answered_events_are_counted_on_metrics_by_channel_type_and_status(http,
     assert {c for c, _, _ in after} <= {*CHANNELS, "other"} and {t for _, t, _ in after} <= {*EVENT_TYPES, "other"}
 
 
+def _intake_processes(proc) -> list[psutil.Process]:
+    """The serving workers' intake processes (propel/serving/event_intake.py): multiprocessing's spawned children."""
+    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+
+
+def _until(check, what: str, bound: float = 120):
+    deadline = time.monotonic() + bound
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"no {what} within {bound} s"
+        time.sleep(0.2)
+    return found
+
+
+def test_a_killed_intake_process_is_replaced(http, server, ws):
+    """Batches are taken in a process beside the worker: killed, its batch is a 503 at worst (nothing
+    acknowledged) and the next one is taken by a new process."""
+    first = _until(lambda: _intake_processes(server[0]), "intake process")
+    for p in first:
+        p.kill()
+    psutil.wait_procs(first, timeout=30)
+    codes = []
+    for attempt in range(3):  # the batch the dead process had, if any, is refused; a resend is taken
+        r = http.post("/events", json={"events": [{**GOOD[0], "event_id": "after-intake-kill"}]})
+        codes.append(r.status_code)
+        if r.status_code == 200:
+            break
+    assert set(codes) <= {200, 503} and codes[-1] == 200, codes
+    assert r.json()["accepted"] + r.json()["duplicates"] == 1
+    logged = [e["event_id"] for _, e in events_log.open_log(ws).read(limit=10_000)]
+    assert logged.count("after-intake-kill") == 1
+    second = _intake_processes(server[0])
+    assert second and {p.pid for p in second}.isdisjoint({p.pid for p in first})
+
+
+
 def test_acknowledged_events_survive_kill_9_of_the_server(server, ws):
     proc, url = server
     with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": KEY}) as client:
         batch = [{**GOOD[0], "event_id": f"k{i}"} for i in range(500)]
         assert client.post("/events", json={"events": batch}).json()["accepted"] == 500
-    kill_server(proc)  # server and workers, right after the answer: what it acknowledged is durable
+    intake_processes = _intake_processes(proc)
+    # server and workers, right after the answer: what it acknowledged is durable; the workers' intake processes
+    # are left to notice their worker gone and exit (no orphan holds the log)
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in tree:
+        if p not in intake_processes:
+            p.kill()
+    proc.wait()
+    assert intake_processes and not psutil.wait_procs(intake_processes, timeout=30)[1], "orphaned intake processes"
+    psutil.wait_procs(tree, timeout=30)
     logged = {e["event_id"] for _, e in events_log.open_log(ws).read(limit=10_000)}
     assert {f"k{i}" for i in range(500)} <= logged
