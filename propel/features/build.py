@@ -339,7 +339,7 @@ class _Snapshots:
                    for f in self.features if f.source == "derived" and (f.counts_from or f not in self.clock)]
         keys = key if key == self.out else f"{key}, {self.out}"
         # rows in no particular order: sorting 1.55M wide rows was a fifth of a snapshot's time, and readers
-        # that need an order (segments' k-means) sort themselves
+        # that need an order (segments' k-means) sort themselves (build sorts only the change rows it writes)
         sql = (f"SELECT {keys}, CAST(T AS TIMESTAMP) AS event_timestamp, {', '.join(self.stored)} FROM ("
                f"SELECT *, {', '.join(derived)} FROM (SELECT g.*, {', '.join(cols)} FROM ({grid}) g {' '.join(joins)}))")
         return re.sub(r"\bT\b", f"DATE '{T.isoformat()}'", sql)  # `T` in feature SQL is the snapshot date
@@ -417,8 +417,12 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
         entities = ((_Snapshots(con, CUSTOMER_FEATURES, "pid", "customer_id"), staged(ws.customer_snapshots)),
                     (_Snapshots(con, ITEM_FEATURES, "item_id", "item_id"), staged(ws.item_snapshots)))
         grids = ("SELECT * FROM people WHERE since < DATE '{T}'", "SELECT item_id, price, category FROM items")
+        # customer rows sorted by lifetime purchases and revenue: alike customers side by side compress better, the
+        # 52 files at 1M to 80% of their unsorted bytes (1,097 MB, not 1,369), for ~1.3x the COPY's time.
+        # Readers need no order (asof.py sorts itself); item files are small and stay unsorted
+        orders = (" ORDER BY lifetime_purchases, lifetime_revenue", "")
         for T in cuts:
-            for i, ((snapshots, sub), grid) in enumerate(zip(entities, grids)):
+            for i, ((snapshots, sub), grid, order) in enumerate(zip(entities, grids, orders)):
                 try:
                     snapshots.advance(T)
                 except duckdb.ConversionException as exc:  # a running sum outgrew _EXACT
@@ -428,14 +432,15 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
                 path = sub / f"{T.isoformat()}.parquet"
                 # zstd: a quarter smaller than the default snappy, for about the same time (change rows compress
                 # less than full snapshots, whose idle customers' rows were alike)
-                con.execute(f"COPY ({snapshots.changes(grid.format(T=T), T)}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+                con.execute(f"COPY ({snapshots.changes(grid.format(T=T), T)}{order}) TO '{path}' "
+                            "(FORMAT parquet, COMPRESSION zstd)")
                 rows[i] += con.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0]
             advance(f"snapshot {T}")
         crm = profile_columns(con)
         cols = "".join(f', "{c}"' for c in crm)
         con.execute(f"COPY (SELECT customer_id, since AS event_timestamp{cols} FROM people "
                     "LEFT JOIN customers USING (customer_id)) "
-                    f"TO '{staged(ws.profile)}' (FORMAT parquet)")
+                    f"TO '{staged(ws.profile)}' (FORMAT parquet, COMPRESSION zstd)")  # 1M: 18 MB, not 27 (snappy)
         advance("profile")
     loads = [m["load_id"] for m in lake.manifests()]
     catalog = {"cutoffs": [c.isoformat() for c in cuts], "every_days": every_days, "layout": LAYOUT, "lake_load": loads[-1],
