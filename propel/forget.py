@@ -63,7 +63,7 @@ def _rewrite(con, path: Path, keep_sql: str) -> int:
     if kept == before:
         return 0
     tmp = path.with_suffix(".forget.tmp")
-    con.execute(f"COPY (SELECT * FROM read_parquet('{path}') WHERE {keep_sql}) TO '{tmp}' (FORMAT parquet)")
+    con.execute(f"COPY (SELECT * FROM read_parquet('{path}') WHERE {keep_sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")  # as the build writes them
     os.replace(tmp, path)
     return before - kept
 
