@@ -104,8 +104,10 @@ def _clock_in_sql(odfvs: List[OnDemandFeatureView], feature_refs: List[str], ent
     whole training set to pandas and back (~5 s at 1M rows). Only views running `asof.clock` that Feast would
     apply first (its columns come first), with short names and a request time on every row; others stay Feast's."""
     out: dict[str, list[str]] = {}
+    requested = {r.split(":", 1)[1] for r in feature_refs}
     if full_feature_names or any(v.mode == "substrait" for v in odfvs) or "request_ts" not in entity_df \
-            or not entity_df["request_ts"].notna().all():
+            or not pd.api.types.is_datetime64_any_dtype(entity_df["request_ts"]) \
+            or not entity_df["request_ts"].notna().all() or not set(asof.clock_inputs()) <= requested:
         return out
     for odfv in odfvs:
         if not asof.runs_clock(odfv):
