@@ -152,17 +152,43 @@ def clock_values(inputs: pd.DataFrame) -> pd.DataFrame:
     costs about a millisecond, the whole budget of an online read. Same values as `clock_sql` (tests check)."""
     inputs = inputs.loc[:, ~inputs.columns.duplicated()]  # Feast passes a feature twice when the service has it too
     ts = pd.to_datetime(inputs["request_ts"], utc=True)
-    t_day = np.ceil((ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() / 86400)
+    t_day = request_day((ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy())
+    out = clock_arrays(lambda name: pd.to_numeric(inputs[name], errors="coerce").to_numpy(np.float64), t_day)
+    return pd.DataFrame(out, index=inputs.index)
+
+
+def request_day(seconds):
+    """Day numbers (`day_number`) of request times given as seconds since 1970-01-01 UTC (array or float)."""
+    return np.ceil(np.asarray(seconds, dtype=np.float64) / 86400)
+
+
+def clock_arrays(column, t_day) -> dict[str, np.ndarray]:
+    """The customer clock features as arrays, by name in definition order: the one numpy home of their formulas
+    (Feast's on-demand view through `clock_values`, the online reader straight from its arrays). `column(name)`:
+    a stored input as float64 (null = NaN); `t_day`: the rows' day numbers (`request_day`), or one for all."""
     out: dict[str, np.ndarray] = {}
-    for f in clock_features(CUSTOMER_FEATURES):
+    for f in _CLOCK:
         if f.counts_from:
-            start = pd.to_numeric(inputs[f.counts_from], errors="coerce").to_numpy(np.float64)
+            start = column(f.counts_from)
             out[f.name] = np.where(np.isnan(start), float(f.default), t_day - start).astype(np.int64)
         elif m := _RATIO.fullmatch(f.sql):
-            num, den = (out[m[k]] if m[k] in out else inputs[m[k]].to_numpy(np.float64) for k in ("num", "den"))
+            num, den = (out[m[k]] if m[k] in out else column(m[k]) for k in ("num", "den"))
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[f.name] = np.where(den > 0, num / den, 0.0)
         else:
             raise ValueError(f"feature {f.name}: `{f.sql}` over clock features has no numpy form; add its shape to "
-                             "propel/features/asof.py:clock")
-    return pd.DataFrame(out, index=inputs.index)
+                             "propel/features/asof.py:clock_arrays")
+    return out
+
+
+_CLOCK = tuple(clock_features(CUSTOMER_FEATURES))
+
+
+def runs_clock(odfv) -> bool:
+    """A Feast on-demand view running `clock` (compared by code: the registry holds a copy of the function) in
+    pandas mode over `request_ts`: readers may compute its features from these formulas instead."""
+    udf = getattr(getattr(odfv, "feature_transformation", None), "udf", None)
+    code, ours = getattr(udf, "__code__", None), clock.__code__
+    return (getattr(odfv, "mode", None) == "pandas" and code is not None and code.co_code == ours.co_code
+            and code.co_names == ours.co_names and code.co_consts == ours.co_consts
+            and any("request_ts" in {f.name for f in s.schema} for s in odfv.source_request_sources.values()))

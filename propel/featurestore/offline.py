@@ -6,7 +6,9 @@ row with every earlier row of its entity, rank them, keep the first) grows with 
 feature time <= entity row time) from sorted inputs instead. Same answers as the stock store
 (tests/featurestore/test_offline.py): a TTL honoured (a newest row older than the TTL gives null, as every
 earlier row would), a created_timestamp breaks ties, unknown entities get nulls. Feast still applies the
-on-demand views (the returned job is Feast's own ibis job) and `full_feature_names`. Everything else
+on-demand views (the returned job is Feast's own ibis job) and `full_feature_names`, except `customer_clock`,
+which the query computes with the same values (`asof.clock_sql`; Feast's pandas path copies the whole training
+set to pandas and back). Everything else
 (materialization's pull_latest, writes) is the stock DuckDB store's; sources other than local Parquet files
 (S3, Delta, Iceberg, ...), an entity SQL query and `filter_by_created_timestamp` over a created column take the
 stock join.
@@ -20,10 +22,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import List, Union
 
+import uuid
+
 import ibis
 import numpy as np
 import pandas as pd
-from ibis.expr import datatypes as dt
+import pyarrow as pa
 from pydantic import field_validator
 
 from feast.data_format import ParquetFormat
@@ -36,6 +40,9 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
+
+from propel.features import asof
+from propel.features.definitions import CUSTOMER_FEATURES, clock_features
 
 ROW_POS = "__propel_entity_row"  # an entity row's position: the rows come back in the entity frame's order
 ROW_TS = "__propel_row_ts"  # an entity row's time in UTC, as Feast casts the feature rows' (both sides compare alike)
@@ -64,12 +71,13 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 filter_by_created_timestamp)
         ts = offline_utils.infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes)))
         entity_df = entity_df.assign(**{ts: pd.to_datetime(entity_df[ts], utc=True)})
-        table = _asof_join(entity_df, ts, feature_views, feature_refs, full_feature_names)
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
+        in_sql = _clock_in_sql(odfvs, feature_refs, entity_df, full_feature_names)
+        table = _asof_join(entity_df, ts, feature_views, feature_refs, full_feature_names, in_sql)
         for odfv in (v for v in odfvs if v.mode == "substrait"):
             table = odfv.transform_ibis(table, full_feature_names)
         return IbisRetrievalJob(
-            table, [v for v in odfvs if v.mode != "substrait"], full_feature_names,
+            table, [v for v in odfvs if v.mode != "substrait" and v.name not in in_sql], full_feature_names,
             metadata=RetrievalMetadata(features=feature_refs, keys=[c for c in entity_df.columns if c != ts],
                                        min_event_timestamp=entity_df[ts].min().to_pydatetime(),
                                        max_event_timestamp=entity_df[ts].max().to_pydatetime()),
@@ -89,18 +97,48 @@ def _asof_applies(views: List[FeatureView], entity_df, filter_by_created_timesta
     return isinstance(entity_df, pd.DataFrame) and all(plain_parquet(v) for v in views)
 
 
+def _clock_in_sql(odfvs: List[OnDemandFeatureView], feature_refs: List[str], entity_df: pd.DataFrame,
+                  full_feature_names: bool) -> dict[str, list[str]]:
+    """The on-demand views the query computes itself (by name: their requested features), in SQL with the same
+    values (`asof.clock_sql`, the SQL of the formulas of `asof.clock`): Feast's pandas path would copy the
+    whole training set to pandas and back (~5 s at 1M rows). Only views running `asof.clock` that Feast would
+    apply first (its columns come first), with short names and a request time on every row; others stay Feast's."""
+    out: dict[str, list[str]] = {}
+    requested = {r.split(":", 1)[1] for r in feature_refs}
+    if full_feature_names or any(v.mode == "substrait" for v in odfvs) or "request_ts" not in entity_df \
+            or not pd.api.types.is_datetime64_any_dtype(entity_df["request_ts"]) \
+            or not entity_df["request_ts"].notna().all() or not set(asof.clock_inputs()) <= requested:
+        return out
+    for odfv in odfvs:
+        if not asof.runs_clock(odfv):
+            break
+        prefix = odfv.projection.name_to_use()
+        wanted = {r.split(":", 1)[1] for r in feature_refs if r.startswith(f"{prefix}:")}
+        out[odfv.name] = [f.name for f in clock_features(CUSTOMER_FEATURES) if f.name in wanted]  # Feast's order
+    return out
+
+
 def _asof_join(entity_df: pd.DataFrame, ts: str, views: List[FeatureView], feature_refs: List[str],
-               full_feature_names: bool) -> ibis.Table:
+               full_feature_names: bool, clock: dict[str, list[str]] | None = None) -> ibis.Table:
     """The entity rows with each view's requested features as of their time, in the entity rows' order; columns
     as Feast's: the entity rows' own, then each view's features in order.
 
-    Per view, ibis's `asof_join` (DuckDB's ASOF LEFT JOIN) finds each entity row's newest feature row over the
-    narrow columns only (key, time, the row's file and number in it), and an equi-join on that row's identity
-    brings its features: sorting the wide rows for the ASOF join took 3x as long."""
-    utc = dt.Timestamp(timezone="UTC")
-    entity = ibis.memtable(entity_df.assign(**{ROW_POS: np.arange(len(entity_df))}))
-    acc = entity.mutate(**{ROW_TS: entity[ts].cast(utc)})
-    names: list[str] = []
+    One DuckDB query whose steps are materialized CTEs, each computed once (ibis inlines a subquery at each use:
+    its plan ran the first view's ASOF join four times and sorted the wide rows again for the second view's):
+    per view, `ASOF LEFT JOIN` finds each entity row's newest feature row over the narrow columns only (key,
+    time, the row's file and number in it); a semi join then reads only the matched rows' features (it hashes
+    the matched identities and streams the wide rows past them; a plain join may hash the whole wide table,
+    ~20 GB at 1M customers' change rows); the last step joins them to the entity rows by position."""
+    backend = ibis.get_backend()
+    entity_name = f"__propel_entity_{uuid.uuid4().hex}"
+    entity = pa.Table.from_pandas(entity_df.assign(**{ROW_POS: np.arange(len(entity_df))}), preserve_index=False)
+    # DuckDB's timestamps are in microseconds (an ibis memtable's, Feast's): nanoseconds would come back as objects
+    entity = entity.cast(pa.schema([pa.field(f.name, pa.timestamp("us", f.type.tz)) if pa.types.is_timestamp(f.type)
+                                    else f for f in entity.schema]))
+    backend.con.register(entity_name, entity)
+    ctes = [f"__e AS MATERIALIZED (SELECT {ROW_POS}, {', '.join(_q(c) for c in entity_df.columns)}, "
+            f"CAST({_q(ts)} AS TIMESTAMPTZ) AS {ROW_TS} FROM {_q(entity_name)})"]
+    joins, selected, names = [], [], []
     for i, view in enumerate(views):
         source = view.batch_source
         keys = view.projection.join_key_map or {e.name: e.name for e in view.entity_columns}
@@ -108,29 +146,51 @@ def _asof_join(entity_df: pd.DataFrame, ts: str, views: List[FeatureView], featu
         features = [r.split(":", 1)[1] for r in feature_refs if r.startswith(f"{prefix}:")]
         base = view.projection.name_alias or view.name
         out = {f: f"{base}__{f}" if full_feature_names else f for f in features}
-        row_ts, file, number = f"__propel_ts{i}", f"__propel_file{i}", f"__propel_row{i}"
-        key_cols = {k: f"__propel_key{i}_{j}" for j, k in enumerate(keys)}
-        rows = ibis.read_parquet(source.path, filename=file, file_row_number=True)
-        rows = rows.rename({new: old for old, new in source.field_mapping.items() if old in rows.columns})
-        rows = rows.rename({number: "file_row_number"})
+        renames = ", ".join(f"{_q(old)} AS {_q(new)}" for old, new in source.field_mapping.items())
+        # a row's identity: its file's number in the scan and its number in the file, in one BIGINT
+        rows = (f"(SELECT *{f' RENAME ({renames})' if renames else ''}, (file_index::BIGINT << 32) + file_row_number "
+                f"AS __id FROM read_parquet({_lit(source.path)}))")
         stamps = rows
         if source.created_timestamp_column:  # of rows of one entity and time, Feast keeps the latest created
-            order = ibis.desc(rows[source.created_timestamp_column])
-            stamps = rows.filter(ibis.row_number().over(group_by=[*keys, source.timestamp_field], order_by=order) == 0)
-        stamps = stamps.select(file, number, **{key_cols[k]: stamps[k] for k in keys},
-                               **{row_ts: stamps[source.timestamp_field].cast(utc)})
-        acc = acc.asof_join(stamps, acc[ROW_TS] >= stamps[row_ts],
-                            predicates=[acc[v] == stamps[key_cols[k]] for k, v in keys.items()])
-        acc = acc.select(*entity_df.columns, ROW_POS, ROW_TS, *names, row_ts, file, number)
-        values = rows.select(file, number, **{out[f]: rows[f] for f in features})
-        # only the matched rows' values: a semi join hashes the (few) matched identities and streams the wide
-        # table past them; a plain join may hash the whole wide table (~20 GB at 1M customers' change rows)
-        values = values.semi_join(acc.select(file, number).distinct(), [file, number])
-        acc = acc.left_join(values, [acc[file] == values[file], acc[number] == values[number]])
-        acc = acc.select(*entity_df.columns, ROW_POS, ROW_TS, *names, row_ts, *out.values())
-        if view.ttl:  # the newest row older than the TTL: expired, as every earlier one (Feast: null)
-            fresh = acc[row_ts] + ibis.interval(microseconds=int(view.ttl / timedelta(microseconds=1))) >= acc[ROW_TS]
-            acc = acc.mutate(**{n: fresh.ifelse(acc[n], ibis.null(acc[n].type())) for n in out.values()})
-        names += out.values()
-        acc = acc.select(*entity_df.columns, ROW_POS, ROW_TS, *names)
-    return acc.order_by(ROW_POS).select(*entity_df.columns, *names)
+            stamps = (f"(SELECT * FROM {rows} QUALIFY row_number() OVER (PARTITION BY "
+                      f"{', '.join(_q(k) for k in [*keys, source.timestamp_field])} "
+                      f"ORDER BY {_q(source.created_timestamp_column)} DESC) = 1)")
+        on = " AND ".join(f"e.{_q(v)} = s.{_q(k)}" for k, v in keys.items())
+        # each entity row's newest feature row at or before its time: positions and identities only
+        ctes.append(f"__m{i} AS MATERIALIZED (SELECT e.{ROW_POS}, s.__id, s.__t "
+                    f"FROM (SELECT {ROW_POS}, {ROW_TS}, {', '.join(dict.fromkeys(_q(v) for v in keys.values()))} "
+                    f"FROM __e) e ASOF LEFT JOIN (SELECT __id, "
+                    f"{', '.join(_q(k) for k in keys)}, CAST({_q(source.timestamp_field)} AS TIMESTAMPTZ) AS __t "
+                    f"FROM {stamps}) s ON {on} AND e.{ROW_TS} >= s.__t)")
+        ctes.append(f"__v{i} AS MATERIALIZED (SELECT r.__id"
+                    f"{''.join(f', r.{_q(f)} AS {_q(out[f])}' for f in features)} FROM {rows} r "
+                    f"SEMI JOIN (SELECT DISTINCT __id FROM __m{i}) m ON r.__id = m.__id)")
+        joins.append(f"LEFT JOIN __m{i} m{i} ON m{i}.{ROW_POS} = e.{ROW_POS} "
+                     f"LEFT JOIN __v{i} v{i} ON v{i}.__id = m{i}.__id")
+        for name in out.values():
+            col = f"v{i}.{_q(name)}"
+            if view.ttl:  # the newest row older than the TTL: expired, as every earlier one (Feast: null)
+                micros = int(view.ttl / timedelta(microseconds=1))
+                col = f"CASE WHEN m{i}.__t + to_microseconds({micros}) >= e.{ROW_TS} THEN {col} END"
+            selected.append(f"{col} AS {_q(name)}")
+            names.append(name)
+    sql = (f"WITH {', '.join(ctes)} SELECT e.{ROW_POS}, {', '.join(f'e.{_q(c)}' for c in entity_df.columns)}"
+           f"{''.join(', ' + c for c in selected)} FROM __e e {' '.join(joins)}")
+    computed = [n for wanted in (clock or {}).values() for n in wanted]
+    if computed:  # customer_clock, counted from each row's request time as `day_number` counts
+        base, derived = asof.clock_sql(CUSTOMER_FEATURES, 'CAST(ceil(epoch_us("request_ts") / 86400000000) AS BIGINT)')
+        sql = f"SELECT *, {', '.join(base)} FROM ({sql})"
+        for col in derived:
+            sql = f"SELECT *, {col} FROM ({sql})"
+        sql = f"SELECT {ROW_POS}, {', '.join(_q(n) for n in [*entity_df.columns, *names, *computed])} FROM ({sql})"
+    backend.con.execute(f"CREATE TEMP VIEW {_q(entity_name + '_features')} AS {sql}")
+    table = backend.table(entity_name + "_features")
+    return table.order_by(ROW_POS).drop(ROW_POS)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

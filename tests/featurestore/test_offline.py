@@ -113,3 +113,14 @@ def test_training_sets_equal_feasts_stock_join(built_features, copy_of):
         fstore._release_offline_connection()
     assert "customer_clock__days_since_last_purchase" in frames[0]
     pd.testing.assert_frame_equal(frames[0], frames[1])
+    # customer_clock: Propel's store computes it in its query (asof.clock_sql), Feast's stock store through the
+    # view's pandas function; request times at, just before and after midnights, and mid-day, to the microsecond
+    shift = pd.to_timedelta(rng.choice([0, -1, 1, 36_000_000_123], len(entity)), unit="us")
+    df = entity.assign(request_ts=entity["event_timestamp"] + shift, row=range(len(entity)))
+    jobs = [s.get_historical_features(entity_df=df, features=service) for s in (ours, stock)]
+    assert "customer_clock" not in [v.name for v in jobs[0].on_demand_feature_views], "computed in the query"
+    assert "customer_clock" in [v.name for v in jobs[1].on_demand_feature_views]
+    frames = [job.to_df().sort_values("row").reset_index(drop=True) for job in jobs]
+    fstore._release_offline_connection()
+    assert frames[0]["days_since_last_purchase"].nunique() > 10
+    pd.testing.assert_frame_equal(frames[0], frames[1])

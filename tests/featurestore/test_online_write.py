@@ -13,6 +13,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -123,6 +124,9 @@ def _check_reader(reader: OnlineReader, ids: list, feast: dict, request_ts: date
         assert np.array_equal(df[name].to_numpy(), want, equal_nan=True), name
     for name in (n for n in reader.other if n not in reader.hidden):
         assert df[name].tolist() == feast[name], name
+    for name in (n for _, names in reader.on_demand for n in names):  # computed as Feast's on-demand views do
+        want = np.array([np.nan if v is None else v for v in feast[name]], dtype=df[name].dtype)
+        assert np.array_equal(df[name].to_numpy(), want, equal_nan=df[name].dtype.kind == "f"), name
     stored = [n for n in reader.numeric + reader.other if n not in reader.hidden]
     assert set(missing) <= {i for j, i in enumerate(ids) if all(feast[n][j] is None for n in stored)}
     return missing
@@ -166,6 +170,22 @@ def _check_built(built: Workspace, tmp_path, online: str, use_stock=lambda: None
         assert _check_reader(reader, ids + ids[:2], {k: v + v[:2] for k, v in feast.items()},
                              datetime(1970, 1, 1, tzinfo=UTC)) == ["no-such-customer"]
     assert reader.read(ids[:1], datetime(2025, 6, 7, 13, tzinfo=UTC))[0].loc[0, "request_dow"] == 5
+    # customer_clock's fast path (asof.clock_arrays over the read arrays, no pandas) answers what Feast's
+    # on-demand view answers, at a midnight, just after one and mid-day; the request_context view runs its own
+    # function. Feast keeps whole seconds of a request time (a UnixTimestamp): to the microsecond, the fast path
+    # answers what the view's function answers (the reader's pandas path) on the same frame
+    midnight = latest.replace(tzinfo=UTC)
+    for service in ("churn_v1", "propensity_v1"):
+        reader = fstore.online_reader(store, service)
+        assert reader._clock[[o.name for o, _ in reader.on_demand].index("customer_clock")], "the fast path is taken"
+        for at in (midnight, midnight + timedelta(seconds=1), datetime(2026, 2, 3, 10, 30, tzinfo=UTC)):
+            feast = store.get_online_features(features=store.get_feature_service(service),
+                                              entity_rows=[{"customer_id": i, "request_ts": at} for i in ids]).to_dict()
+            _check_reader(reader, ids, feast, at)
+        slow = OnlineReader(store, service)
+        slow._clock = [False] * len(slow.on_demand)
+        for at in (midnight + timedelta(microseconds=1), midnight - timedelta(microseconds=1)):
+            pd.testing.assert_frame_equal(reader.read(ids, at)[0], slow.read(ids, at)[0])
     assert results[1] == results[0]
     got = results[1][0]
     assert got["purchases_30d"][-1] is None and got["customer_id"][-1] == "no-such-customer"
