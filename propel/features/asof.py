@@ -135,8 +135,8 @@ def clock_inputs(features=CUSTOMER_FEATURES) -> list[str]:
     stored = {f.name for f in stored_features(features)}
     out = [f.counts_from for f in clock_features(features) if f.counts_from]
     for f in clock_features(features):
-        out += [n for n in re.findall(r"\w+", f.sql) if n in stored and n not in out and not f.counts_from]
-    return out
+        out += [n for n in re.findall(r"\w+", f.sql) if n in stored and not f.counts_from]
+    return list(dict.fromkeys(out))
 
 
 def clock(inputs):

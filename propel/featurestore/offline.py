@@ -8,10 +8,9 @@ feature time <= entity row time) from sorted inputs instead. Same answers as the
 earlier row would), a created_timestamp breaks ties, unknown entities get nulls. Feast still applies the
 on-demand views (the returned job is Feast's own ibis job) and `full_feature_names`, except `customer_clock`,
 which the query computes with the same values (`asof.clock_sql`; Feast's pandas path copies the whole training
-set to pandas and back). Everything else
-(materialization's pull_latest, writes) is the stock DuckDB store's; sources other than local Parquet files
-(S3, Delta, Iceberg, ...), an entity SQL query and `filter_by_created_timestamp` over a created column take the
-stock join.
+set to pandas and back). Everything else (materialization's pull_latest, writes) is the stock DuckDB store's;
+sources other than local Parquet files (S3, Delta, Iceberg, ...), an entity SQL query and
+`filter_by_created_timestamp` over a created column take the stock join.
 
 Selected in propel/featurestore/repo/feature_store.yaml:
 `offline_store: {type: propel.featurestore.offline.AsofDuckDBOfflineStore}`.
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import List, Union
-
 import uuid
 
 import ibis
