@@ -52,6 +52,9 @@ from propel.lake.schema import quote_ident, quote_literal
 log = logging.getLogger(__name__)
 
 SQLITE_BATCH = 50_000  # entities per transaction
+# bytes per page of an empty SQLite store: inserting 50k customers' rows took 0.7-0.9x the time of SQLite's default
+# 4 KiB pages (the same rows, a quarter of the pages to write and link), at the same file size
+SQLITE_PAGE = 16_384
 ENCODE_ROWS = 50_000  # entities encoded per step for Redis (bounds memory: ~1 GB of value objects at 100 features)
 REDIS_BATCH = 500  # entities per script call: ~25 ms of server time at 40 features, which other clients wait out
 READ_BATCH = 5_000  # keys per timestamp-read call (~5 ms of server time)
@@ -286,8 +289,8 @@ def cluster_sqlite_tables(store: FeatureStore) -> None:
     Feast's own DDL, the rows live in the primary key, whose entity_key prefix also serves Feast's
     reads; Feast's `_ek` index is kept as an empty partial index (WHERE 0), so the CREATE INDEX IF
     NOT EXISTS of its next apply finds it and adds nothing. Columns, keys and values are Feast's.
-    A store made before this layout is converted once, rows included. Skipped (Feast's layout kept) on a
-    Feast without the private helpers it needs.
+    A store made before this layout is converted once, rows included. An empty store gets pages of
+    SQLITE_PAGE bytes. Skipped (Feast's layout kept) on a Feast without the private helpers it needs.
     """
     cfg = store.config
     if private.missing(("sqlite_db_path", "compute_table_id")):
@@ -309,6 +312,11 @@ def cluster_sqlite_tables(store: FeatureStore) -> None:
                 db.execute(f"INSERT INTO {quoted} SELECT * FROM {old} ORDER BY entity_key, feature_name")
                 db.execute(f"DROP TABLE {old}")  # and Feast's _ek index with it
                 db.execute(f"CREATE INDEX {quote_ident(table + '_ek')} ON {quoted} (entity_key) WHERE 0")
+        tables = [t for t, in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()]
+        empty = not any(db.execute(f"SELECT EXISTS (SELECT 1 FROM {quote_ident(t)})").fetchone()[0] for t in tables)
+        if empty and db.execute("PRAGMA page_size").fetchone()[0] != SQLITE_PAGE:
+            db.execute(f"PRAGMA page_size = {SQLITE_PAGE}")
+            db.execute("VACUUM")  # takes the new page size; nothing to copy
     finally:
         db.close()
 

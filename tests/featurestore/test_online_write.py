@@ -92,6 +92,14 @@ def _sqlite_dump(ws: Workspace) -> dict:
     return {**rows, "schema": schema}
 
 
+def _page_size(ws: Workspace) -> int:
+    db = sqlite3.connect(ws.online_store_db)
+    try:
+        return db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
+
+
 def _redis_dump(ws: Workspace) -> dict:
     import redis
 
@@ -199,6 +207,7 @@ def test_built_features_sqlite_identical_to_feast(built_features, tmp_path):
     expected, got = _sqlite_dump(stock), _sqlite_dump(fast)
     assert got.keys() == expected.keys() and sum(map(len, got.values())) > 10_000
     assert sum(sql.endswith("WITHOUT ROWID") for *_, sql in got["schema"] if sql) == 4, "apply clusters every table"
+    assert _page_size(fast) == online_write.SQLITE_PAGE, "apply gives an empty store larger pages"
     for table in expected:
         assert got[table] == expected[table], table
     again = fstore.materialize(fast, "sqlite")
@@ -329,6 +338,7 @@ def test_sqlite_tables_converted_to_clustered_layout(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="propel.featurestore.online_write"):
         online_write.cluster_sqlite_tables(fstore.feature_store(ws, "sqlite"))
     assert "moving propel_tiny to the clustered layout" in caplog.text
+    assert _page_size(ws) == 4096, "a store with rows keeps its pages (no VACUUM copying it)"
     clustered = _sqlite_dump(ws)
     assert {k: v for k, v in clustered.items() if k != "schema"} == {k: v for k, v in feast_layout.items() if k != "schema"}
     reads = _run_tiny(ws, "sqlite", fast=False)  # Feast's apply, materialize and reads on the new layout
