@@ -24,10 +24,10 @@ class UserError(Exception):
 
 
 def ingest_errors() -> tuple[type[Exception], ...]:
-    """IngestError (and LakeBusy) once loaded (only they raise them): importing them up front would add
-    ~1 s (pandas, SciPy) to the start-up of every command."""
+    """IngestError and Busy (another lake or feature writer) once loaded (only they raise them): importing them up
+    front would add ~1 s (pandas, SciPy) to the start-up of every command."""
     module, lake = sys.modules.get("propel.lake.ingest"), sys.modules.get("propel.lake.tables")
-    return ((module.IngestError,) if module else ()) + ((lake.LakeBusy,) if lake else ())
+    return ((module.IngestError,) if module else ()) + ((lake.Busy,) if lake else ())
 
 
 def friendly(fn):

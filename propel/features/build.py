@@ -33,7 +33,7 @@ import duckdb
 
 from propel.features.definitions import (CUSTOMER_FEATURES, FEATURE_CHANNELS, ITEM_FEATURES, Feature, clock_features,
                                         stored_features)
-from propel.lake.tables import Lake
+from propel.lake.tables import Busy, Lake, crash_point, exclusive
 from propel.lake.schema import TABLES, pii_kind
 from propel.config import Workspace
 from propel.progress import steps
@@ -378,6 +378,24 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
     lake = Lake(ws)
     if not lake.files("events") and not lake.files("customers"):
         raise FileNotFoundError(f"{lake.root}: the lake has no events or customers yet. Run `propel ingest RAW_DIR` first.")
+
+    def refuse(holder: str) -> Busy:
+        return Busy(f"{ws.features}: another feature build is running ({holder}); one build at a time. Fix: wait for "
+                    "it to finish, then re-run this command.")
+    with exclusive(ws.data / "features.lock", f"features build, engine {engine}", refuse):
+        return _build(ws, lake, every_days, snapshots, progress, engine, started)
+
+
+def _build(ws: Workspace, lake: Lake, every_days: int, snapshots: int, progress: bool, engine: str,
+           started: float) -> BuildReport:
+    """The build, under the lock: staged in `features.building`, then swapped in whole (a crash leaves the
+    previous build, or, between the swap's two renames, the previous one under `features.previous`, put back by
+    the next build)."""
+    out = ws.features
+    tmp, previous = out.with_name(out.name + ".building"), out.with_name(out.name + ".previous")
+    if previous.exists() and not out.exists():
+        previous.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
     if engine == "spark":
         from propel.features import spark
 
@@ -387,8 +405,6 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
     first, latest = span(con)
     # a snapshot before any event has no behaviour in it: history shorter than the snapshots asked for gets fewer
     cuts = [T for T in cutoffs(latest, every_days, snapshots) if T > first] or [latest]
-    out = ws.features
-    tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     def staged(path: Path) -> Path:  # where a workspace path is written until the build is swapped in
         return tmp / path.relative_to(out)
@@ -435,6 +451,7 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
                 con.execute(f"COPY ({snapshots.changes(grid.format(T=T), T)}{order}) TO '{path}' "
                             "(FORMAT parquet, COMPRESSION zstd)")
                 rows[i] += con.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0]
+                crash_point("features_snapshot")
             advance(f"snapshot {T}")
         crm = profile_columns(con)
         cols = "".join(f', "{c}"' for c in crm)
@@ -446,8 +463,11 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
     catalog = {"cutoffs": [c.isoformat() for c in cuts], "every_days": every_days, "layout": LAYOUT, "lake_load": loads[-1],
                "profile_columns": crm, "customer_rows": rows[0], "item_rows": rows[1]}
     staged(ws.catalog).write_text(json.dumps(catalog, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
+    if out.exists():
+        out.rename(previous)
+    crash_point("features_swap")
     tmp.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
     return BuildReport(catalog["cutoffs"], rows[0], rows[1], list(crm), time.perf_counter() - started)
 
 

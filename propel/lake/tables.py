@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,8 +48,39 @@ COMMITS, LOCK = "_commits", "_lock"
 LEGACY_FILES = {"identity_map": "identity_map.parquet", "identity_merges": "identity_merges.parquet"}
 
 
-class LakeBusy(Exception):
-    """Another process is writing the lake; the message says which and what to do."""
+class Busy(Exception):
+    """Another process holds a writer's lock; the message says which and what to do."""
+
+
+class LakeBusy(Busy):
+    """Another process is writing the lake."""
+
+
+@contextmanager
+def exclusive(path: Path, operation: str, refuse):
+    """One writer at a time: an flock on `path` (freed when its process dies, `kill -9` included) that says who
+    holds it; `refuse(holder)` is the exception raised at once when another process does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            deadline = time.monotonic() + 1.0
+            while True:  # the holder writes who it is just after it locks
+                fh.seek(0)
+                holder = fh.read().strip()
+                if holder or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            raise refuse(holder or "a process that has not said which") from None
+        fh.truncate(0)
+        fh.write(f"{operation}, pid {os.getpid()}, since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.truncate(0)
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def crash_point(name: str) -> None:
@@ -203,24 +235,12 @@ class Lake:
     # ---- writing -------------------------------------------------------------------------------------
     @contextmanager
     def _lock(self, operation: str):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "a process that has not said which"
-                what = "another ingest" if holder.startswith("ingest") else "another lake write"
-                raise LakeBusy(f"{self.root}: {what} is running ({holder}); the lake takes one writer at a "
-                               "time. Fix: wait for it to finish, then re-run this command.") from None
-            fh.truncate(0)
-            fh.write(f"{operation}, pid {os.getpid()}, since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
-            fh.flush()
-            try:
-                yield
-            finally:
-                fh.truncate(0)
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        def refuse(holder: str) -> LakeBusy:
+            what = "another ingest" if holder.startswith("ingest") else "another lake write"
+            return LakeBusy(f"{self.root}: {what} is running ({holder}); the lake takes one writer at a time. "
+                            "Fix: wait for it to finish, then re-run this command.")
+        with exclusive(self.root / LOCK, operation, refuse):
+            yield
 
     @contextmanager
     def transaction(self, operation: str):
