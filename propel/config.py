@@ -336,6 +336,10 @@ class Workspace:
         return self.features / "customer_profile.parquet"  # CRM attributes, one row per customer
 
     @property
+    def features_lock(self) -> Path:
+        return self.data / "features.lock"  # held by a feature build, and by `propel forget` (which rewrites the tables)
+
+    @property
     def catalog(self) -> Path:
         return self.features / "catalog.json"  # cutoffs, CRM columns and types, the lake load used
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from propel.config import Workspace
 from propel.lake import events_log, tombstones
-from propel.lake.tables import Lake
+from propel.lake.tables import Busy, Lake, exclusive
 from propel.serving import served_log
 from propel.training.recommender_model import scrub_packages
 
@@ -69,6 +69,16 @@ def _rewrite(con, path: Path, keep_sql: str) -> int:
 
 
 def forget(ws: Workspace, customer_ids: list[str]) -> ForgetReport:
+    """Under the feature-build lock: a build that had read the lake before the tombstones would otherwise swap
+    the person's rows back in after the feature tables were rewritten."""
+    def refuse(holder: str) -> Busy:
+        return Busy(f"{ws.features}: a feature build is running ({holder}), and forgetting rewrites the feature "
+                    "tables. Fix: wait for it to finish, then re-run this command.")
+    with exclusive(ws.features_lock, "forget", refuse):
+        return _forget(ws, customer_ids)
+
+
+def _forget(ws: Workspace, customer_ids: list[str]) -> ForgetReport:
     lake = Lake(ws)
     con = lake.connect()
     con.execute("CREATE TEMP TABLE asked (id VARCHAR)")

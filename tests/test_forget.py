@@ -18,6 +18,7 @@ from propel.forget import forget
 from propel.lake.ingest import ingest
 from bench.common import free_port, stop_server
 from propel.lake import events_log, intake, tombstones
+from propel.lake.tables import Busy, exclusive
 from propel.training import registry
 from propel.training.recommender_model import EXAMPLE_IDS, load_recommender
 from tests.helpers import BIN, NOW, lake_frame, start, write
@@ -80,6 +81,18 @@ def test_forget_sqlite(ws, raw):
 
 
 @pytest.mark.redis
+def test_forget_is_refused_while_a_feature_build_runs(ws, raw):
+    """A build that read the lake before the tombstones would swap the person's rows back in after forget rewrote
+    the feature tables: forget is refused before it changes anything, naming the build, and runs once it ends."""
+    _setup(ws, raw, "sqlite")
+    with exclusive(ws.features_lock, "features build, engine duckdb", Busy):  # as a running build holds it
+        with pytest.raises(Busy, match=r"a feature build is running \(features build, engine duckdb, pid \d+"):
+            forget(ws, ["C1"])
+        assert not tombstones.keys(ws.tombstones)
+        assert lake_frame(ws, "SELECT count(*) FROM customers WHERE customer_id = 'C1'").iloc[0, 0] == 1
+    assert forget(ws, ["C1"]).customers == ["C1"]
+
+
 def test_forget_redis(ws, raw, redis_url, monkeypatch):
     monkeypatch.setenv("PROPEL_REDIS_URL", redis_url)
     _forget_end_to_end(ws, raw, "redis")

@@ -382,7 +382,7 @@ def build(ws: Workspace, every_days: int = 7, snapshots: int = 52, progress: boo
     def refuse(holder: str) -> Busy:
         return Busy(f"{ws.features}: another feature build is running ({holder}); one build at a time. Fix: wait for "
                     "it to finish, then re-run this command.")
-    with exclusive(ws.data / "features.lock", f"features build, engine {engine}", refuse):
+    with exclusive(ws.features_lock, f"features build, engine {engine}", refuse):
         return _build(ws, lake, every_days, snapshots, progress, engine, started)
 
 

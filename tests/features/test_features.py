@@ -241,7 +241,7 @@ def test_a_killed_build_leaves_a_whole_one_and_a_second_at_once_is_refused(small
     assert not ws.features.with_name("features.previous").exists()
     assert not ws.features.with_name("features.building").exists()
 
-    with exclusive(ws.data / "features.lock", "features build, engine duckdb", Busy):  # as a running build holds it
+    with exclusive(ws.features_lock, "features build, engine duckdb", Busy):  # as a running build holds it
         with pytest.raises(Busy, match="another feature build is running .features build, engine duckdb, pid"):
             build(ws, every_days=7, snapshots=4)
         proc = subprocess.run([str(BIN / "propel"), "--workspace", str(ws.root), "features", "build"],
