@@ -44,6 +44,12 @@ def day_number(T: date | datetime) -> int:
     return math.ceil(T.timestamp() / 86400)
 
 
+def _naive_utc(T: date | datetime) -> datetime:
+    """T as a naive UTC datetime (a date: its midnight; naive = UTC), as the tables' timestamps are."""
+    moment = T if isinstance(T, datetime) else datetime(T.year, T.month, T.day)
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
 def _tables(ws: Workspace, entity: str, T: date | datetime) -> list[Path]:
     """The entity's table files of cutoffs at or before T, checked to be of this layout."""
     from propel.features.build import LAYOUT, load_catalog
@@ -52,8 +58,7 @@ def _tables(ws: Workspace, entity: str, T: date | datetime) -> list[Path]:
     if catalog.get("layout") != LAYOUT:
         raise ValueError(f"{ws.catalog}: these features were built by an older Propel (a full snapshot per cutoff); "
                          "run `propel features build` to rebuild them")
-    moment = T if isinstance(T, datetime) else datetime(T.year, T.month, T.day)
-    moment = moment.replace(tzinfo=None) if moment.tzinfo is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
+    moment = _naive_utc(T)
     return [folder(ws, entity) / f"{c}.parquet" for c in catalog["cutoffs"] if datetime.fromisoformat(c) <= moment]
 
 
@@ -96,8 +101,7 @@ def as_of_sql(ws: Workspace, T: date | datetime, entity: str = "customer", store
     sql = f"SELECT *, {', '.join(base)} FROM ({newest})" if base else newest
     for col in derived:
         sql = f"SELECT *, {col} FROM ({sql})"
-    stamp = T if isinstance(T, datetime) else datetime(T.year, T.month, T.day)
-    stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
+    stamp = _naive_utc(T)
     names = [f.name for f in (stored_features(features) if stored else features)]
     return f"SELECT {key}, TIMESTAMP '{stamp.isoformat(' ')}' AS event_timestamp, {', '.join(names)} FROM ({sql})"
 
@@ -116,9 +120,9 @@ def as_of_spark(spark, ws: Workspace, T: date | datetime, entity: str = "custome
     from pyspark.sql import functions as F
 
     key, features = ENTITIES[entity]
-    files = _tables(ws, entity, T) or _tables(ws, entity, datetime.max)[:1]
-    rows = spark.read.parquet(*map(str, files))
-    if not _tables(ws, entity, T):
+    files = _tables(ws, entity, T)
+    rows = spark.read.parquet(*map(str, files or _tables(ws, entity, datetime.max)[:1]))
+    if not files:
         rows = rows.limit(0)
     newest = rows.groupBy(key).agg(F.max("event_timestamp").alias("event_timestamp"))
     df = rows.join(newest, [key, "event_timestamp"])

@@ -177,7 +177,7 @@ def _step(states: list[_State], table: str, source: str, keys: str, prev: str, T
     so DuckDB skips the rest). Only the entities they touch are joined and recomputed; the rest are copied:
     a join's cost grows with its rows times the columns it carries, and most entities are idle in a week.
     """
-    offsets = sorted({st.enter for st in states} | {st.leave for st in states if st.leave is not None})
+    offsets = sorted(_offsets(states))
     slices = []
     for days in offsets:
         aggs = [(st, "in") for st in states if st.enter == days] + [(st, "out") for st in states if st.leave == days]
@@ -191,6 +191,11 @@ def _step(states: list[_State], table: str, source: str, keys: str, prev: str, T
     joins = " ".join(f"LEFT JOIN {n} USING ({keys})" for n in names)
     return (f"WITH {', '.join(ctes)} SELECT * FROM {table} ANTI JOIN moved_keys USING ({keys}) UNION ALL "
             f"SELECT {keys}, {_updates(states)} FROM moved_keys LEFT JOIN {table} o USING ({keys}) {joins}")
+
+
+def _offsets(states: list[_State]) -> set[int]:
+    """The day offsets at which rows enter or leave the states' windows."""
+    return {st.enter for st in states} | {st.leave for st in states if st.leave is not None}
 
 
 def _moved(source: str, keys: str, offsets: set[int], prev: str, T: str) -> str:
@@ -279,8 +284,7 @@ class _Snapshots:
         for source, states in self.by_source.items():
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE st_{source} AS "
                              f"{_step(states, f'st_{source}', source, key, prev, t_sql)}")
-            offsets = {st.enter for st in states} | {st.leave for st in states if st.leave is not None}
-            touched.append(_moved(source, key, offsets, prev, t_sql))
+            touched.append(_moved(source, key, _offsets(states), prev, t_sql))
         for name, states in self.pairs.items():
             p = _PAIRS[name]
             step = _step(states, f"pairs_{name}", p.source, f"{key}, {p.key}", prev, t_sql)

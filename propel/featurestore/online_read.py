@@ -82,7 +82,7 @@ class OnlineReader:
         self._slot = {**{n: (j, True) for j, n in enumerate(self.numeric)},
                       **{n: (j, False) for j, n in enumerate(self.other)}}
         self._numeric_col = {n: j for n, (j, numeric) in self._slot.items() if numeric}
-        hidden = set(self.hidden)
+        hidden = self._hidden = set(self.hidden)
         self._shown_numeric = [j for j, n in enumerate(self.numeric) if n not in hidden]
         self._shown_other = [j for j, n in enumerate(self.other) if n not in hidden]
         self._shown_names = ([self.numeric[j] for j in self._shown_numeric], [self.other[j] for j in self._shown_other])
@@ -176,7 +176,7 @@ class OnlineReader:
             if name in stored:
                 found |= np.array([s != FieldStatus.NOT_FOUND for s in result.statuses], dtype=bool)
         df = pd.DataFrame({self.key: ids})
-        hidden = set(self.hidden)
+        hidden = self._hidden
         for name in (n for n in self.numeric if n not in hidden):
             df[name] = np.array([np.nan if v is None else float(v) for v in values[name]], dtype=np.float64)
         for name in (n for n in self.other if n not in hidden):
