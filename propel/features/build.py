@@ -2,8 +2,8 @@
 
 Events are first reduced to small per-customer (and per-item) *daily* tables; each snapshot at
 cutoff T (a midnight, UTC) then aggregates only days strictly before T, so a snapshot never sees an
-event at or after its own timestamp. Snapshots are computed oldest first, each from the previous one's
-running sums plus the days that entered and left each window (`_Snapshots`). Cutoffs are every `every_days` days back from the "latest"
+event at or after its own timestamp. All cutoffs are computed in one pass per batch of customers, from
+cumulative sums over the daily tables (`_Changes`). Cutoffs are every `every_days` days back from the "latest"
 snapshot, which is the midnight after the newest event. Output (Parquet, one file per cutoff holding only
 the entities whose stored values changed since their previous row, or that are new):
 
@@ -16,7 +16,7 @@ Features that move with the clock alone (days since the last purchase, tenure) a
 count from, so a customer's row does not change just because a week passed. Read the tables only through
 `propel.features.asof` ("the features as of T": newest row per entity, clock features counted from T).
 
-All SQL is plain aggregate/join SQL over Parquet, so it ports to Spark SQL as it is.
+All SQL is plain aggregate, join and window SQL over Parquet; Spark runs it too (propel.features.spark).
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import json
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from propel.features.definitions import (CUSTOMER_FEATURES, FEATURE_CHANNELS, ITEM_FEATURES, Feature, clock_features,
                                         stored_features)
@@ -85,8 +87,9 @@ _SOURCES = {
           count(*) FILTER (WHERE event_type = 'purchase') AS n_purchases
         FROM events WHERE item_id IS NOT NULL GROUP BY ALL""",
 }
-# Per-customer sources with one row per (customer, day, pair key), kept as a 365-day running state of
-# sums per pair; `sql` aggregates that state (the table `pairs`) into per-pair rows for the features.
+# Per-customer sources with one row per (customer, day, pair key): features over the pairs in the 365 days
+# before a cutoff. `sql` turns the pairs alive at a cutoff (the table `pairs`: keys `{entity}`, the pair key,
+# the pair's sums) into per-pair rows the features aggregate.
 @dataclass(frozen=True)
 class _Pairs:
     source: str
@@ -101,10 +104,10 @@ _PAIRS = {
     "categories": _Pairs("cat_daily", "category", ("spend", "n_viewed", "price_ratio_sum", "n_bought"), 365, """
         SELECT c.*, CASE WHEN t.spend > 0 THEN c.spend ELSE c.n_viewed END AS score,
           CASE WHEN t.spend > 0 THEN t.spend ELSE t.n_viewed END AS total
-        FROM pairs c JOIN (SELECT pid, sum(spend) AS spend, sum(n_viewed) AS n_viewed FROM pairs GROUP BY pid) t
-        USING (pid)"""),
+        FROM pairs c JOIN (SELECT {entity}, sum(spend) AS spend, sum(n_viewed) AS n_viewed FROM pairs
+        GROUP BY {entity}) t USING ({entity})"""),
     "brands": _Pairs("brand_daily", "brand", ("n_bought",), 365, """
-        SELECT pid, n_bought / sum(n_bought) OVER (PARTITION BY pid) AS brand_share FROM pairs"""),
+        SELECT {entity}, n_bought / sum(n_bought) OVER (PARTITION BY {entity}) AS brand_share FROM pairs"""),
 }
 
 
@@ -127,226 +130,365 @@ def cutoffs(latest: date, every_days: int, count: int) -> list[date]:
     return sorted(latest - timedelta(days=every_days * i) for i in range(count))
 
 
-# The aggregate shapes a feature over a daily source may have; each becomes running state (see _Snapshots).
+# The aggregate shapes a feature over a daily source may have; each becomes cumulative terms (see _Changes).
 _SUM = re.compile(r"sum\((?P<x>.+?)\)(?: FILTER \(WHERE day >= T - (?P<a>\d+)(?: AND day < T - (?P<b>\d+))?\))?")
 _LAST = re.compile(r"T - max\(day\)(?: FILTER \(WHERE (?P<cond>.+)\))?")
 _MOMENT = re.compile(r"(?P<fn>avg|stddev_samp)\((?P<x>\w+)\)")
-# Running sums are exact, so what leaves a window leaves no residue, and 8 bytes wide: floats keep 6 decimals,
-# up to 10^12 per customer.
+# Cumulative sums are exact, so a window's sum (the difference of two) leaves no residue, and 8 bytes wide:
+# floats keep 6 decimals, up to 10^12 per customer.
 _EXACT = {"int": "BIGINT", "float": "DECIMAL(18, 6)"}
+# A stored day: days since 1970-01-01 (an integer every store carries: Parquet, Feast, SQLite, Redis, Spark)
+_EPOCH_DAY = "date_diff('day', DATE '1970-01-01', {})"
+_RUNNING = "OVER (PARTITION BY {} ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
 
 
 @dataclass(frozen=True)
-class _State:
-    """A running column: `agg` ("sum" or "max") of `expr` over the rows entering it (days in [previous cutoff -
-    enter, cutoff - enter)) is folded in and, for a sum over a window, that of the rows leaving it taken out."""
-    column: str
-    sql_type: str
+class _Term:
+    """A cumulative column of a source: `agg` ("sum" or "max") of `expr` over its rows with day + `offset` < T
+    that match `cond`. A sum over the window [T - a, T - b) is the difference of two terms, offsets b and a."""
     agg: str
     expr: str
+    sql_type: str
+    offset: int = 0
     cond: str = "true"
-    enter: int = 0
-    leave: int | None = None
+
+    def delta(self) -> str:
+        """Its aggregate over one group of the source's rows."""
+        return f"{self.agg}({self.expr})" + (f" FILTER (WHERE {self.cond})" if self.cond != "true" else "")
+
+    def running(self, column: str, window: str) -> str:
+        """Its value at each k, from the deltas in `column`: a running sum (0 before any row) or maximum."""
+        if self.agg == "max":
+            return f"max({column}) {window}"
+        return f"CAST(coalesce(sum({column}) {window}, 0) AS {self.sql_type})"
 
 
-def _states(f: Feature) -> tuple[list[_State], str]:
-    """The running columns a feature needs and its SQL over them (`s.` = its source's state table)."""
+def _terms(f: Feature) -> tuple[list[_Term], str]:
+    """The cumulative terms a feature needs and its SQL over them (`{0}`, `{1}`, ... = the terms' columns)."""
     if m := _SUM.fullmatch(f.sql):
-        x = f"CAST({m['x']} AS {_EXACT[f.dtype]})"
-        leave = None if m["a"] is None else int(m["a"])
-        return [_State(f.name, _EXACT[f.dtype], "sum", x, enter=int(m["b"] or 0), leave=leave)], f"s.{f.name}"
+        typ = _EXACT[f.dtype]
+        x = f"CAST({m['x']} AS {typ})"
+        enter = _Term("sum", x, typ, int(m["b"] or 0))
+        if m["a"] is None:
+            return [enter], "{0}"
+        return [enter, _Term("sum", x, typ, int(m["a"]))], f"CAST({{0}} - {{1}} AS {typ})"
     if m := _LAST.fullmatch(f.sql):
-        return [_State(f.name, "DATE", "max", "day", m["cond"] or "true")], f"T - s.{f.name}"
+        return [_Term("max", "day", "DATE", cond=m["cond"] or "true")], "T - {0}"
     if m := _MOMENT.fullmatch(f.sql):
         x = m["x"]
-        n, s1, s2 = (f"s.{x}__{p}" for p in ("n", "s1", "s2"))
-        states = [_State(f"{x}__n", "BIGINT", "sum", f"CAST({x} IS NOT NULL AS INT)"),
-                  _State(f"{x}__s1", "BIGINT", "sum", x), _State(f"{x}__s2", "BIGINT", "sum", f"{x} * {x}")]
-        sql = (f"{s1} / nullif({n}, 0)" if m["fn"] == "avg"
-               else f"sqrt(({s2} * {n} - {s1} * {s1}) / nullif({n} * ({n} - 1), 0))")  # exact integers until the sqrt
-        return states, sql
-    raise ValueError(f"feature {f.name}: `{f.sql}` over source {f.source} is not a shape the snapshot build keeps "
-                     "running (sum(x) [FILTER (WHERE day >= T - N [AND day < T - M])], T - max(day) [FILTER (WHERE "
-                     "...)], avg(x), stddev_samp(x)); add it to propel/features/build.py or use a derived feature")
+        terms = [_Term("sum", f"CAST({x} IS NOT NULL AS BIGINT)", "BIGINT"), _Term("sum", x, "BIGINT"),
+                 _Term("sum", f"{x} * {x}", "BIGINT")]
+        sql = ("{1} / nullif({0}, 0)" if m["fn"] == "avg"
+               else "sqrt(({2} * {0} - {1} * {1}) / nullif({0} * ({0} - 1), 0))")  # exact integers until the sqrt
+        return terms, sql
+    raise ValueError(f"feature {f.name}: `{f.sql}` over source {f.source} is not a shape the build keeps "
+                     "cumulatively (sum(x) [FILTER (WHERE day >= T - N [AND day < T - M])], T - max(day) [FILTER "
+                     "(WHERE ...)], avg(x), stddev_samp(x)); add it to propel/features/build.py or use a derived feature")
 
 
-def _step(states: list[_State], table: str, source: str, keys: str, prev: str, T: str) -> str:
-    """SQL of `table` (running states) moved from cutoff `prev` to `T`.
+class _Changes:
+    """Feature rows of one entity (customers or items) at every cutoff, only where a stored value changed.
 
-    One scan of the source per distinct offset reads only the days that moved (sources are sorted by day,
-    so DuckDB skips the rest). Only the entities they touch are joined and recomputed; the rest are copied:
-    a join's cost grows with its rows times the columns it carries, and most entities are idle in a week.
-    """
-    offsets = sorted(_offsets(states))
-    slices = []
-    for days in offsets:
-        aggs = [(st, "in") for st in states if st.enter == days] + [(st, "out") for st in states if st.leave == days]
-        cols = ", ".join(f"{st.agg}({st.expr})" + (f" FILTER (WHERE {st.cond})" if st.cond != "true" else "")
-                         + f" AS {st.column}__{way}" for st, way in aggs)
-        slices.append(f"SELECT {keys}, {cols} FROM src_{source} WHERE day >= {prev} - {days} AND day < {T} - {days} "
-                      f"GROUP BY {keys}")
-    names = [f"moved{i}" for i in range(len(slices))]
-    ctes = [f"{n} AS MATERIALIZED ({sql})" for n, sql in zip(names, slices)]
-    ctes.append("moved_keys AS (" + " UNION ".join(f"SELECT {keys} FROM {n}" for n in names) + ")")
-    joins = " ".join(f"LEFT JOIN {n} USING ({keys})" for n in names)
-    return (f"WITH {', '.join(ctes)} SELECT * FROM {table} ANTI JOIN moved_keys USING ({keys}) UNION ALL "
-            f"SELECT {keys}, {_updates(states)} FROM moved_keys LEFT JOIN {table} o USING ({keys}) {joins}")
-
-
-def _offsets(states: list[_State]) -> set[int]:
-    """The day offsets at which rows enter or leave the states' windows."""
-    return {st.enter for st in states} | {st.leave for st in states if st.leave is not None}
-
-
-def _moved(source: str, keys: str, offsets: set[int], prev: str, T: str) -> str:
-    """SQL of the distinct keys with rows of `source` entering a window between cutoffs `prev` and `T`, or
-    leaving one, at any of the offsets (in days)."""
-    days = " OR ".join(f"day >= {prev} - {d} AND day < {T} - {d}" for d in sorted(offsets))
-    return f"SELECT DISTINCT {keys} FROM src_{source} WHERE {days}"
-
-
-# A stored day: days since 1970-01-01 (an integer every store carries: Parquet, Feast, SQLite, Redis, Spark)
-_EPOCH_DAY = "date_diff('day', DATE '1970-01-01', {})"
-
-
-def _updates(states: list[_State]) -> str:
-    """SQL for the state columns after a step, from their old values (`o`) and the moved rows' aggregates."""
-    def update(st: _State) -> str:
-        if st.agg == "max":
-            return f"greatest(o.{st.column}, {st.column}__in)"
-        out = f" - coalesce({st.column}__out, 0)" if st.leave is not None else ""
-        return f"CAST(coalesce(o.{st.column}, 0) + coalesce({st.column}__in, 0){out} AS {st.sql_type})"
-    return ", ".join(f"{update(st)} AS {st.column}" for st in states)
-
-
-class _Snapshots:
-    """Feature rows for one entity (customers or items) at cutoff after cutoff, kept incrementally.
-
-    A snapshot at T aggregates days before T; rather than re-aggregating a year of history for each of 52
-    cutoffs, running state per source moves from one cutoff to the next: sums over a window add the days
-    entering it and subtract those leaving it, "last day" columns take the newer maximum, and the
-    category and brand mixes keep per-pair sums over their window. The first step, from before the first
-    event, is a from-scratch computation by the same SQL, so building one snapshot alone gives the same
-    rows as reaching it step by step (tests/test_features.py checks). Joins (anti and semi included),
-    FILTERed aggregates and CTEs: all of it has a Spark SQL equivalent.
-
-    Rows are written only for entities whose stored values changed since their previous row, or that are
-    new (`changes`): the entities a step touched are recomputed and compared with `latest_<out>`, each
-    entity's newest row. Features that move with the clock alone are stored as the day they count from.
+    A feature at cutoff T aggregates days before T. Rather than aggregate a year of history for each of 52
+    cutoffs, every aggregate is cumulative: a row of a daily source counts from the first cutoff after its day
+    (plus a window's length, for the sum it leaves), so a source gives deltas per entity and cutoff index `k`,
+    and a running sum over `k` per entity gives each cutoff's value, all cutoffs in one pass (a window's sum is
+    the cumulative sum up to its start minus the one up to its end; "last day" columns are running maxima).
+    Only (entity, k) with a delta get a row, and the entity's first cutoff; a hash of the stored values compared
+    with the entity's previous row keeps the rows where one changed. The category and brand mixes (features over
+    a set of pairs) are computed where one of the entity's pairs changed, from the pairs alive then, and carried
+    forward. Aggregates, joins and window functions: Spark runs the same SQL (propel.features.spark).
     """
 
-    def __init__(self, con, features: tuple[Feature, ...], key: str, out: str):
-        """`key` joins the sources and the grid; `out`, a grid column, identifies rows in the output."""
-        self.con, self.features, self.key, self.out = con, features, key, out
-        self.clock = clock_features(features)
+    def __init__(self, con, features: tuple[Feature, ...], key: str, out: str, grid: str, since: str | None,
+                 cuts: list[date], every_days: int):
+        """`key` joins the sources and the `grid` (one row per entity, holding `out`, the output's key); `since`:
+        the grid's SQL of an entity's first moment (None: all are there from the first cutoff). Cutoffs are
+        `every_days` apart."""
+        self.con, self.features, self.key, self.out, self.grid, self.since = con, features, key, out, grid, since
+        self.t0, self.every, self.last = cuts[0], every_days, cuts[-1]
         self.stored = [f.name for f in stored_features(features)]
-        self.by_source: dict[str, list[_State]] = {}
-        self.sql: dict[str, str] = {}  # feature -> SQL over its source's state
+        self.terms: dict[tuple[str, _Term], str] = {}  # (source, term) -> its column
+        self.sql: dict[str, str] = {}  # feature -> SQL over the terms' columns
         for f in features:
             if f.counts_from and not f.sql.startswith("T - "):
                 raise ValueError(f"feature {f.name}: counts_from needs SQL `T - <day>`, not `{f.sql}`")
             if f.source == "derived" or f.source in _PAIRS:
                 continue
-            states, self.sql[f.name] = _states(f)
-            cols = self.by_source.setdefault(f.source, [])
-            cols += [st for st in states if st not in cols]
-        # per pair source, its running columns: the pair's sums over the window and its number of rows in it
-        self.pairs = {name: [*(_State(c, _EXACT["float"], "sum", f"CAST({c} AS {_EXACT['float']})", leave=p.days)
-                               for c in p.sums), _State("n_rows", "BIGINT", "sum", "1", leave=p.days)]
-                      for name, p in sorted(_PAIRS.items()) if any(f.source == name for f in features)}
-        sources = [*self.by_source, *(_PAIRS[p].source for p in self.pairs)]
-        days = [d for d, in (con.execute(f"SELECT min(day) FROM src_{s}").fetchone() for s in sources) if d]
-        self.cutoff = f"DATE '{min(days, default=date.max).isoformat()}'"  # before any row: the first step starts here
-        self.latest, self.started = f"latest_{out}", False  # each entity's newest row written, once `changes` ran
-        for source, states in self.by_source.items():
-            self._empty(f"st_{source}", key, source, states)
-        for name, states in self.pairs.items():
-            self._empty(f"pairs_{name}", f"{key}, {_PAIRS[name].key}", _PAIRS[name].source, states)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE pf_{name} AS {self._pair_features(name, 'WHERE false')}")
+            terms, sql = _terms(f)
+            for t in terms:
+                self.terms.setdefault((f.source, t), f"c{len(self.terms)}")
+            self.sql[f.name] = sql.format(*(self.terms[(f.source, t)] for t in terms))
+        self.pair_features = [f for f in features if f.source in _PAIRS]
+        self._grid = None  # the grid as Arrow, once fetched
 
-    def _empty(self, table: str, keys: str, source: str, states: list[_State]) -> None:
-        """A state table with no rows yet: the source's key columns and the states' typed columns."""
-        cols = ", ".join(f"CAST(NULL AS {st.sql_type}) AS {st.column}" for st in states)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {keys}, {cols} FROM src_{source} LIMIT 0")
+    def _k(self, day: str, offset: int) -> str:
+        """SQL of the index of the first cutoff after `day` + `offset` days: where a row counts from."""
+        return f"greatest(0, ({_EPOCH_DAY.format(day)} + {offset + self.every - (self.t0 - date(1970, 1, 1)).days}) // {self.every})"
 
-    def _pair_features(self, name: str, where: str) -> str:
-        """SQL of the features over a pair source, per entity, from the pair rows matching `where`."""
+    def _slices(self, source: str, keys: str, deltas: dict[str, tuple[str, int]], where: str) -> list[tuple[str, list[str]]]:
+        """Per offset, (SQL, columns) of the deltas of `source` per (keys, k): `deltas` = column -> (aggregate,
+        offset). Rows counting after the last cutoff are left out."""
+        out = []
+        for offset in sorted({o for _, o in deltas.values()}):
+            cols = [c for c, (_, o) in deltas.items() if o == offset]
+            out.append((f"SELECT {keys}, {self._k('day', offset)} AS k, "
+                        f"{', '.join(f'{deltas[c][0]} AS {c}' for c in cols)} FROM src_{source} "
+                        f"WHERE day < DATE '{self.last - timedelta(days=offset)}' AND {where} GROUP BY ALL", cols))
+        return out
+
+    @staticmethod
+    def _union(slices: list[tuple[str, list[str]]], keys: str, columns: list[str]) -> str:
+        """The slices as one relation of `keys`, k and `columns` (NULL where a slice has no such column)."""
+        return " UNION ALL ".join(f"SELECT {keys}, k, {', '.join(c if c in cols else f'NULL AS {c}' for c in columns)} "
+                                  f"FROM ({sql})" for sql, cols in slices)
+
+    def _pairs(self, name: str, where: str) -> None:
+        """Creates `pf_<name>`: the features over pair source `name` at each (entity, k) where one of the entity's
+        pairs entered or left the window, from the pairs alive then (a pair's cumulative sums hold until its next
+        change); defaults where none is."""
         p, key = _PAIRS[name], self.key
-        rows = ", ".join([key, p.key, *(f"CAST({c} AS DOUBLE) AS {c}" for c in p.sums)])
-        pairs = p.sql.replace("FROM pairs", f"FROM (SELECT {rows} FROM pairs_{name} {where})")
-        aggs = ", ".join(f"{f.sql} AS {f.name}" for f in self.features if f.source == name)
-        return f"SELECT {key}, {aggs} FROM ({pairs}) GROUP BY {key}"
+        sums = [*p.sums, "n_rows"]
+        deltas = {f"{c}__{o}": ("count(*)" if c == "n_rows" else f"sum(CAST({c} AS {_EXACT['float']}))", o)
+                  for c in sums for o in (0, p.days)}
+        slices = self._union(self._slices(p.source, f"{key}, {p.key}", deltas, where), f"{key}, {p.key}", list(deltas))
+        w = _RUNNING.format(f"{key}, {p.key}")
+        running = ", ".join(f"CAST(coalesce(sum({c}__0) {w}, 0) - coalesce(sum({c}__{p.days}) {w}, 0) AS "
+                            f"{'BIGINT' if c == 'n_rows' else 'DOUBLE'}) AS {c}" for c in sums)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE pair_states AS SELECT {key}, {p.key}, k, lead(k) OVER (PARTITION BY "
+            f"{key}, {p.key} ORDER BY k) AS k_next, {running} FROM (SELECT {key}, {p.key}, k, "
+            f"{', '.join(f'sum({c}) AS {c}' for c in deltas)} FROM ({slices}) GROUP BY {key}, {p.key}, k)")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE pair_changes AS SELECT DISTINCT {key}, k FROM pair_states")
+        alive = (f"SELECT c.{key}, c.k, s.{p.key}, {', '.join(f's.{c}' for c in p.sums)} FROM pair_changes c "
+                 f"JOIN pair_states s ON s.{key} = c.{key} AND s.k <= c.k AND (s.k_next IS NULL OR c.k < s.k_next) "
+                 "WHERE s.n_rows > 0")
+        entity, feats = f"{key}, k", [f for f in self.pair_features if f.source == name]
+        pairs = p.sql.format(entity=entity).replace("FROM pairs", f"FROM ({alive})")
+        computed = f"SELECT {entity}, {', '.join(f'{f.sql} AS {f.name}' for f in feats)} FROM ({pairs}) GROUP BY {entity}"
+        # carried forward to later rows, a NULL would let an older value through: every change gets a value
+        values = ", ".join(f"CAST(coalesce(v.{f.name}, {f.default}) AS {_DTYPES[f.dtype]}) AS p_{f.name}" for f in feats)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE pf_{name} AS SELECT {entity}, {values} FROM pair_changes "
+                         f"LEFT JOIN ({computed}) v USING ({entity})")
 
-    def advance(self, T: date) -> None:
-        """Move every state from the previous cutoff to T; `touched_<out>` = the entities whose states moved."""
-        prev, t_sql, key = self.cutoff, f"DATE '{T.isoformat()}'", self.key
-        touched = []
-        for source, states in self.by_source.items():
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE st_{source} AS "
-                             f"{_step(states, f'st_{source}', source, key, prev, t_sql)}")
-            touched.append(_moved(source, key, _offsets(states), prev, t_sql))
-        for name, states in self.pairs.items():
-            p = _PAIRS[name]
-            step = _step(states, f"pairs_{name}", p.source, f"{key}, {p.key}", prev, t_sql)
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_{name} AS SELECT * FROM ({step}) WHERE n_rows > 0")
-            # features change only for entities with rows entering or leaving the window: recompute just those
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE changed AS {_moved(p.source, key, {0, p.days}, prev, t_sql)}")
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE pf_{name} AS SELECT * FROM pf_{name} ANTI JOIN changed "
-                             f"USING ({key}) UNION ALL {self._pair_features(name, f'SEMI JOIN changed USING ({key})')}")
-            touched.append(_moved(p.source, key, {0, p.days}, prev, t_sql))
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE touched_{self.out} AS {' UNION '.join(touched)}")
-        self.cutoff = t_sql
+    def _deltas(self, where: str) -> list[tuple[str, list[str]]]:
+        """(SQL, columns) of every slice of deltas per (key, k) of the entities matching `where`: each source's per
+        offset, the pair features' where they change (creating their tables), and each entity's first cutoff
+        (no columns), where every entity gets a row."""
+        key, out = self.key, []
+        for source in dict.fromkeys(s for s, _ in self.terms):
+            out += self._slices(source, key, {col: (t.delta(), t.offset) for (s, t), col in self.terms.items()
+                                              if s == source}, where)
+        for name in dict.fromkeys(f.source for f in self.pair_features):
+            self._pairs(name, where)
+            cols = [f"p_{f.name}" for f in self.pair_features if f.source == name]
+            out.append((f"SELECT {key}, k, {', '.join(cols)} FROM pf_{name}", cols))
+        first, known = ((self._k(f"CAST({self.since} AS DATE)", 0), f"{self.since} < DATE '{self.last}'") if self.since
+                        else ("0", "true"))
+        out.append((f"SELECT {key}, {first} AS k FROM ({self.grid}) WHERE {known} AND {where}", []))
+        return out
 
-    def changes(self, grid: str, T: date) -> str:
-        """After `advance(T)`: the SQL of the rows at T to write, the entities of `grid` that are new or whose
-        stored values differ from their latest row; those rows become their latest. Only entities whose
-        states moved can differ, so only they and the new ones are computed."""
-        key, latest, out = self.key, self.latest, self.out
-        if self.started:
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE due AS SELECT {key} FROM touched_{out} UNION "
-                             f"SELECT {key} FROM ({grid}) n ANTI JOIN {latest} USING ({key})")
-            rows = self.select(f"SELECT g.* FROM ({grid}) g SEMI JOIN due USING ({key})", T, only="due")
-        else:  # the first cutoff: everyone is new
-            rows = self.select(grid, T)
-        # `latest` keeps a 64-bit hash of each entity's stored values, not the values: comparing and rewriting
-        # two columns instead of ~80 (a collision, ~1e-19 per comparison, would drop one changed row)
-        if not self.started:
-            self.started = True
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {latest} AS SELECT {key}, CAST(NULL AS UBIGINT) AS h "
-                             f"FROM ({grid}) LIMIT 0")
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE changed_{out} AS SELECT c.* FROM (SELECT *, "
-                         f"hash({', '.join(self.stored)}) AS h FROM ({rows})) c "
-                         f"LEFT JOIN {latest} l ON c.{key} = l.{key} WHERE l.h IS DISTINCT FROM c.h")
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {latest} AS SELECT * FROM {latest} ANTI JOIN changed_{out} "
-                         f"USING ({key}) UNION ALL SELECT {key}, h FROM changed_{out}")
-        return f"SELECT {out}, event_timestamp, {', '.join(self.stored)} FROM changed_{out}"
+    def _states_sql(self, where: str) -> str:
+        """SQL of the values per (key, k) with a delta, the grid's columns beside them: window functions over
+        the deltas (Spark's way; DuckDB's window operator takes ~50 ns per value, `_states_arrow` ~1)."""
+        key, w = self.key, _RUNNING.format(self.key)
+        pairs = [f"p_{f.name}" for f in self.pair_features]
+        grouped = ", ".join([*(f"{t.agg}({c}) AS {c}" for (_, t), c in self.terms.items()),
+                             *(f"max({c}) AS {c}" for c in pairs)])
+        running = ", ".join([*(f"{t.running(c, w)} AS {c}" for (_, t), c in self.terms.items()),
+                             *(f"last_value({c} IGNORE NULLS) {w} AS {c}" for c in pairs)])
+        states = (f"SELECT {key}, k, {running} FROM (SELECT {key}, k, {grouped} FROM "
+                  f"({self._union(self._deltas(where), key, [*self.terms.values(), *pairs])}) GROUP BY {key}, k)")
+        return f"SELECT g.*, s.* EXCLUDE ({key}) FROM ({states}) s JOIN ({self.grid}) g USING ({key})"
 
-    def select(self, grid: str, T: date, only: str | None = None) -> str:
-        """SQL of the stored rows at T (after `advance(T)`) of the grid's entities: grid LEFT JOIN the states,
-        then derived features; clock features as the day they count from (`_EPOCH_DAY`). `only`: a table of
-        the keys the grid is limited to, which the states are cut to before the joins (smaller hash tables)."""
-        key, joins, cols = self.key, [], []
-        for f in self.features:
-            if f.source in self.by_source:
-                sql = re.sub(r"\bs\.", f"s_{f.source}.", self.sql[f.name])
-            elif f.source in _PAIRS:
-                sql = f"p_{f.source}.{f.name}"
+    def _states_arrow(self, where: str):
+        """`_states_sql`'s rows as an Arrow table in (key, k) order, the running values computed with numpy: all
+        sums at once as a cumulative sum down a matrix, less each entity's total before its first row."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        key, span = self.key, (self.last - self.t0).days // self.every + 2  # codes: key * span + k, sortable
+        kinds = {col: t for (_, t), col in self.terms.items()}
+        slices = []
+        for sql, cols in self._deltas(where):
+            # fetched as int64s (DuckDB's sums are 128-bit), none NULL: DECIMAL(18, 6) as millionths, DATE as days
+            # since 1970 (or _NONE)
+            fetch = [c if c not in kinds else f"coalesce(CAST({c} * 1000000 AS BIGINT), 0) AS {c}"
+                     if kinds[c].sql_type.startswith("DECIMAL") else f"CAST(coalesce({c}, 0) AS BIGINT) AS {c}" if kinds[c].agg == "sum"
+                     else f"coalesce({_EPOCH_DAY.format(c)}, {_NONE}) AS {c}" for c in cols]
+            slices.append((self.con.sql(f"SELECT {key} * {span} + k AS code, {', '.join(fetch) or 'k'} FROM ({sql})")
+                           .to_arrow_table().combine_chunks(), cols))
+        codes = np.sort(np.concatenate([t["code"].to_numpy() for t, _ in slices]))
+        codes = codes[np.diff(codes, prepend=-1) != 0]
+        n, keys = len(codes), codes // span
+        first = np.flatnonzero(np.diff(keys, prepend=-1))  # each entity's first row
+        entity = np.repeat(np.arange(len(first)), np.diff(np.r_[first, n]))  # each row's entity
+        start = first[entity]  # each row's entity's first row
+
+        def less_before(runs):  # running sums down all rows (columns), each less its entity's sum before it
+            for j in range(runs.shape[1]):
+                column = runs[:, j]
+                column -= np.r_[0, column[first[1:] - 1]][entity]
+            return runs
+
+        sums = [c for c, t in kinds.items() if t.agg == "sum"]
+        days = [c for c, t in kinds.items() if t.agg == "max"]
+        total = np.zeros((n, len(sums)), np.int64, order="F")
+        last = np.full((n, len(days)), _NONE, np.int64, order="F")
+        carried = {}
+        for table, cols in slices:
+            at = np.searchsorted(codes, table["code"].to_numpy())
+            for c in cols:
+                if c in kinds:
+                    into = total[:, sums.index(c)] if c in sums else last[:, days.index(c)]
+                    into[at] = table[c].to_numpy()
+                else:  # a pair feature: carried forward from its entity's last change
+                    row = np.full(n, -1)
+                    row[at] = np.arange(len(at))
+                    newest = np.maximum.accumulate(np.where(row >= 0, np.arange(n), -1))
+                    found = newest >= start
+                    carried[c] = pc.take(table[c], pa.array(np.where(found, row[newest], 0), mask=~found))
+        decimal = [i for i, c in enumerate(sums) if kinds[c].sql_type.startswith("DECIMAL")]
+        if (np.abs(total[:, decimal]).sum(axis=0, dtype=float) > _DECIMAL_MAX).any():  # an int64 could wrap: check
+            if (np.abs(less_before(np.cumsum(total[:, decimal], axis=0, dtype=float))) > _DECIMAL_MAX).any():
+                raise duckdb.ConversionException(f"a running sum of {', '.join(sums[i] for i in decimal)} is over "
+                                                 "DECIMAL(18, 6)'s range")
+        less_before(np.cumsum(total, axis=0, out=total))
+        base = (keys * (2 * _DAYS))[:, None]  # days packed beside their key: a running maximum stays per entity
+        last = np.maximum.accumulate(np.where(last == _NONE, 0, last + _DAYS) + base, axis=0) - base
+        grid = self._grid_arrow()
+        out = {name: grid[name].take(pa.array(keys - 1)) for name in grid.column_names}
+        out["k"] = pa.array(codes % span)
+        for (_, t), c in self.terms.items():
+            if c in days:
+                v = last[:, days.index(c)]
+                out[c] = pa.array((v - _DAYS).astype(np.int32), mask=v == 0).cast(pa.date32())
+            elif t.sql_type.startswith("DECIMAL"):
+                v = total[:, sums.index(c)]
+                words = np.stack([v, v >> 63], axis=1)  # 128-bit little-endian two's complement
+                out[c] = pa.Array.from_buffers(pa.decimal128(18, 6), n, [None, pa.py_buffer(words.tobytes())])
             else:
+                out[c] = pa.array(total[:, sums.index(c)])
+        for f in self.pair_features:
+            out[f"p_{f.name}"] = carried[f"p_{f.name}"]
+        return pa.table(out)
+
+    def _grid_arrow(self):
+        """The grid as an Arrow table in key order (keys are 1..n: row i holds key i + 1)."""
+        if self._grid is None:
+            self._grid = self.con.sql(f"SELECT * FROM ({self.grid}) ORDER BY {self.key}").to_arrow_table().combine_chunks()
+        return self._grid
+
+    def _features_sql(self, states: str) -> str:
+        """SQL of key, k, `out`, event_timestamp, the stored features and their hash `h` per row of `states`."""
+        cols = []
+        for f in self.features:
+            if f.source == "derived":
                 continue
+            sql = self.sql.get(f.name, f"p_{f.name}")
             cols.append(_EPOCH_DAY.format(sql.removeprefix("T - ")) + f" AS {f.counts_from}" if f.counts_from
                         else f"CAST(coalesce({sql}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}")
-        cut = (lambda t: f"(SELECT * FROM {t} SEMI JOIN {only} USING ({key}))") if only else (lambda t: t)
-        joins += [f"LEFT JOIN {cut(f'st_{s}')} s_{s} USING ({key})" for s in self.by_source]
-        joins += [f"LEFT JOIN {cut(f'pf_{name}')} p_{name} USING ({key})" for name in self.pairs]
+        clock = clock_features(self.features)
         derived = [_EPOCH_DAY.format(f.sql.removeprefix("T - ")) + f" AS {f.counts_from}" if f.counts_from
                    else f"CAST(coalesce({f.sql}, {f.default}) AS {_DTYPES[f.dtype]}) AS {f.name}"
-                   for f in self.features if f.source == "derived" and (f.counts_from or f not in self.clock)]
-        keys = key if key == self.out else f"{key}, {self.out}"
-        # rows in no particular order: sorting 1.55M wide rows was a fifth of a snapshot's time, and readers
-        # that need an order (segments' k-means) sort themselves (build sorts only the change rows it writes)
-        sql = (f"SELECT {keys}, CAST(T AS TIMESTAMP) AS event_timestamp, {', '.join(self.stored)} FROM ("
-               f"SELECT *, {', '.join(derived)} FROM (SELECT g.*, {', '.join(cols)} FROM ({grid}) g {' '.join(joins)}))")
-        return re.sub(r"\bT\b", f"DATE '{T.isoformat()}'", sql)  # `T` in feature SQL is the snapshot date
+                   for f in self.features if f.source == "derived" and (f.counts_from or f not in clock)]
+        stored = ", ".join(self.stored)
+        sql = (f"SELECT {self.key}, k, {self.out}, CAST(T AS TIMESTAMP) AS event_timestamp, {stored}, hash({stored}) "
+               f"AS h FROM (SELECT *, {', '.join(derived)} FROM (SELECT *, {', '.join(cols)} FROM {states}))")
+        # `T` in feature SQL is the row's cutoff
+        return re.sub(r"\bT\b", f"(DATE '{self.t0}' + CAST(k * {self.every} AS INTEGER))", sql)
+
+    def changes_sql(self, where: str = "true") -> str:
+        """SQL of the rows to write, all cutoffs at once, for the entities matching `where` (SQL over `key`):
+        `out`, event_timestamp, the stored features, k (the cutoff's index), where one changed since the entity's
+        previous row (or it is the first)."""
+        rows = (f"SELECT *, lag(h) OVER (PARTITION BY {self.key} ORDER BY k) AS h_before FROM "
+                f"({self._features_sql(f'({self._states_sql(where)})')})")
+        return f"SELECT {self.out}, event_timestamp, {', '.join(self.stored)}, k FROM ({rows}) " \
+               "WHERE h_before IS NULL OR h <> h_before"
+
+    def changes_arrow(self, where: str, order: tuple[str, ...]):
+        """`changes_sql`'s rows as an Arrow table sorted by k and then `order`, from `_states_arrow` (DuckDB)."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        self.con.register("states_now", self._states_arrow(where))
+        self.con.execute("SET preserve_insertion_order = true")  # rows stay in (key, k) order
+        try:
+            table = self.con.sql(self._features_sql("states_now")).to_arrow_table()
+        finally:
+            self.con.execute("SET preserve_insertion_order = false")
+            self.con.unregister("states_now")
+        keys, h = table[self.key].to_numpy(), table["h"].to_numpy()
+        kept = np.flatnonzero((np.diff(keys, prepend=-1) != 0) | (np.diff(h, prepend=h[:1]) != 0))
+        sort = pc.sort_indices(table.select(["k", *order]).take(kept), [(c, "ascending") for c in ("k", *order)])
+        return table.drop_columns([self.key, "h"]).take(kept[sort.to_numpy()])
+
+
+# DECIMAL(18, 6)'s range in millionths; a day's room in `_states_arrow`'s packed maxima, and "no day"
+_DECIMAL_MAX, _DAYS, _NONE = 10**18 - 1, 2**21, -2**62
+
+
+class _ArrowTables:
+    """The cutoffs' files, written a pass at a time (DuckDB): a pass's rows of a cutoff, sorted by `order`, are a
+    row group of its file (zstd: a quarter smaller than snappy for about the same time). Written by a thread while
+    the next pass is computed (Parquet encoding releases the GIL; the second core is free while numpy works)."""
+
+    def __init__(self, paths: list[Path], order: tuple[str, ...]):
+        self.paths, self.order, self.writers, self.rows = paths, order, [], 0
+        self.thread, self.writing = ThreadPoolExecutor(1), None
+
+    def add(self, changes: _Changes, where: str) -> None:
+        import numpy as np
+
+        table = changes.changes_arrow(where, self.order)
+        k = table["k"].to_numpy()
+        table = table.drop_columns(["k"])
+        if not self.writers:
+            self.writers = [pq.ParquetWriter(p, table.schema, compression="zstd") for p in self.paths]
+        self._wait()  # one pass in memory at a time besides the one computed
+        self.writing = self.thread.submit(self._write, table, np.searchsorted(k, np.arange(len(self.paths) + 1)))
+        self.rows += table.num_rows
+
+    def _write(self, table, bounds) -> None:
+        for writer, lo, hi in zip(self.writers, bounds, bounds[1:]):
+            if hi > lo:
+                writer.write_table(table.slice(lo, hi - lo))
+
+    def _wait(self) -> None:
+        if self.writing is not None:
+            self.writing.result()
+            self.writing = None
+
+    def close(self) -> int:
+        self._wait()
+        self.thread.shutdown()
+        for writer in self.writers:
+            writer.close()
+        return self.rows
+
+
+class _SparkTables:
+    """The cutoffs' files, from Spark: each pass's rows to a part file (written by the executors), then each
+    cutoff's file from its rows in the parts."""
+
+    def __init__(self, con, paths: list[Path], parts: Path, order: tuple[str, ...]):
+        self.con, self.paths, self.parts, self.order, self.written = con, paths, parts / paths[0].parent.name, order, []
+
+    def add(self, changes: _Changes, where: str) -> None:
+        path = self.parts / f"{len(self.written)}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.con.execute(f"COPY ({changes.changes_sql(where)}) TO '{path}' (FORMAT parquet)")
+        self.written.append(repr(str(path)))
+
+    def close(self) -> int:
+        order = f" ORDER BY {', '.join(self.order)}" if self.order else ""
+        for k, path in enumerate(self.paths):
+            self.con.execute(f"COPY (SELECT * EXCLUDE (k) FROM read_parquet([{', '.join(self.written)}]) WHERE k = {k}"
+                             f"{order}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+        shutil.rmtree(self.parts)
+        return sum(self.con.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0] for path in self.paths)
 
 
 def profile_columns(con) -> dict[str, str]:
@@ -415,7 +557,7 @@ def _build(ws: Workspace, lake: Lake, every_days: int, snapshots: int, progress:
 
     staged(ws.customer_snapshots).mkdir(parents=True)
     staged(ws.item_snapshots).mkdir(parents=True)
-    with steps(progress, "features", len(_SOURCES) + len(cuts) + 1) as advance:
+    with steps(progress, "features", len(_SOURCES) + 2) as advance:
         # Everyone known: customers, and anonymous profiles with events; `since` = signup or first event
         # (from the daily source, which saves a scan of the events). `pid` numbers them in customer_id
         # order: sources keyed by it are smaller and join faster.
@@ -424,39 +566,47 @@ def _build(ws: Workspace, lake: Lake, every_days: int, snapshots: int, progress:
                     "AS pid, least(min(c.signup_at), min(e.ts)) AS since FROM (SELECT customer_id, signup_at FROM customers) c "
                     "FULL JOIN (SELECT customer_id, min(first_ts) AS ts FROM daily_by_id GROUP BY 1) e USING (customer_id) "
                     "GROUP BY 1")
+        con.execute("CREATE OR REPLACE TEMP TABLE goods AS SELECT row_number() OVER (ORDER BY item_id) AS iid, item_id, "
+                    "price, category FROM items")  # `iid` numbers items as `pid` does people
         for name, sql in _SOURCES.items():
             if name == "daily":
                 sql = "SELECT * EXCLUDE (first_ts) FROM daily_by_id"
-            if name != "item_daily":  # a customer source: people who are not known have no snapshot rows
-                sql = f"SELECT p.pid, s.* EXCLUDE (customer_id) FROM ({sql}) s JOIN people p USING (customer_id)"
-            con.execute(f"CREATE OR REPLACE TEMP TABLE src_{name} AS {sql} ORDER BY day")
+            # people or items who are not known have no feature rows
+            if name == "item_daily":
+                sql = f"SELECT g.iid, s.* EXCLUDE (item_id) FROM ({sql}) s JOIN goods g USING (item_id) ORDER BY iid"
+            else:
+                sql = f"SELECT p.pid, s.* EXCLUDE (customer_id) FROM ({sql}) s JOIN people p USING (customer_id) ORDER BY pid"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE src_{name} AS {sql}")
             if name == "daily":
                 con.execute("DROP TABLE daily_by_id")
             advance(f"source {name}")
-        rows = [0, 0]
-        entities = ((_Snapshots(con, CUSTOMER_FEATURES, "pid", "customer_id"), staged(ws.customer_snapshots)),
-                    (_Snapshots(con, ITEM_FEATURES, "item_id", "item_id"), staged(ws.item_snapshots)))
-        grids = ("SELECT * FROM people WHERE since < DATE '{T}'", "SELECT item_id, price, category FROM items")
-        # customer rows sorted by lifetime purchases and revenue: alike customers side by side compress better, the
-        # 52 files at 1M to 80% of their unsorted bytes (1,097 MB, not 1,369), for ~1.3x the COPY's time.
-        # Readers need no order (asof.py sorts itself); item files are small and stay unsorted
-        orders = (" ORDER BY lifetime_purchases, lifetime_revenue", "")
-        for T in cuts:
-            for i, ((snapshots, sub), grid, order) in enumerate(zip(entities, grids, orders)):
+        # customers in passes of `build_people` (memory: a pass holds its customers' rows of all cutoffs), each
+        # pass's rows to a part file in cutoff order, then each cutoff's file from the parts' rows of it
+        people = con.execute("SELECT count(*) FROM people").fetchone()[0]
+        size = ws.settings().features.build_people
+        entities = (("customer", _Changes(con, CUSTOMER_FEATURES, "pid", "customer_id", "SELECT * FROM people", "since",
+                                          cuts, every_days), staged(ws.customer_snapshots),
+                     [f"pid > {lo} AND pid <= {lo + size}" for lo in range(0, max(people, 1), size)]),
+                    ("item", _Changes(con, ITEM_FEATURES, "iid", "item_id", "SELECT * FROM goods", None, cuts,
+                                      every_days), staged(ws.item_snapshots), ["true"]))
+        advance("people", sum(len(passes) for *_, passes in entities))
+        # customer rows sorted by lifetime purchases and revenue: alike customers side by side compress better (the
+        # 52 files at 1M to 80% of their unsorted bytes). Readers need no order (asof.py sorts itself)
+        orders = (("lifetime_purchases", "lifetime_revenue"), ())
+        rows = []
+        for (entity, changes, sub, passes), order in zip(entities, orders):
+            paths = [sub / f"{T.isoformat()}.parquet" for T in cuts]
+            tables = _SparkTables(con, paths, tmp / "parts", order) if engine == "spark" else _ArrowTables(paths, order)
+            for i, where in enumerate(passes):
                 try:
-                    snapshots.advance(T)
-                except duckdb.ConversionException as exc:  # a running sum outgrew _EXACT
-                    raise ValueError(f"{lake.root}: a running sum for the {T} snapshot is out of range "
+                    tables.add(changes, where)
+                except duckdb.ConversionException as exc:  # a cumulative sum outgrew _EXACT
+                    raise ValueError(f"{lake.root}: a feature's running sum is out of range "
                                      f"({str(exc).splitlines()[0]}); feature sums keep up to 10^12 per customer. "
                                      "Check the events' revenue and quantity columns for unit errors.") from None
-                path = sub / f"{T.isoformat()}.parquet"
-                # zstd: a quarter smaller than the default snappy, for about the same time (change rows compress
-                # less than full snapshots, whose idle customers' rows were alike)
-                con.execute(f"COPY ({snapshots.changes(grid.format(T=T), T)}{order}) TO '{path}' "
-                            "(FORMAT parquet, COMPRESSION zstd)")
-                rows[i] += con.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0]
                 crash_point("features_snapshot")
-            advance(f"snapshot {T}")
+                advance(f"{entity}s, pass {i + 1} of {len(passes)}")
+            rows.append(tables.close())
         crm = profile_columns(con)
         cols = "".join(f', "{c}"' for c in crm)
         con.execute(f"COPY (SELECT customer_id, since AS event_timestamp{cols} FROM people "

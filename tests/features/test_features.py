@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from propel.features.asof import as_of
-from propel.features.build import _states, build, load_catalog
+from propel.features.build import _terms, build, load_catalog
 from propel.features.definitions import CUSTOMER_FEATURES, NEVER_DAYS, Feature
 from propel.lake.ingest import ingest
 from propel.featurestore import store as fstore
@@ -83,7 +83,7 @@ def test_snapshots_reached_step_by_step_equal_snapshots_built_from_scratch(built
 
 def test_an_aggregate_the_build_cannot_keep_running_is_refused():
     with pytest.raises(ValueError, match="median_basket: `median\\(quantity\\)`.*derived feature"):
-        _states(Feature("median_basket", "float", "median basket", "customer_rfm", "median(quantity)"))
+        _terms(Feature("median_basket", "float", "median basket", "customer_rfm", "median(quantity)"))
 
 
 def test_a_sum_out_of_range_names_the_columns_to_check(small_lake, raw):
