@@ -511,6 +511,41 @@ def span(con) -> tuple[date, date]:
     return first or signup, latest
 
 
+def _sources(con, advance=lambda _: None) -> None:
+    """Creates `people` (everyone known: customers, and anonymous profiles with events; `since` = signup or first
+    event), `goods` (the items) and the daily sources `src_<name>` keyed by their numbers, `pid` and `iid` (in id
+    order: smaller keys join faster, and a batch of customers is a range)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE daily_by_id AS {_SOURCES['daily']}")  # `since` from it saves a scan
+    con.execute("CREATE OR REPLACE TEMP TABLE people AS SELECT customer_id, row_number() OVER (ORDER BY customer_id) "
+                "AS pid, least(min(c.signup_at), min(e.ts)) AS since FROM (SELECT customer_id, signup_at FROM customers) c "
+                "FULL JOIN (SELECT customer_id, min(first_ts) AS ts FROM daily_by_id GROUP BY 1) e USING (customer_id) "
+                "GROUP BY 1")
+    con.execute("CREATE OR REPLACE TEMP TABLE goods AS SELECT row_number() OVER (ORDER BY item_id) AS iid, item_id, "
+                "price, category FROM items")
+    for name, sql in _SOURCES.items():
+        if name == "daily":
+            sql = "SELECT * EXCLUDE (first_ts) FROM daily_by_id"
+        # people or items who are not known have no feature rows
+        if name == "item_daily":
+            sql = f"SELECT g.iid, s.* EXCLUDE (item_id) FROM ({sql}) s JOIN goods g USING (item_id) ORDER BY iid"
+        else:
+            sql = f"SELECT p.pid, s.* EXCLUDE (customer_id) FROM ({sql}) s JOIN people p USING (customer_id) ORDER BY pid"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE src_{name} AS {sql}")
+        if name == "daily":
+            con.execute("DROP TABLE daily_by_id")
+        advance(f"source {name}")
+
+
+def _entities(con, cuts: list[date], every_days: int, size: int) -> list[tuple[str, _Changes, list[str]]]:
+    """(entity, its change rows, the SQL of each batch of it), after `_sources`: customers `size` at a time (a batch
+    holds its customers' rows of every cutoff in memory), items at once."""
+    people = con.execute("SELECT count(*) FROM people").fetchone()[0]
+    return [("customer", _Changes(con, CUSTOMER_FEATURES, "pid", "customer_id", "SELECT * FROM people", "since", cuts,
+                                  every_days), [f"pid > {lo} AND pid <= {lo + size}" for lo in range(0, max(people, 1), size)]),
+            ("item", _Changes(con, ITEM_FEATURES, "iid", "item_id", "SELECT * FROM goods", None, cuts, every_days),
+             ["true"])]
+
+
 ENGINES = ("duckdb", "spark")
 
 
@@ -558,37 +593,11 @@ def _build(ws: Workspace, lake: Lake, every_days: int, snapshots: int, progress:
     staged(ws.customer_snapshots).mkdir(parents=True)
     staged(ws.item_snapshots).mkdir(parents=True)
     with steps(progress, "features", len(_SOURCES) + 2) as advance:
-        # Everyone known: customers, and anonymous profiles with events; `since` = signup or first event
-        # (from the daily source, which saves a scan of the events). `pid` numbers them in customer_id
-        # order: sources keyed by it are smaller and join faster.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE daily_by_id AS {_SOURCES['daily']}")
-        con.execute("CREATE OR REPLACE TEMP TABLE people AS SELECT customer_id, row_number() OVER (ORDER BY customer_id) "
-                    "AS pid, least(min(c.signup_at), min(e.ts)) AS since FROM (SELECT customer_id, signup_at FROM customers) c "
-                    "FULL JOIN (SELECT customer_id, min(first_ts) AS ts FROM daily_by_id GROUP BY 1) e USING (customer_id) "
-                    "GROUP BY 1")
-        con.execute("CREATE OR REPLACE TEMP TABLE goods AS SELECT row_number() OVER (ORDER BY item_id) AS iid, item_id, "
-                    "price, category FROM items")  # `iid` numbers items as `pid` does people
-        for name, sql in _SOURCES.items():
-            if name == "daily":
-                sql = "SELECT * EXCLUDE (first_ts) FROM daily_by_id"
-            # people or items who are not known have no feature rows
-            if name == "item_daily":
-                sql = f"SELECT g.iid, s.* EXCLUDE (item_id) FROM ({sql}) s JOIN goods g USING (item_id) ORDER BY iid"
-            else:
-                sql = f"SELECT p.pid, s.* EXCLUDE (customer_id) FROM ({sql}) s JOIN people p USING (customer_id) ORDER BY pid"
-            con.execute(f"CREATE OR REPLACE TEMP TABLE src_{name} AS {sql}")
-            if name == "daily":
-                con.execute("DROP TABLE daily_by_id")
-            advance(f"source {name}")
-        # customers in passes of `build_people` (memory: a pass holds its customers' rows of all cutoffs), each
-        # pass's rows to a part file in cutoff order, then each cutoff's file from the parts' rows of it
-        people = con.execute("SELECT count(*) FROM people").fetchone()[0]
+        _sources(con, advance)
         size = ws.settings().features.build_people
-        entities = (("customer", _Changes(con, CUSTOMER_FEATURES, "pid", "customer_id", "SELECT * FROM people", "since",
-                                          cuts, every_days), staged(ws.customer_snapshots),
-                     [f"pid > {lo} AND pid <= {lo + size}" for lo in range(0, max(people, 1), size)]),
-                    ("item", _Changes(con, ITEM_FEATURES, "iid", "item_id", "SELECT * FROM goods", None, cuts,
-                                      every_days), staged(ws.item_snapshots), ["true"]))
+        entities = [(entity, changes, staged(folder), passes)
+                    for (entity, changes, passes), folder in zip(_entities(con, cuts, every_days, size),
+                                                                  (ws.customer_snapshots, ws.item_snapshots))]
         advance("people", sum(len(passes) for *_, passes in entities))
         # customer rows sorted by lifetime purchases and revenue: alike customers side by side compress better (the
         # 52 files at 1M to 80% of their unsorted bytes). Readers need no order (asof.py sorts itself)

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from propel.features.asof import as_of
-from propel.features.build import _terms, build, load_catalog
+from propel.features.build import _entities, _sources, _terms, build, cutoffs, load_catalog, span
 from propel.features.definitions import CUSTOMER_FEATURES, NEVER_DAYS, Feature
 from propel.lake.ingest import ingest
 from propel.featurestore import store as fstore
-from propel.lake.tables import Busy, exclusive
+from propel.lake.tables import Busy, Lake, exclusive
 from tests.helpers import BIN, NOW, write, copy_workspace
 
 EVENTS = "event_id,ts,identity_type,identity_value,customer_id,channel,event_type,item_id,quantity,revenue,session_id"
@@ -79,6 +79,22 @@ def test_snapshots_reached_step_by_step_equal_snapshots_built_from_scratch(built
         stepped, alone = _snapshot(built_features, day), _snapshot(ws, day)
         assert len(alone) > 1000 and (alone["purchases_7d"] > 0).any() and (alone["revenue_365d"] > 0).any()
         pd.testing.assert_frame_equal(stepped, alone)
+
+
+def test_running_sums_with_numpy_equal_duckdbs_window_functions(built_features):
+    """The DuckDB build takes its running sums, maxima and carried pair features with numpy; Spark's runs the
+    window-function SQL. Both, on DuckDB, give the same change rows (a batch of customers, and the items)."""
+    con = Lake(built_features).connect()
+    first, latest = span(con)
+    cuts = [T for T in cutoffs(latest, 7, 10) if T > first]
+    _sources(con)
+    for entity, changes, batches in _entities(con, cuts, 7, size=400):
+        key = f"{entity}_id"
+        where = batches[1] if entity == "customer" else batches[0]
+        numpy = changes.changes_arrow(where, ()).to_pandas().sort_values([key, "k"], ignore_index=True)
+        sql = con.sql(changes.changes_sql(where)).to_arrow_table().to_pandas().sort_values([key, "k"], ignore_index=True)
+        assert len(numpy) > 300 and numpy[key].nunique() > 100 and numpy["k"].nunique() == len(cuts)
+        pd.testing.assert_frame_equal(numpy[sql.columns], sql, check_dtype=False, check_exact=False, rtol=1e-12, obj=entity)
 
 
 def test_an_aggregate_the_build_cannot_keep_running_is_refused():
