@@ -49,9 +49,10 @@ class FeatureSettings:
     # how many snapshots, ending at the midnight after the newest event (fewer if the events start later):
     # a year of weekly ones, so campaign responses all year long have features as of their send time
     snapshots: int = 52
-    # customers per pass of `propel features build`: a pass holds its customers' rows of every cutoff (~70
-    # values each; ~1.5 GB for 50,000 of the generator's customers), so this bounds the build's memory
-    build_people: int = 50_000
+    # customers per batch of `propel features build`: a batch holds its customers' rows of every cutoff (~70
+    # values each; ~0.8 GB for 25,000 of the generator's customers, three batches at a time), so this bounds the
+    # build's memory
+    build_people: int = 25_000
 
 
 @dataclass

@@ -21,10 +21,15 @@ All SQL is plain aggregate, join and window SQL over Parquet; Spark runs it too 
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import re
 import shutil
+import threading
 import time
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -362,7 +367,7 @@ class _Changes:
         less_before(np.cumsum(total, axis=0, out=total))
         base = (keys * (2 * _DAYS))[:, None]  # days packed beside their key: a running maximum stays per entity
         last = np.maximum.accumulate(np.where(last == _NONE, 0, last + _DAYS) + base, axis=0) - base
-        grid = self._grid_arrow()
+        grid = self.grid_arrow()
         out = {name: grid[name].take(pa.array(keys - 1)) for name in grid.column_names}
         out["k"] = pa.array(codes % span)
         for (_, t), c in self.terms.items():
@@ -379,7 +384,7 @@ class _Changes:
             out[f"p_{f.name}"] = carried[f"p_{f.name}"]
         return pa.table(out)
 
-    def _grid_arrow(self):
+    def grid_arrow(self):
         """The grid as an Arrow table in key order (keys are 1..n: row i holds key i + 1)."""
         if self._grid is None:
             self._grid = self.con.sql(f"SELECT * FROM ({self.grid}) ORDER BY {self.key}").to_arrow_table().combine_chunks()
@@ -418,15 +423,16 @@ class _Changes:
         import numpy as np
         import pyarrow.compute as pc
 
+        span = (self.last - self.t0).days // self.every + 2
         self.con.register("states_now", self._states_arrow(where))
-        self.con.execute("SET preserve_insertion_order = true")  # rows stay in (key, k) order
         try:
             table = self.con.sql(self._features_sql("states_now")).to_arrow_table()
         finally:
-            self.con.execute("SET preserve_insertion_order = false")
             self.con.unregister("states_now")
         keys, h = table[self.key].to_numpy(), table["h"].to_numpy()
-        kept = np.flatnonzero((np.diff(keys, prepend=-1) != 0) | (np.diff(h, prepend=h[:1]) != 0))
+        rows = np.argsort(keys * span + table["k"].to_numpy(), kind="stable")  # (key, k) order, as the states
+        keys, h = keys[rows], h[rows]
+        kept = rows[(np.diff(keys, prepend=-1) != 0) | (np.diff(h, prepend=h[:1]) != 0)]
         sort = pc.sort_indices(table.select(["k", *order]).take(kept), [(c, "ascending") for c in ("k", *order)])
         return table.drop_columns([self.key, "h"]).take(kept[sort.to_numpy()])
 
@@ -436,41 +442,56 @@ _DECIMAL_MAX, _DAYS, _NONE = 10**18 - 1, 2**21, -2**62
 
 
 class _ArrowTables:
-    """The cutoffs' files, written a pass at a time (DuckDB): a pass's rows of a cutoff, sorted by `order`, are a
-    row group of its file (zstd: a quarter smaller than snappy for about the same time). Written by a thread while
-    the next pass is computed (Parquet encoding releases the GIL; the second core is free while numpy works)."""
+    """The cutoffs' files, written a batch at a time (DuckDB): a batch's rows of a cutoff, sorted by `order`, are a
+    row group of its file (zstd: a quarter smaller than snappy for about the same time). Two batches are computed
+    at once, each on its own cursor, and the one before them is written meanwhile: DuckDB, numpy and Parquet
+    encoding all release the GIL, and a batch alone leaves a core idle half of the time."""
 
-    def __init__(self, paths: list[Path], order: tuple[str, ...]):
-        self.paths, self.order, self.writers, self.rows = paths, order, [], 0
-        self.thread, self.writing = ThreadPoolExecutor(1), None
+    def __init__(self, con, paths: list[Path], order: tuple[str, ...]):
+        self.con, self.paths, self.order, self.writers, self.rows = con, paths, order, [], 0
+        self.cursors = threading.local()
 
-    def add(self, changes: _Changes, where: str) -> None:
+    def run(self, changes: _Changes, batches: list[str]) -> Iterator[int]:
+        """Computes and writes the batches; yields each one's index once it is written."""
         import numpy as np
 
-        table = changes.changes_arrow(where, self.order)
-        k = table["k"].to_numpy()
-        table = table.drop_columns(["k"])
-        if not self.writers:
-            # no dictionary for the key (unique values): 0.6x its bytes, as DuckDB writes it
-            self.writers = [pq.ParquetWriter(p, table.schema, compression="zstd", use_dictionary=table.column_names[1:])
-                            for p in self.paths]
-        self._wait()  # one pass in memory at a time besides the one computed
-        self.writing = self.thread.submit(self._write, table, np.searchsorted(k, np.arange(len(self.paths) + 1)))
-        self.rows += table.num_rows
+        changes.grid_arrow()  # fetched once, before the threads share it
+        with ThreadPoolExecutor(2) as computing, ThreadPoolExecutor(1) as writing:
+            todo, running, written = iter(batches), deque(), None
+            for where in itertools.islice(todo, 2):
+                running.append(computing.submit(self._compute, changes, where))
+            for i in range(len(batches)):
+                table = running.popleft().result()
+                if (where := next(todo, None)) is not None:
+                    running.append(computing.submit(self._compute, changes, where))
+                k = table["k"].to_numpy()
+                table = table.drop_columns(["k"])
+                if not self.writers:
+                    # no dictionary for the key (unique values): 0.6x its bytes, as DuckDB writes it
+                    self.writers = [pq.ParquetWriter(p, table.schema, compression="zstd",
+                                                     use_dictionary=table.column_names[1:]) for p in self.paths]
+                if written is not None:
+                    written.result()
+                    yield i - 1
+                written = writing.submit(self._write, table, np.searchsorted(k, np.arange(len(self.paths) + 1)))
+                self.rows += table.num_rows
+            if written is not None:
+                written.result()
+                yield len(batches) - 1
+
+    def _compute(self, changes: _Changes, where: str):
+        if not hasattr(self.cursors, "con"):
+            self.cursors.con = self.con.cursor()  # its own temp tables; the sources are shared tables
+        mine = copy.copy(changes)
+        mine.con = self.cursors.con
+        return mine.changes_arrow(where, self.order)
 
     def _write(self, table, bounds) -> None:
         for writer, lo, hi in zip(self.writers, bounds, bounds[1:]):
             if hi > lo:
                 writer.write_table(table.slice(lo, hi - lo))
 
-    def _wait(self) -> None:
-        if self.writing is not None:
-            self.writing.result()
-            self.writing = None
-
     def close(self) -> int:
-        self._wait()
-        self.thread.shutdown()
         for writer in self.writers:
             writer.close()
         return self.rows
@@ -483,11 +504,13 @@ class _SparkTables:
     def __init__(self, con, paths: list[Path], parts: Path, order: tuple[str, ...]):
         self.con, self.paths, self.parts, self.order, self.written = con, paths, parts / paths[0].parent.name, order, []
 
-    def add(self, changes: _Changes, where: str) -> None:
-        path = self.parts / f"{len(self.written)}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.con.execute(f"COPY ({changes.changes_sql(where)}) TO '{path}' (FORMAT parquet)")
-        self.written.append(repr(str(path)))
+    def run(self, changes: _Changes, batches: list[str]) -> Iterator[int]:
+        for i, where in enumerate(batches):
+            path = self.parts / f"{i}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.con.execute(f"COPY ({changes.changes_sql(where)}) TO '{path}' (FORMAT parquet)")
+            self.written.append(repr(str(path)))
+            yield i
 
     def close(self) -> int:
         order = f" ORDER BY {', '.join(self.order)}" if self.order else ""
@@ -521,17 +544,18 @@ def span(con) -> tuple[date, date]:
 def _sources(con, advance=lambda _: None) -> None:
     """Creates `people` (everyone known: customers, and anonymous profiles with events; `since` = signup or first
     event), `goods` (the items) and the daily sources `src_<name>` keyed by their numbers, `pid` and `iid` (in id
-    order: smaller keys join faster, and a batch of customers is a range)."""
+    order: smaller keys join faster, and a batch of customers is a range). Tables, not temp tables: the cursors
+    computing batches side by side read them."""
     for name, sql in _PER_DAY.items():
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
     # numbered by how much they bought, so a batch holds customers alike: their rows, written side by side,
     # compress to ~70% (at 1M, 1,421 MB numbered by id)
-    con.execute("CREATE OR REPLACE TEMP TABLE people AS SELECT customer_id, row_number() OVER (ORDER BY "
+    con.execute("CREATE OR REPLACE TABLE people AS SELECT customer_id, row_number() OVER (ORDER BY "
                 "coalesce(max(e.n_purchases), 0), coalesce(max(e.revenue), 0), customer_id) AS pid, "
                 "least(min(c.signup_at), min(e.ts)) AS since FROM (SELECT customer_id, signup_at FROM customers) c "
                 "FULL JOIN (SELECT customer_id, min(first_ts) AS ts, sum(n_purchases) AS n_purchases, sum(revenue) AS "
                 "revenue FROM daily GROUP BY 1) e USING (customer_id) GROUP BY 1")
-    con.execute("CREATE OR REPLACE TEMP TABLE goods AS SELECT row_number() OVER (ORDER BY item_id) AS iid, item_id, "
+    con.execute("CREATE OR REPLACE TABLE goods AS SELECT row_number() OVER (ORDER BY item_id) AS iid, item_id, "
                 "price, category FROM items")
     for name, sql in _SOURCES.items():
         # people or items who are not known have no feature rows
@@ -539,7 +563,7 @@ def _sources(con, advance=lambda _: None) -> None:
             sql = f"SELECT g.iid, s.* EXCLUDE (item_id) FROM ({sql}) s JOIN goods g USING (item_id) ORDER BY iid"
         else:
             sql = f"SELECT p.pid, s.* EXCLUDE (customer_id) FROM ({sql}) s JOIN people p USING (customer_id) ORDER BY pid"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE src_{name} AS {sql}")
+        con.execute(f"CREATE OR REPLACE TABLE src_{name} AS {sql}")
         advance(f"source {name}")
     for name in _PER_DAY:
         con.execute(f"DROP TABLE {name}")
@@ -548,7 +572,7 @@ def _sources(con, advance=lambda _: None) -> None:
 def _entities(con, cuts: list[date], every_days: int, size: int) -> list[tuple[str, _Changes, list[str]]]:
     """(entity, its change rows, the SQL of each batch of it), after `_sources`: customers `size` at a time (a batch
     holds its customers' rows of every cutoff in memory), items at once."""
-    people = con.execute("SELECT count(*) FROM people").fetchone()[0]
+    (people,), = con.execute("SELECT count(*) FROM people").fetchall()
     return [("customer", _Changes(con, CUSTOMER_FEATURES, "pid", "customer_id", "SELECT * FROM people", "since", cuts,
                                   every_days), [f"pid > {lo} AND pid <= {lo + size}" for lo in range(0, max(people, 1), size)]),
             ("item", _Changes(con, ITEM_FEATURES, "iid", "item_id", "SELECT * FROM goods", None, cuts, every_days),
@@ -614,16 +638,15 @@ def _build(ws: Workspace, lake: Lake, every_days: int, snapshots: int, progress:
         rows = []
         for (entity, changes, sub, passes), order in zip(entities, orders):
             paths = [sub / f"{T.isoformat()}.parquet" for T in cuts]
-            tables = _SparkTables(con, paths, tmp / "parts", order) if engine == "spark" else _ArrowTables(paths, order)
-            for i, where in enumerate(passes):
-                try:
-                    tables.add(changes, where)
-                except duckdb.ConversionException as exc:  # a cumulative sum outgrew _EXACT
-                    raise ValueError(f"{lake.root}: a feature's running sum is out of range "
-                                     f"({str(exc).splitlines()[0]}); feature sums keep up to 10^12 per customer. "
-                                     "Check the events' revenue and quantity columns for unit errors.") from None
-                crash_point("features_snapshot")
-                advance(f"{entity}s, pass {i + 1} of {len(passes)}")
+            tables = _SparkTables(con, paths, tmp / "parts", order) if engine == "spark" else _ArrowTables(con, paths, order)
+            try:
+                for i in tables.run(changes, passes):
+                    crash_point("features_snapshot")
+                    advance(f"{entity}s, batch {i + 1} of {len(passes)}")
+            except duckdb.ConversionException as exc:  # a cumulative sum outgrew _EXACT
+                raise ValueError(f"{lake.root}: a feature's running sum is out of range "
+                                 f"({str(exc).splitlines()[0]}); feature sums keep up to 10^12 per customer. "
+                                 "Check the events' revenue and quantity columns for unit errors.") from None
             rows.append(tables.close())
         crm = profile_columns(con)
         cols = "".join(f', "{c}"' for c in crm)
