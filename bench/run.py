@@ -56,7 +56,8 @@ SCALES = {"ingest-1m": (20_000, 365), "ingest-10m": (200_000, 365), "features-1m
           "shapes": (0, 0),  # sizes per shape in bench/shapes.py
           "realtime": (0, 0),  # POST /events into a fresh workspace (bench/intake.py)
           "freshness": (20_000, 365)}  # the `serve` demo workspace, events and /recommend together (bench/freshness.py)
-# DuckDB working memory per scale (propel.toml); 50M events need more than the laptop default to stage
+# DuckDB working memory for the ingest per scale (propel.toml, removed once the lake is in): 50M events need more
+# than the laptop default to stage; the stages after it run with the default
 MEMORY = {"features-1m": "4.5GB"}
 
 
@@ -125,6 +126,7 @@ def bench_scale(name: str) -> list[dict]:
         print(f"[bench] {name}: reusing the lake in {ws}; feature tables and online stores start empty", flush=True)
         for state in (ws / "data" / "features", ws / "data" / "feast"):
             shutil.rmtree(state, ignore_errors=True)
+        (ws / "propel.toml").unlink(missing_ok=True)
     else:
         if not (raw / "_truth").exists():
             shutil.rmtree(raw, ignore_errors=True)
@@ -135,6 +137,7 @@ def bench_scale(name: str) -> list[dict]:
             ws.mkdir(parents=True)
             (ws / "propel.toml").write_text(f'duckdb_memory_limit = "{MEMORY[name]}"\n')
         rows.append(run(f"{name} ingest", [*propel, "ingest", raw]))
+        (ws / "propel.toml").unlink(missing_ok=True)
         events = lake_events(ws)
         rows[-1]["events"] = events
         rows[-1]["events_per_s"] = round(events / rows[-1]["seconds"])
