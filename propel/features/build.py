@@ -29,7 +29,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -486,7 +486,8 @@ class _ArrowTables:
             if hi > lo:
                 stream.write_table(table.slice(lo, hi - lo))
 
-    def close(self) -> int:
+    def close(self, written: Callable[[Path], None]) -> int:
+        """Writes each cutoff's file (`written` is told of each); the number of rows."""
         order = f" ORDER BY {', '.join(self.order)}" if self.order else ""
         for stream, part, path in zip(self.streams, self.parts, self.paths):
             stream.close()
@@ -496,11 +497,12 @@ class _ArrowTables:
                                  "COMPRESSION zstd)")
                 self.con.unregister("cutoff_rows")
             part.unlink()
+            written(path)
         return self.rows
 
 
 class _SparkTables:
-    """The cutoffs' files, from Spark: each pass's rows to a part file (written by the executors), then each
+    """The cutoffs' files, from Spark: each batch's rows to a part file (written by the executors), then each
     cutoff's file from its rows in the parts."""
 
     def __init__(self, con, paths: list[Path], parts: Path, order: tuple[str, ...]):
@@ -514,11 +516,12 @@ class _SparkTables:
             self.written.append(repr(str(path)))
             yield i
 
-    def close(self) -> int:
+    def close(self, written: Callable[[Path], None]) -> int:
         order = f" ORDER BY {', '.join(self.order)}" if self.order else ""
         for k, path in enumerate(self.paths):
             self.con.execute(f"COPY (SELECT * EXCLUDE (k) FROM read_parquet([{', '.join(self.written)}]) WHERE k = {k}"
                              f"{order}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+            written(path)
         shutil.rmtree(self.parts)
         return sum(self.con.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0] for path in self.paths)
 
@@ -630,26 +633,26 @@ def _build(ws: Workspace, lake: Lake, every_days: int, snapshots: int, progress:
     with steps(progress, "features", len(_SOURCES) + 2) as advance:
         _sources(con, advance)
         size = ws.settings().features.build_people
-        entities = [(entity, changes, staged(folder), passes)
-                    for (entity, changes, passes), folder in zip(_entities(con, cuts, every_days, size),
+        entities = [(entity, changes, staged(folder), batches)
+                    for (entity, changes, batches), folder in zip(_entities(con, cuts, every_days, size),
                                                                   (ws.customer_snapshots, ws.item_snapshots))]
-        advance("people", sum(len(passes) for *_, passes in entities))
+        advance("people", sum(len(batches) + len(cuts) for *_, batches in entities))
         # customer rows sorted by lifetime purchases and revenue: alike customers side by side compress better (the
         # 52 files at 1M to 80% of their unsorted bytes). Readers need no order (asof.py sorts itself)
         orders = (("lifetime_purchases", "lifetime_revenue"), ())
         rows = []
-        for (entity, changes, sub, passes), order in zip(entities, orders):
+        for (entity, changes, sub, batches), order in zip(entities, orders):
             paths = [sub / f"{T.isoformat()}.parquet" for T in cuts]
             tables = (_SparkTables if engine == "spark" else _ArrowTables)(con, paths, tmp / "parts", order)
             try:
-                for i in tables.run(changes, passes):
+                for i in tables.run(changes, batches):
                     crash_point("features_snapshot")
-                    advance(f"{entity}s, batch {i + 1} of {len(passes)}")
+                    advance(f"{entity}s, batch {i + 1} of {len(batches)}")
             except duckdb.ConversionException as exc:  # a cumulative sum outgrew _EXACT
                 raise ValueError(f"{lake.root}: a feature's running sum is out of range "
                                  f"({str(exc).splitlines()[0]}); feature sums keep up to 10^12 per customer. "
                                  "Check the events' revenue and quantity columns for unit errors.") from None
-            rows.append(tables.close())
+            rows.append(tables.close(lambda path: advance(f"{entity}s, {path.name}")))
         crm = profile_columns(con)
         cols = "".join(f', "{c}"' for c in crm)
         con.execute(f"COPY (SELECT customer_id, since AS event_timestamp{cols} FROM people "
