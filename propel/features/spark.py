@@ -4,8 +4,8 @@ There is one feature registry and one build (propel.features.build): it hands ev
 `execute`. `SparkConnection` has that surface and runs each statement on Spark, transpiled by sqlglot from
 DuckDB to Spark SQL, plus what sqlglot leaves to the engine:
 
-  CREATE TEMP TABLE t AS q   a temp view over q, locally checkpointed (the running state chains one step per
-                             cutoff: without truncating its lineage each step would recompute all before it)
+  CREATE [TEMP] TABLE t AS q a temp view over q, locally checkpointed (later statements read it again: without
+                             truncating its lineage Spark would recompute it for each)
   CREATE VIEW v AS q         a temp view (lazy)
   COPY (q) TO 'f.parquet'    one Parquet file at f.parquet, as DuckDB writes it (same columns, types and
                              compression)
