@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 
 from propel.config import Workspace
@@ -67,7 +68,17 @@ def durable_sqlite(path) -> sqlite3.Connection:
     transactions are the caller's (`BEGIN IMMEDIATE` ... `COMMIT`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
+    # switching a new file to WAL while another process opens it can fail at once ("database is locked"), without
+    # SQLite's busy wait: retried for up to the same 60 s (it is a no-op once either process has switched)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     db.execute("PRAGMA synchronous=FULL")
     return db
 
