@@ -219,6 +219,7 @@ class _Changes:
         `every_days` apart."""
         self.con, self.features, self.key, self.out, self.grid, self.since = con, features, key, out, grid, since
         self.t0, self.every, self.last = cuts[0], every_days, cuts[-1]
+        self.span = (self.last - self.t0).days // every_days + 2  # (key, k) as one sortable code: key * span + k
         self.stored = [f.name for f in stored_features(features)]
         self.terms: dict[tuple[str, _Term], str] = {}  # (source, term) -> its column
         self.sql: dict[str, str] = {}  # feature -> SQL over the terms' columns
@@ -316,7 +317,7 @@ class _Changes:
     def _states_arrow(self, where: str):
         """`_states_sql`'s rows as an Arrow table in (key, k) order, the running values computed with numpy: all
         sums at once as a cumulative sum down a matrix, less each entity's total before its first row."""
-        key, span = self.key, (self.last - self.t0).days // self.every + 2  # codes: key * span + k, sortable
+        key, span = self.key, self.span
         kinds = {col: t for (_, t), col in self.terms.items()}
         slices = []
         for sql, cols in self._deltas(where):
@@ -418,14 +419,13 @@ class _Changes:
 
     def changes_arrow(self, where: str):
         """`changes_sql`'s rows as an Arrow table in k order, from `_states_arrow` (DuckDB)."""
-        span = (self.last - self.t0).days // self.every + 2
         self.con.register("states_now", self._states_arrow(where))
         try:
             table = self.con.sql(self._features_sql("states_now")).to_arrow_table()
         finally:
             self.con.unregister("states_now")
         keys, h = table[self.key].to_numpy(), table["h"].to_numpy()
-        rows = np.argsort(keys * span + table["k"].to_numpy(), kind="stable")  # (key, k) order, as the states
+        rows = np.argsort(keys * self.span + table["k"].to_numpy(), kind="stable")  # (key, k) order, as the states
         keys, h = keys[rows], h[rows]
         kept = rows[(np.diff(keys, prepend=-1) != 0) | (np.diff(h, prepend=h[:1]) != 0)]
         kept = kept[np.argsort(table["k"].to_numpy()[kept], kind="stable")]
@@ -553,13 +553,10 @@ def _sources(con, advance=lambda _: None) -> None:
     computing batches side by side read them."""
     for name, sql in _PER_DAY.items():
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
-    # numbered by how much they bought, so a batch holds customers alike: their rows, written side by side,
-    # compress to ~70% (at 1M, 1,421 MB numbered by id)
-    con.execute("CREATE OR REPLACE TABLE people AS SELECT customer_id, row_number() OVER (ORDER BY "
-                "coalesce(max(e.n_purchases), 0), coalesce(max(e.revenue), 0), customer_id) AS pid, "
-                "least(min(c.signup_at), min(e.ts)) AS since FROM (SELECT customer_id, signup_at FROM customers) c "
-                "FULL JOIN (SELECT customer_id, min(first_ts) AS ts, sum(n_purchases) AS n_purchases, sum(revenue) AS "
-                "revenue FROM daily GROUP BY 1) e USING (customer_id) GROUP BY 1")
+    con.execute("CREATE OR REPLACE TABLE people AS SELECT customer_id, row_number() OVER (ORDER BY customer_id) "
+                "AS pid, least(min(c.signup_at), min(e.ts)) AS since FROM (SELECT customer_id, signup_at FROM customers) c "
+                "FULL JOIN (SELECT customer_id, min(first_ts) AS ts FROM daily GROUP BY 1) e USING (customer_id) "
+                "GROUP BY 1")
     con.execute("CREATE OR REPLACE TABLE goods AS SELECT row_number() OVER (ORDER BY item_id) AS iid, item_id, "
                 "price, category FROM items")
     for name, sql in _SOURCES.items():
