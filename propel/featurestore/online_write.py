@@ -262,8 +262,7 @@ def _write_sqlite(cfg: RepoConfig, view: FeatureView, table: pa.Table) -> None:
     """
     keys = pa.array(_entity_keys(view, table), pa.binary())
     order = pc.sort_indices(keys)
-    table = pa.table({c: table[c].take(order) for c in table.column_names})  # a column at a time: Table.take is 6x
-    keys = list(map(bytearray, keys.take(order).to_pylist()))
+    table, keys = table.take(order), list(map(bytearray, keys.take(order).to_pylist()))
     codes, times = _event_times(view, table)
     stamps = np.array([sqlite3.adapt(to_naive_utc(t)) for t in times], dtype=object)[codes].tolist()
     feats = sorted(view.features, key=lambda f: f.name)
