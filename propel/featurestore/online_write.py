@@ -208,8 +208,8 @@ def _encode(column: pa.ChunkedArray, value_type: ValueType, sqlite: bool) -> tup
 
     Starts from the same numpy array Feast converts (nullable ints arrive as floats, NaN is null).
     Each distinct value is serialised once by protobuf and value_text taken from Feast's own helper;
-    doubles are laid out with numpy in the wire format instead (protobuf per value would cost more than the
-    factorizing saves on the mostly distinct ones); lists one per row. For SQLite the
+    doubles (each distinct value once too) are laid out with numpy in the wire format instead, as many are
+    distinct; lists one per row. For SQLite the
     blobs are bytearrays: Python's sqlite3 binds those as they are, while for each bytes object it
     first looks for an adapter (raising and clearing an AttributeError), which took a quarter to a
     third of the write time. Redis takes bytes only.
@@ -226,16 +226,17 @@ def _encode(column: pa.ChunkedArray, value_type: ValueType, sqlite: bool) -> tup
     if value_type == ValueType.DOUBLE:
         null = np.isnan(values)
         # each distinct value (bit for bit: -0.0 is not 0.0) once; a feature table's doubles repeat a lot
-        codes, distinct = pd.factorize(values.view(np.int64))
+        codes, bits = pd.factorize(values.view(np.int64))
+        distinct = bits.view(np.float64)
         wire = np.empty(len(distinct), dtype=[("tag", "u1"), ("value", "<f8")])
-        wire["tag"], wire["value"] = DOUBLE_TAG, distinct.view(np.float64)
+        wire["tag"], wire["value"] = DOUBLE_TAG, distinct
         wire_bytes = wire.view("V9").tolist()
         blobs = _objects(map(bytearray, wire_bytes) if sqlite else wire_bytes, len(distinct))[codes]
         blobs[null] = _objects([blob()])
         if not sqlite:
             return blobs, None
         # str(float), as extract_text_and_num does
-        text = _objects(map(str, distinct.view(np.float64).tolist()), len(distinct))[codes]
+        text = _objects(map(str, distinct.tolist()), len(distinct))[codes]
         text[null] = None
         return blobs, text
     field, convert, _ = _SCALARS[value_type]
