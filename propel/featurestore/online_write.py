@@ -5,8 +5,8 @@ runs one SQLite upsert per (entity, feature): about 1,500 entities/s, 11 minutes
 Here DuckDB picks the newest row per entity straight from the view's Parquet files, values are
 serialised a column at a time (each distinct value once, by protobuf itself; doubles with numpy),
 and rows go to SQLite as one multi-row upsert per entity, sorted by key, with every blob bound as a
-bytearray (which Python's sqlite3 binds without an adapter lookup), or to Redis as HSETs run by a
-small server-side script per batch of entities. What lands is what Feast's own writers would
+bytearray (which Python's sqlite3 binds without an adapter lookup), or to Redis as pipelined HSETs
+laid out in bulk. What lands is what Feast's own writers would
 store (same tables, keys, bytes, timestamps), so Feast's read path is unchanged;
 tests/featurestore/test_online_write.py checks that against stock Feast.
 
@@ -55,8 +55,8 @@ SQLITE_BATCH = 50_000  # entities per transaction
 # bytes per page of an empty SQLite store: inserting 50k customers' rows took 0.7-0.9x the time of SQLite's default
 # 4 KiB pages (the same rows, a quarter of the pages to write and link), at the same file size
 SQLITE_PAGE = 16_384
-ENCODE_ROWS = 50_000  # entities encoded per step for Redis (bounds memory: ~1 GB of value objects at 100 features)
-REDIS_BATCH = 500  # entities per script call: ~25 ms of server time at 40 features, which other clients wait out
+ENCODE_ROWS = 50_000  # entities laid out per step for Redis (bounds memory: ~400 MB at 100 features)
+REDIS_BATCH = 500  # entities per sent batch (one HSET each; other clients' commands interleave)
 READ_BATCH = 5_000  # keys per timestamp-read call (~5 ms of server time)
 REDIS_SENDERS = 2  # connections sending write calls at once (see _overlapped)
 
@@ -132,8 +132,7 @@ def _unsupported(cfg: RepoConfig, view: FeatureView) -> str | None:
         (cfg.registry.enable_online_feature_view_versioning, "feature view versioning"),
         (cfg.online_store.type not in ("sqlite", "redis"), f"online store {cfg.online_store.type}"),
         (cfg.online_store.type == "redis" and cfg.online_store.redis_type == "redis_cluster",
-         "Redis Cluster (a script call may not span slots)"),
-        (cfg.online_store.type == "redis" and len(view.features) > 3000, "over 3,000 features (Lua unpack limit)"),
+         "Redis Cluster (a batch's commands go to one node)"),
         (cfg.online_store.type == "sqlite" and (cfg.online_store.vector_enabled or getattr(
             cfg.online_store, "enable_openai_compatible_store", False)), "SQLite vector or value_num columns"),
     ]
@@ -203,50 +202,58 @@ def _event_times(view: FeatureView, table: pa.Table) -> tuple[np.ndarray, list[d
     return codes, [coerce(t) for t in distinct.to_pydatetime()]  # datetimes made at once (a profile's are distinct)
 
 
-def _encode(column: pa.ChunkedArray, value_type: ValueType, sqlite: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Serialised ValueProtos of a column (empty for null) and, for SQLite, value_text (None for null).
+def _encode(column: pa.ChunkedArray, value_type: ValueType) -> tuple[np.ndarray, np.ndarray]:
+    """Serialised ValueProtos of a column (empty for null) and value_text (None for null), for SQLite.
+
+    The blobs are bytearrays: Python's sqlite3 binds those as they are, while for each bytes object it
+    first looks for an adapter (raising and clearing an AttributeError), which took a quarter to a
+    third of the write time.
+    """
+    codes, blobs, texts = _distinct(column, value_type, bytearray)
+    return blobs[codes], texts[codes]
+
+
+def _distinct(column: pa.ChunkedArray, value_type: ValueType, blob: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row codes into the column's distinct serialised ValueProtos (as `blob`s) and their value_text; code -1, the
+    last entry, is null (an empty blob, no text).
 
     Starts from the same numpy array Feast converts (nullable ints arrive as floats, NaN is null).
     Each distinct value is serialised once by protobuf and value_text taken from Feast's own helper;
-    doubles (each distinct value once too) are laid out with numpy in the wire format instead, as many are
-    distinct; lists one per row. For SQLite the
-    blobs are bytearrays: Python's sqlite3 binds those as they are, while for each bytes object it
-    first looks for an adapter (raising and clearing an AttributeError), which took a quarter to a
-    third of the write time. Redis takes bytes only.
+    doubles (each distinct value once too, bit for bit: -0.0 is not 0.0) are laid out with numpy in the
+    wire format instead, as many are distinct; lists one per row.
     """
-    blob = bytearray if sqlite else bytes
+    text_of = private.lookup("extract_text_and_num")
     if value_type == ValueType.STRING_LIST:
         protos = [None if v is None else Value(string_list_val=StringList(val=v)) for v in column.to_pylist()]
-        blobs = _objects([blob() if p is None else blob(p.SerializeToString()) for p in protos], len(protos))
-        if not sqlite:
-            return blobs, None
-        text_of = private.lookup("extract_text_and_num")
-        return blobs, _objects([None if p is None else text_of(p, False)[0] for p in protos], len(protos))
+        codes = np.array([-1 if p is None else i for i, p in enumerate(protos)], dtype=np.int64)
+        blobs = _objects([blob() if p is None else blob(p.SerializeToString()) for p in protos] + [blob()])
+        return codes, blobs, _objects([None if p is None else text_of(p, False)[0] for p in protos] + [None])
     values = column.to_numpy(zero_copy_only=False)
     if value_type == ValueType.DOUBLE:
-        null = np.isnan(values)
-        # each distinct value (bit for bit: -0.0 is not 0.0) once; a feature table's doubles repeat a lot
-        codes, bits = pd.factorize(values.view(np.int64))
-        distinct = bits.view(np.float64)
-        wire = np.empty(len(distinct), dtype=[("tag", "u1"), ("value", "<f8")])
-        wire["tag"], wire["value"] = DOUBLE_TAG, distinct
-        wire_bytes = wire.view("V9").tolist()
-        blobs = _objects(map(bytearray, wire_bytes) if sqlite else wire_bytes, len(distinct))[codes]
-        blobs[null] = _objects([blob()])
-        if not sqlite:
-            return blobs, None
-        # str(float), as extract_text_and_num does
-        text = _objects(map(str, distinct.tolist()), len(distinct))[codes]
-        text[null] = None
-        return blobs, text
+        codes, distinct = _double_codes(values)
+        wire = _double_wire(distinct).view("V9").tolist()
+        blobs = _objects(map(blob, wire) if blob is not bytes else wire, len(wire))
+        texts = _objects(map(str, distinct.tolist()), len(distinct))  # str(float), as extract_text_and_num does
+        return codes, np.append(blobs, _objects([blob()])), np.append(texts, None)
     field, convert, _ = _SCALARS[value_type]
     codes, distinct = pd.factorize(values)
     protos = [Value(**{field: convert(v)}) for v in distinct]
-    blobs = _objects([blob(p.SerializeToString()) for p in protos] + [blob()])[codes]
-    if not sqlite:
-        return blobs, None
-    text_of = private.lookup("extract_text_and_num")
-    return blobs, _objects([text_of(p, False)[0] for p in protos] + [None])[codes]
+    return (codes, _objects([blob(p.SerializeToString()) for p in protos] + [blob()]),
+            _objects([text_of(p, False)[0] for p in protos] + [None]))
+
+
+def _double_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row codes (-1: null, i.e. NaN) into the distinct doubles, bit for bit (-0.0 is not 0.0)."""
+    codes, bits = pd.factorize(values.view(np.int64))
+    codes[np.isnan(values)] = -1
+    return codes, bits.view(np.float64)
+
+
+def _double_wire(values: np.ndarray) -> np.ndarray:
+    """Serialised double ValueProtos, 9 bytes each: the tag, then the value little-endian."""
+    wire = np.empty(len(values), dtype=[("tag", "u1"), ("value", "<f8")])
+    wire["tag"], wire["value"] = DOUBLE_TAG, values
+    return wire
 
 
 def _objects(items: Iterable, count: int = -1) -> np.ndarray:
@@ -279,7 +286,7 @@ def _write_sqlite(cfg: RepoConfig, view: FeatureView, table: pa.Table) -> None:
             batch = table.slice(s, SQLITE_BATCH)
             columns = [keys[s:s + SQLITE_BATCH], stamps[s:s + SQLITE_BATCH]]
             for f in feats:
-                columns += (c.tolist() for c in _encode(batch.column(f.name), f.dtype.to_value_type(), True))
+                columns += (c.tolist() for c in _encode(batch.column(f.name), f.dtype.to_value_type()))
             with db:
                 db.executemany(sql, zip(*columns))
     finally:
@@ -327,17 +334,19 @@ def cluster_sqlite_tables(store: FeatureStore) -> None:
 
 
 def _write_redis(cfg: RepoConfig, online_store: OnlineStore, view: FeatureView, table: pa.Table) -> None:
-    """HSET each entity's hash as Feast's RedisOnlineStore does, a batch of entities per script call.
+    """HSET each entity's hash as Feast's RedisOnlineStore does (+ EXPIRE with a key TTL), pipelined.
 
     Same hash key (entity key + project), same mmh3 field names and `_ts:<view>` field, and the
     same rule: an entity whose stored timestamp is as new or newer is left alone (unless skip_dedup).
-    A pipeline would cost redis-py ~20 us of Python per command; the scripts make it two per batch.
+    The commands are laid out in bulk (`_Commands`) and sent REDIS_BATCH entities at a time; each reply is
+    read, so an error reply fails the write. redis-py would cost ~20 us of Python per command, and a
+    server-side script taking the values as arguments converts each of them to a Lua string and back.
     """
     online = cfg.online_store
     client = private.lookup("redis_client")(online_store, online)
-    read, write = client.register_script(_REDIS_READ), client.register_script(_REDIS_WRITE)
-    project = cfg.project.encode()
-    keys = np.array([k + project for k in _entity_keys(view, table)], dtype=object)
+    read = client.register_script(_REDIS_READ)
+    commands = _Commands(view, online.key_ttl_seconds or 0)
+    keys = np.array([k + cfg.project.encode() for k in _entity_keys(view, table)], dtype=object)
     codes, times = _event_times(view, table)
     stamps = [Timestamp() for _ in times]
     for stamp, t in zip(stamps, times):
@@ -345,38 +354,95 @@ def _write_redis(cfg: RepoConfig, online_store: OnlineStore, view: FeatureView, 
     stamp_bytes = np.array([st.SerializeToString() for st in stamps], dtype=object)[codes]
     stamp_nanos = np.array([st.seconds * 1_000_000_000 + st.nanos for st in stamps], dtype=np.int64)[codes]
     ts_field = f"_ts:{view.name}"
-    mmh3 = private.lookup("mmh3")
-    fields = np.array([mmh3(f"{view.name}:{f.name}") for f in view.features], dtype=object)
 
     def batches():
-        # values are encoded ENCODE_ROWS at a time (per-call overhead), then sent REDIS_BATCH entities per call
+        # values are laid out ENCODE_ROWS at a time (per-call overhead), then sent REDIS_BATCH entities per call
         for c in range(0, table.num_rows, ENCODE_ROWS):
-            chunk, chunk_keys = table.slice(c, ENCODE_ROWS), keys[c:c + ENCODE_ROWS]
-            args = np.empty((chunk.num_rows, 2 + 2 * len(fields)), dtype=object)  # field, value, field, value...
-            args[:, 0], args[:, 1], args[:, 2::2] = ts_field, stamp_bytes[c:c + ENCODE_ROWS], fields
-            for j, f in enumerate(view.features):
-                args[:, 3 + 2 * j] = _encode(chunk.column(f.name), f.dtype.to_value_type(), False)[0]
+            chunk_keys, rows = keys[c:c + ENCODE_ROWS], np.arange(c, min(c + ENCODE_ROWS, table.num_rows))
             if not online.skip_dedup:
                 # stored timestamps, read in calls of READ_BATCH keys: each waits behind at most one write call
                 stored = np.array([_stamp_nanos(b) for r in range(0, len(chunk_keys), READ_BATCH)
                                    for b in read(keys=chunk_keys[r:r + READ_BATCH].tolist(), args=[ts_field])], np.int64)
-                newer = (stored == 0) | (stamp_nanos[c:c + ENCODE_ROWS] > stored)
-                chunk_keys, args = chunk_keys[newer], args[newer]
-            for s in range(0, len(chunk_keys), REDIS_BATCH):
-                batch = args[s:s + REDIS_BATCH]
-                yield chunk_keys[s:s + REDIS_BATCH].tolist(), [batch.shape[1], online.key_ttl_seconds or 0,
-                                                                *batch.ravel().tolist()]
+                newer = (stored == 0) | (stamp_nanos[rows] > stored)
+                chunk_keys, rows = chunk_keys[newer], rows[newer]
+            data, starts = commands.lay_out(table.take(rows), chunk_keys, stamp_bytes[rows])
+            for s in range(0, len(rows), REDIS_BATCH):
+                end = min(s + REDIS_BATCH, len(rows))
+                yield data[starts[s]:starts[end]], (end - s) * commands.per_entity
 
-    _overlapped(batches(), lambda batch_keys, args: write(keys=batch_keys, args=args),
-                depth=max(2, 2 * ENCODE_ROWS // REDIS_BATCH))
+    pool = client.connection_pool
+
+    def send(payload: memoryview, replies: int) -> None:
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([payload])
+            for _ in range(replies):
+                conn.read_response()  # raises on an error reply
+        except BaseException:
+            conn.disconnect()  # replies may be left unread
+            raise
+        finally:
+            pool.release(conn)
+
+    _overlapped(batches(), send, depth=max(2, 2 * ENCODE_ROWS // REDIS_BATCH))
+
+
+class _Commands:
+    """A view's HSET (and EXPIRE) commands in the Redis protocol, laid out for many entities at once.
+
+    Each entity's command is its header (HSET, key, timestamp field and value) followed by one `field value` piece
+    per feature: pieces are made once per distinct value (doubles with numpy), gathered per row by an Arrow take,
+    and the rows' commands end up back to back in one buffer, as hiredis would pack them one by one
+    (tests/featurestore/test_online_write.py compares the bytes).
+    """
+
+    def __init__(self, view: FeatureView, ttl: int):
+        mmh3 = private.lookup("mmh3")
+        self.features = [(f.name, f.dtype.to_value_type(), _bulk(mmh3(f"{view.name}:{f.name}"))) for f in view.features]
+        self.head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(view.features))
+        self.ts_field = _bulk(f"_ts:{view.name}".encode())
+        self.expire = b"*3\r\n$6\r\nEXPIRE\r\n", _bulk(str(ttl).encode()) if ttl else None
+        self.per_entity = 2 if ttl else 1  # replies
+
+    def lay_out(self, table: pa.Table, keys: np.ndarray, stamps: np.ndarray) -> tuple[memoryview, np.ndarray]:
+        """All rows' commands in one buffer, and where each row's start (plus the end)."""
+        heads = [self.head + _bulk(k) + self.ts_field + _bulk(st) for k, st in zip(keys.tolist(), stamps.tolist())]
+        parts = [pa.array(heads, pa.large_binary())]
+        parts += [self._pieces(table.column(name), value_type, field) for name, value_type, field in self.features]
+        if self.expire[1] is not None:
+            parts.append(pa.array([self.expire[0] + _bulk(k) + self.expire[1] for k in keys.tolist()], pa.large_binary()))
+        rows = table.num_rows
+        order = (np.arange(len(parts)) * rows + np.arange(rows)[:, None]).ravel()  # row by row
+        _, offsets, data = pa.concat_arrays(parts).take(order).buffers()
+        return memoryview(data or b""), np.frombuffer(offsets, np.int64, count=len(order) + 1)[::len(parts)]
+
+    @staticmethod
+    def _pieces(column: pa.ChunkedArray, value_type: ValueType, field: bytes) -> pa.Array:
+        """Each row's `field value` (value: the serialised ValueProto, empty for null)."""
+        if value_type == ValueType.DOUBLE:
+            codes, distinct = _double_codes(column.to_numpy(zero_copy_only=False))
+            head = np.frombuffer(field + b"$9\r\n", np.uint8)
+            fixed = np.empty((len(distinct), len(head) + 11), np.uint8)
+            fixed[:, :len(head)], fixed[:, -2:] = head, np.frombuffer(b"\r\n", np.uint8)
+            fixed[:, len(head):-2] = _double_wire(distinct).view(np.uint8).reshape(-1, 9)
+            pieces = pa.FixedSizeBinaryArray.from_buffers(pa.binary(fixed.shape[1]), len(distinct), [None, pa.py_buffer(fixed)])
+            pieces = pa.concat_arrays([pieces.cast(pa.large_binary()), pa.array([field + _bulk(b"")], pa.large_binary())])
+        else:
+            codes, blobs, _ = _distinct(column, value_type, bytes)
+            pieces = pa.array([field + _bulk(b) for b in blobs], pa.large_binary())
+        return pieces.take(np.where(codes < 0, len(pieces) - 1, codes))
+
+
+def _bulk(value: bytes) -> bytes:
+    """A Redis protocol bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 def _overlapped(batches: Iterator[tuple], send: Callable[..., object], depth: int) -> None:
-    """Send batches from REDIS_SENDERS threads (one connection each) while the next ones are encoded, so the Redis server
-    always has the next call queued while it runs one (the socket waits release the GIL), and its work
-    overlaps ours instead of following it: 1.4x less wall time than one sender at 200k customers, with the
-    server ~85% busy. Up to `depth` batches wait to be sent: a whole encoded chunk, so the server stays busy
-    while the next chunk is encoded. (SQLite's executemany keeps the GIL while binding, so its writes gain
+    """Send batches from REDIS_SENDERS threads (one connection each) while the next ones are laid out, so the Redis server
+    always has the next batch queued while it runs one (the socket waits release the GIL), and its work
+    overlaps ours instead of following it. Up to `depth` batches wait to be sent: a whole chunk, so the server
+    stays busy while the next chunk is laid out. (SQLite's executemany keeps the GIL while binding, so its writes gain
     nothing from this and run inline.)"""
     with ThreadPoolExecutor(REDIS_SENDERS) as sender:
         pending: deque = deque()
@@ -388,17 +454,8 @@ def _overlapped(batches: Iterator[tuple], send: Callable[..., object], depth: in
             pending.popleft().result()
 
 
-# Run server-side per batch: the stored `_ts:<view>` of each key; and HSET (+ EXPIRE) of each key's
-# `width` field/value arguments. Lua's unpack limit (~8000 values) caps a view at 3,000 features.
+# Run server-side per batch: the stored `_ts:<view>` of each key.
 _REDIS_READ = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, ARGV[1]) end return out"
-_REDIS_WRITE = """
-local width, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  redis.call('HSET', key, unpack(ARGV, 3 + (i - 1) * width, 2 + i * width))
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-end
-return #KEYS
-"""
 
 
 @lru_cache(maxsize=1024)

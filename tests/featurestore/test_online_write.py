@@ -12,6 +12,7 @@ import math
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
+import hiredis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -58,11 +59,20 @@ def test_value_encoding_matches_feast(value_type, values):
     column = pa.array(values, from_pandas=False)
     table = online_write._nullable_ints_as_floats(_view(value_type), pa.table({"c": column}))
     protos = python_values_to_proto_values(table.column("c").to_numpy(zero_copy_only=False), value_type)
-    for sqlite, blob in ((True, bytearray), (False, bytes)):  # sqlite3 binds bytearrays as they are; Redis takes bytes
-        blobs, texts = online_write._encode(table.column("c"), value_type, sqlite)
-        assert blobs.shape == (len(values),) and {type(b) for b in blobs} == {blob}
-        assert list(blobs) == [p.SerializeToString() for p in protos]
-        assert list(texts) == [extract_text_and_num(p, False)[0] for p in protos] if sqlite else texts is None
+    blobs, texts = online_write._encode(table.column("c"), value_type)
+    assert blobs.shape == (len(values),) and {type(b) for b in blobs} == {bytearray}  # sqlite3 binds these as they are
+    assert list(blobs) == [p.SerializeToString() for p in protos]
+    assert list(texts) == [extract_text_and_num(p, False)[0] for p in protos]
+    # Redis: each entity's HSET, byte for byte as hiredis packs it (redis-py's packer), TTL'd keys expired after
+    view = _view(value_type)
+    keys, stamps = [b"key%d" % i for i in range(len(values))], [b"\x08\x01"] * len(values)
+    for ttl in (0, 3600):
+        commands = online_write._Commands(view, ttl)
+        data, starts = commands.lay_out(table, np.array(keys, dtype=object), np.array(stamps, dtype=object))
+        expected = [hiredis.pack_command(("HSET", k, "_ts:v", st, online_write.private.lookup("mmh3")("v:c"),
+                                          p.SerializeToString())) + (hiredis.pack_command(("EXPIRE", k, ttl)) if ttl else b"")
+                    for k, st, p in zip(keys, stamps, protos)]
+        assert [bytes(data[a:b]) for a, b in zip(starts, starts[1:])] == expected
 
 
 @pytest.mark.parametrize("value_type, values", [
