@@ -339,6 +339,29 @@ def test_tiny_view_redis_identical_to_feast(tmp_path, redis_url, monkeypatch, ca
     assert got[2][0]["n"] == [100, 2**62, 3, 4, 0, 200, None]
 
 
+@pytest.mark.redis
+def test_redis_error_reply_fails_the_write_and_a_rerun_completes_it(tmp_path, redis_url, monkeypatch):
+    """Every reply is read: a command Redis refuses (a key of another type where an entity's hash goes) fails the
+    materialization, as Feast's own pipeline does, and the next run, with the key fixed, writes every entity."""
+    import redis
+
+    _redis_db(monkeypatch, redis_url, 5)()
+    monkeypatch.setattr(online_write, "REDIS_BATCH", 2)  # the refused command in the middle of the sent batches
+    ws = Workspace.resolve(tmp_path / "ws")
+    store = fstore.feature_store(ws, "redis")
+    store.apply(_tiny(ws))
+    host_port, db = store.config.online_store.connection_string.split(",db=")
+    client = redis.Redis(host=host_port.split(":")[0], port=int(host_port.split(":")[1]), db=int(db))
+    key = online_write.entity_keys("person_id", ValueType.STRING, ["c"])[0] + store.config.project.encode()
+    client.set(key, b"not a hash")
+    start, end = (t.replace(tzinfo=UTC) for t in RUNS[0])
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        store.materialize(start_date=start, end_date=end, feature_views=["tiny"])
+    client.delete(key)
+    store.materialize(start_date=start, end_date=end, feature_views=["tiny"])
+    assert _online(ws, "redis", ["tiny:n"], [{"person_id": p} for p in PEOPLE])["n"][:5] == [-10, 2**62, 3, 4, 0]
+
+
 def test_sqlite_tables_converted_to_clustered_layout(tmp_path, caplog):
     """A store in Feast's layout is rebuilt WITHOUT ROWID with its rows; Feast re-applies, writes and reads it."""
     ws = Workspace.resolve(tmp_path / "ws")
