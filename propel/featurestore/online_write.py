@@ -209,37 +209,43 @@ def _encode(column: pa.ChunkedArray, value_type: ValueType) -> tuple[np.ndarray,
     first looks for an adapter (raising and clearing an AttributeError), which took a quarter to a
     third of the write time.
     """
-    codes, blobs, texts = _distinct(column, value_type, bytearray)
+    codes, blobs, texts = _distinct(column, value_type, sqlite=True)
     return blobs[codes], texts[codes]
 
 
-def _distinct(column: pa.ChunkedArray, value_type: ValueType, blob: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row codes into the column's distinct serialised ValueProtos (as `blob`s) and their value_text; code -1, the
-    last entry, is null (an empty blob, no text).
+def _distinct(column: pa.ChunkedArray, value_type: ValueType, sqlite: bool) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray | None]:
+    """Row codes into the column's distinct serialised ValueProtos and, for SQLite, their value_text (None for
+    Redis); code -1, the last entry, is null (an empty blob, no text). Blobs are bytearrays for SQLite (see
+    `_encode`), bytes for Redis.
 
     Starts from the same numpy array Feast converts (nullable ints arrive as floats, NaN is null).
     Each distinct value is serialised once by protobuf and value_text taken from Feast's own helper;
     doubles (each distinct value once too, bit for bit: -0.0 is not 0.0) are laid out with numpy in the
     wire format instead, as many are distinct; lists one per row.
     """
+    blob = bytearray if sqlite else bytes
     text_of = private.lookup("extract_text_and_num")
+
+    def texts(protos: list) -> np.ndarray | None:
+        return _objects([None if p is None else text_of(p, False)[0] for p in protos] + [None]) if sqlite else None
+
     if value_type == ValueType.STRING_LIST:
         protos = [None if v is None else Value(string_list_val=StringList(val=v)) for v in column.to_pylist()]
         codes = np.array([-1 if p is None else i for i, p in enumerate(protos)], dtype=np.int64)
-        blobs = _objects([blob() if p is None else blob(p.SerializeToString()) for p in protos] + [blob()])
-        return codes, blobs, _objects([None if p is None else text_of(p, False)[0] for p in protos] + [None])
+        return codes, _objects([blob() if p is None else blob(p.SerializeToString()) for p in protos] + [blob()]), \
+            texts(protos)
     values = column.to_numpy(zero_copy_only=False)
     if value_type == ValueType.DOUBLE:
         codes, distinct = _double_codes(values)
         wire = _double_wire(distinct).view("V9").tolist()
-        blobs = _objects(map(blob, wire) if blob is not bytes else wire, len(wire))
-        texts = _objects(map(str, distinct.tolist()), len(distinct))  # str(float), as extract_text_and_num does
-        return codes, np.append(blobs, _objects([blob()])), np.append(texts, None)
+        blobs = np.append(_objects(map(blob, wire) if sqlite else wire, len(wire)), _objects([blob()]))
+        # str(float), as extract_text_and_num does
+        return codes, blobs, np.append(_objects(map(str, distinct.tolist()), len(distinct)), None) if sqlite else None
     field, convert, _ = _SCALARS[value_type]
     codes, distinct = pd.factorize(values)
     protos = [Value(**{field: convert(v)}) for v in distinct]
-    return (codes, _objects([blob(p.SerializeToString()) for p in protos] + [blob()]),
-            _objects([text_of(p, False)[0] for p in protos] + [None]))
+    return codes, _objects([blob(p.SerializeToString()) for p in protos] + [blob()]), texts(protos)
 
 
 def _double_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -428,7 +434,7 @@ class _Commands:
             pieces = pa.FixedSizeBinaryArray.from_buffers(pa.binary(fixed.shape[1]), len(distinct), [None, pa.py_buffer(fixed)])
             pieces = pa.concat_arrays([pieces.cast(pa.large_binary()), pa.array([field + _bulk(b"")], pa.large_binary())])
         else:
-            codes, blobs, _ = _distinct(column, value_type, bytes)
+            codes, blobs, _ = _distinct(column, value_type, sqlite=False)
             pieces = pa.array([field + _bulk(b) for b in blobs], pa.large_binary())
         return pieces.take(np.where(codes < 0, len(pieces) - 1, codes))
 

@@ -110,12 +110,16 @@ def _page_size(ws: Workspace) -> int:
         db.close()
 
 
-def _redis_dump(ws: Workspace) -> dict:
+def _redis_client(ws: Workspace):
     import redis
 
     host_port, db = fstore.repo_config(ws, "redis").online_store.connection_string.split(",db=")
     host, port = host_port.split(":")
-    client = redis.Redis(host=host, port=int(port), db=int(db))
+    return redis.Redis(host=host, port=int(port), db=int(db))
+
+
+def _redis_dump(ws: Workspace) -> dict:
+    client = _redis_client(ws)
     return {k: client.hgetall(k) for k in client.scan_iter(count=1000)}
 
 
@@ -343,15 +347,12 @@ def test_tiny_view_redis_identical_to_feast(tmp_path, redis_url, monkeypatch, ca
 def test_redis_error_reply_fails_the_write_and_a_rerun_completes_it(tmp_path, redis_url, monkeypatch):
     """Every reply is read: a command Redis refuses (a key of another type where an entity's hash goes) fails the
     materialization, as Feast's own pipeline does, and the next run, with the key fixed, writes every entity."""
-    import redis
-
     _redis_db(monkeypatch, redis_url, 5)()
     monkeypatch.setattr(online_write, "REDIS_BATCH", 2)  # the refused command in the middle of the sent batches
     ws = Workspace.resolve(tmp_path / "ws")
     store = fstore.feature_store(ws, "redis")
     store.apply(_tiny(ws))
-    host_port, db = store.config.online_store.connection_string.split(",db=")
-    client = redis.Redis(host=host_port.split(":")[0], port=int(host_port.split(":")[1]), db=int(db))
+    client = _redis_client(ws)
     key = online_write.entity_keys("person_id", ValueType.STRING, ["c"])[0] + store.config.project.encode()
     client.set(key, b"not a hash")
     start, end = (t.replace(tzinfo=UTC) for t in RUNS[0])
