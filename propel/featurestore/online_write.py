@@ -47,6 +47,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from propel.featurestore import feast_private as private
 from propel.features import asof
+from propel.lake.tables import crash_point
 from propel.lake.schema import quote_ident, quote_literal
 
 log = logging.getLogger(__name__)
@@ -384,6 +385,7 @@ def _write_redis(cfg: RepoConfig, online_store: OnlineStore, view: FeatureView, 
             conn.send_packed_command([payload])
             for _ in range(replies):
                 conn.read_response()  # raises on an error reply
+            crash_point("online_redis_batch")
         except BaseException:
             conn.disconnect()  # replies may be left unread
             raise

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import sqlite3
+import subprocess
 from datetime import datetime, timedelta, timezone
 
 import hiredis
@@ -32,7 +35,7 @@ from propel.featurestore import store as fstore
 from propel.features.asof import as_of
 from propel.features.build import load_catalog
 from propel.config import Workspace
-from tests.helpers import copy_workspace
+from tests.helpers import BIN, copy_workspace
 
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -237,6 +240,39 @@ def test_built_features_redis_identical_to_feast(built_features, tmp_path, redis
     use_fast()
     got = _redis_dump(fast)
     assert len(got) > 1000 and got == expected
+
+
+@pytest.mark.redis
+def test_redis_materialize_killed_then_rerun_and_two_at_once_store_what_one_run_does(built_features, tmp_path,
+                                                                                      redis_url, monkeypatch):
+    """`kill -9` after a batch of HSETs is answered leaves some entities written, which a re-run completes; two
+    materializations at once store exactly what one does. (Each workspace copy has its own registry and Redis
+    database.)"""
+    def workspace(name: str, db: int) -> Workspace:
+        ws = copy_workspace(built_features, tmp_path / name)
+        _redis_db(monkeypatch, redis_url, db)()
+        fstore.apply(ws, "redis")
+        return ws
+
+    def materialize(ws: Workspace, crash: str | None = None) -> subprocess.Popen:
+        return subprocess.Popen([str(BIN / "propel"), "--workspace", str(ws.root), "features", "materialize", "--online",
+                                 "redis"], env={**os.environ, **({"PROPEL_CRASH_AT": crash} if crash else {})},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    once = workspace("once", 6)
+    fstore.materialize(once, "redis")
+    expected = _redis_dump(once)
+    killed = workspace("killed", 7)
+    proc = materialize(killed, "online_redis_batch")
+    assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    assert 0 < len(_redis_dump(killed)) < len(expected), "killed after some batches, not all"
+    proc = materialize(killed)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    assert _redis_dump(killed) == expected
+    both = workspace("both", 8)
+    procs = [materialize(both), materialize(both)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read()[-2000:] for p in procs]
+    assert len(expected) > 1000 and _redis_dump(both) == expected
 
 
 # --- a hand-written view: every type, NaN and nulls, older rows, interval edges, reruns ------------
