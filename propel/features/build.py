@@ -557,7 +557,6 @@ class _SparkTables:
             self.con.execute(f"COPY (SELECT * EXCLUDE (k) FROM read_parquet([{', '.join(self.written)}]) WHERE k = {k}"
                              f"{order}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
             written(path)
-        shutil.rmtree(self.parts)
         return sum(self.con.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0] for path in self.paths)
 
 
@@ -680,6 +679,7 @@ def _build(ws: Workspace, lake: Lake, every_days: int, snapshots: int, progress:
                                  f"({str(exc).splitlines()[0]}); feature sums keep up to 10^12 per customer. "
                                  "Check the events' revenue and quantity columns for unit errors.") from None
             rows.append(tables.close(lambda path: advance(f"{entity}s, {path.name}")))
+        shutil.rmtree(tmp / "parts", ignore_errors=True)  # the batches' rows on their way to the files
         crm = profile_columns(con)
         cols = "".join(f', "{c}"' for c in crm)
         con.execute(f"COPY (SELECT customer_id, since AS event_timestamp{cols} FROM people "

@@ -258,6 +258,8 @@ def test_a_killed_build_leaves_a_whole_one_and_a_second_at_once_is_refused(small
     assert _all_rows(ws) == before, "the re-run gives the same features"
     assert not ws.features.with_name("features.previous").exists()
     assert not ws.features.with_name("features.building").exists()
+    assert sorted(p.name for p in ws.features.iterdir()) == ["catalog.json", "customer_features",
+                                                             "customer_profile.parquet", "item_features"]
 
     with exclusive(ws.features_lock, "features build, engine duckdb", Busy):  # as a running build holds it
         with pytest.raises(Busy, match="another feature build is running .features build, engine duckdb, pid"):
