@@ -240,7 +240,7 @@ def _distinct(column: pa.ChunkedArray, value_type: ValueType, sqlite: bool) -> t
     if value_type == ValueType.DOUBLE:
         codes, distinct = _double_codes(values)
         wire = _double_wire(distinct).view("V9").tolist()
-        blobs = np.append(_objects(map(blob, wire) if sqlite else wire, len(wire)), _objects([blob()]))
+        blobs = np.append(_objects(map(blob, wire), len(wire)), _objects([blob()]))
         # str(float), as extract_text_and_num does
         return codes, blobs, np.append(_objects(map(str, distinct.tolist()), len(distinct)), None) if sqlite else None
     field, convert, _ = _SCALARS[value_type]
