@@ -256,43 +256,96 @@ class _Changes:
         return " UNION ALL ".join(f"SELECT {keys}, k, {', '.join(c if c in cols else f'NULL AS {c}' for c in columns)} "
                                   f"FROM ({sql})" for sql, cols in slices)
 
+    def _pair_deltas(self, name: str, where: str) -> str:
+        """SQL of the net change of each pair's window sums per (entity, pair key, k) of pair source `name`: what
+        entered the window less what left it (DECIMAL, exact; `n_rows` counts the source's rows)."""
+        p, key = _PAIRS[name], self.key
+        deltas = {f"{c}__{o}": ("count(*)" if c == "n_rows" else f"sum(CAST({c} AS {_EXACT['float']}))", o)
+                  for c in (*p.sums, "n_rows") for o in (0, p.days)}
+        slices = self._union(self._slices(p.source, f"{key}, {p.key}", deltas, where), f"{key}, {p.key}", list(deltas))
+        net = ", ".join(f"CAST(coalesce(sum({c}__0), 0) - coalesce(sum({c}__{p.days}), 0) AS "
+                        f"{'BIGINT' if c == 'n_rows' else _EXACT['float']}) AS {c}" for c in (*p.sums, "n_rows"))
+        return f"SELECT {key}, {p.key}, k, {net} FROM ({slices}) GROUP BY {key}, {p.key}, k"
+
+    def _pair_features(self, name: str, alive: str, changes: str) -> str:
+        """SQL of the features over pair source `name` at each (entity, k) of `changes`, from `alive` (the pairs
+        alive there: entity, k, pair key, the pair's window sums as DOUBLE); defaults where none is."""
+        p, entity = _PAIRS[name], f"{self.key}, k"
+        feats = [f for f in self.pair_features if f.source == name]
+        pairs = p.sql.format(entity=entity).replace("FROM pairs", f"FROM {alive}")
+        computed = f"SELECT {entity}, {', '.join(f'{f.sql} AS {f.name}' for f in feats)} FROM ({pairs}) GROUP BY {entity}"
+        # carried forward to later rows, a NULL would let an older value through: every change gets a value
+        values = ", ".join(f"CAST(coalesce(v.{f.name}, {f.default}) AS {_DTYPES[f.dtype]}) AS p_{f.name}" for f in feats)
+        return f"SELECT {entity}, {values} FROM {changes} LEFT JOIN ({computed}) v USING ({entity})"
+
     def _pairs(self, name: str, where: str) -> None:
         """Creates `pf_<name>`: the features over pair source `name` at each (entity, k) where one of the entity's
         pairs entered or left the window, from the pairs alive then (a pair's cumulative sums hold until its next
-        change); defaults where none is."""
+        change), with window functions (Spark's way; `_pairs_arrow` on DuckDB)."""
         p, key = _PAIRS[name], self.key
-        sums = [*p.sums, "n_rows"]
-        deltas = {f"{c}__{o}": ("count(*)" if c == "n_rows" else f"sum(CAST({c} AS {_EXACT['float']}))", o)
-                  for c in sums for o in (0, p.days)}
-        slices = self._union(self._slices(p.source, f"{key}, {p.key}", deltas, where), f"{key}, {p.key}", list(deltas))
         w = _RUNNING.format(f"{key}, {p.key}")
-        running = ", ".join(f"CAST(coalesce(sum({c}__0) {w}, 0) - coalesce(sum({c}__{p.days}) {w}, 0) AS "
-                            f"{'BIGINT' if c == 'n_rows' else 'DOUBLE'}) AS {c}" for c in sums)
+        running = ", ".join(f"CAST(sum({c}) {w} AS {'BIGINT' if c == 'n_rows' else 'DOUBLE'}) AS {c}"
+                            for c in (*p.sums, "n_rows"))
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE pair_states AS SELECT {key}, {p.key}, k, lead(k) OVER (PARTITION BY "
-            f"{key}, {p.key} ORDER BY k) AS k_next, {running} FROM (SELECT {key}, {p.key}, k, "
-            f"{', '.join(f'sum({c}) AS {c}' for c in deltas)} FROM ({slices}) GROUP BY {key}, {p.key}, k)")
+            f"{key}, {p.key} ORDER BY k) AS k_next, {running} FROM ({self._pair_deltas(name, where)})")
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE pair_changes AS SELECT DISTINCT {key}, k FROM pair_states")
         alive = (f"SELECT c.{key}, c.k, s.{p.key}, {', '.join(f's.{c}' for c in p.sums)} FROM pair_changes c "
                  f"JOIN pair_states s ON s.{key} = c.{key} AND s.k <= c.k AND (s.k_next IS NULL OR c.k < s.k_next) "
                  "WHERE s.n_rows > 0")
-        entity, feats = f"{key}, k", [f for f in self.pair_features if f.source == name]
-        pairs = p.sql.format(entity=entity).replace("FROM pairs", f"FROM ({alive})")
-        computed = f"SELECT {entity}, {', '.join(f'{f.sql} AS {f.name}' for f in feats)} FROM ({pairs}) GROUP BY {entity}"
-        # carried forward to later rows, a NULL would let an older value through: every change gets a value
-        values = ", ".join(f"CAST(coalesce(v.{f.name}, {f.default}) AS {_DTYPES[f.dtype]}) AS p_{f.name}" for f in feats)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE pf_{name} AS SELECT {entity}, {values} FROM pair_changes "
-                         f"LEFT JOIN ({computed}) v USING ({entity})")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE pf_{name} AS {self._pair_features(name, f'({alive})', 'pair_changes')}")
 
-    def _deltas(self, where: str) -> list[tuple[str, list[str]]]:
+    def _pairs_arrow(self, name: str, where: str):
+        """`pf_<name>`'s rows as Arrow (code = key * span + k, the features), the pairs' running sums and the pairs
+        alive at each change found with numpy (DuckDB's window operator and range join took twice the CPU)."""
+        p, key, span = _PAIRS[name], self.key, self.span
+        sums = [*p.sums, "n_rows"]
+        table = self.con.sql(f"SELECT {key} * {span} + k AS code, {p.key}, "
+                             f"{', '.join(f'CAST({c} * 1000000 AS BIGINT) AS {c}' for c in p.sums)}, n_rows "
+                             f"FROM ({self._pair_deltas(name, where)})").to_arrow_table().combine_chunks()
+        pair = pc.dictionary_encode(table[p.key], null_encoding="encode").combine_chunks()
+        n_pairs = len(pair.dictionary)
+        code = table["code"].to_numpy()
+        order = (code // span * n_pairs + pair.indices.to_numpy()) * span + code % span  # (entity, pair, k)
+        rows = np.argsort(order)
+        code, pair = code[rows], order[rows] // span
+        new = np.ones(len(rows), bool)  # a pair's first row
+        new[1:] = pair[1:] != pair[:-1]
+        deltas = np.column_stack([table[c].to_numpy()[rows] for c in sums])
+        if np.abs(deltas).sum(axis=0, dtype=float).max(initial=0) >= 2.0**63:  # a running sum could wrap
+            raise duckdb.ConversionException(f"a running sum of {', '.join(p.sums)} per {p.key} is over BIGINT's range")
+        runs = _running_sums(deltas, np.flatnonzero(new))
+        # a pair's state holds from its row's k until its next row's, or past the last cutoff
+        ends, last = np.empty_like(code), np.ones(len(rows), bool)
+        ends[:-1], last[:-1] = code[1:], new[1:]
+        ends[last] = code[last] // span * span + span
+        changes = np.unique(code)
+        alive = np.flatnonzero(runs[:, -1] > 0)
+        lo, hi = np.searchsorted(changes, code[alive]), np.searchsorted(changes, ends[alive])
+        n = hi - lo
+        at = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())  # each alive pair's changes, in turn
+        state = np.repeat(alive, n)
+        pairs = {key: pa.array(changes[at] // span), "k": pa.array(changes[at] % span),
+                 p.key: table[p.key].take(pa.array(rows[state])),
+                 **{c: pa.array(runs[state, j] / 1e6) for j, c in enumerate(p.sums)}}
+        self.con.register("pairs_now", pa.table(pairs))
+        self.con.register("pair_changes_now", pa.table({key: pa.array(changes // span), "k": pa.array(changes % span)}))
+        try:
+            return self.con.sql(f"SELECT {key} * {span} + k AS code, * EXCLUDE ({key}, k) FROM "
+                                f"({self._pair_features(name, 'pairs_now', 'pair_changes_now')})").to_arrow_table().combine_chunks()
+        finally:
+            self.con.unregister("pairs_now")
+            self.con.unregister("pair_changes_now")
+
+    def _deltas(self, where: str, pairs: bool = True) -> list[tuple[str, list[str]]]:
         """(SQL, columns) of every slice of deltas per (key, k) of the entities matching `where`: each source's per
-        offset, the pair features' where they change (creating their tables), and each entity's first cutoff
-        (no columns), where every entity gets a row."""
+        offset, the pair features' where they change (creating their tables; not if `pairs` is false), and each
+        entity's first cutoff (no columns), where every entity gets a row."""
         key, out = self.key, []
         for source in dict.fromkeys(s for s, _ in self.terms):
             out += self._slices(source, key, {col: (t.delta(), t.offset) for (s, t), col in self.terms.items()
                                               if s == source}, where)
-        for name in dict.fromkeys(f.source for f in self.pair_features):
+        for name in dict.fromkeys(f.source for f in self.pair_features) if pairs else ():
             self._pairs(name, where)
             cols = [f"p_{f.name}" for f in self.pair_features if f.source == name]
             out.append((f"SELECT {key}, k, {', '.join(cols)} FROM pf_{name}", cols))
@@ -319,8 +372,9 @@ class _Changes:
         sums at once as a cumulative sum down a matrix, less each entity's total before its first row."""
         key, span = self.key, self.span
         kinds = {col: t for (_, t), col in self.terms.items()}
-        slices = []
-        for sql, cols in self._deltas(where):
+        slices = [(self._pairs_arrow(name, where), [f"p_{f.name}" for f in self.pair_features if f.source == name])
+                  for name in dict.fromkeys(f.source for f in self.pair_features)]
+        for sql, cols in self._deltas(where, pairs=False):
             # fetched as int64s (DuckDB's sums are 128-bit), none NULL: DECIMAL(18, 6) as millionths, DATE as days
             # since 1970 (or _NONE)
             fetch = [c if c not in kinds else f"coalesce(CAST({c} * 1000000 AS BIGINT), 0) AS {c}"
@@ -334,12 +388,6 @@ class _Changes:
         first = np.flatnonzero(np.diff(keys, prepend=-1))  # each entity's first row
         entity = np.repeat(np.arange(len(first)), np.diff(np.r_[first, n]))  # each row's entity
         start = first[entity]  # each row's entity's first row
-
-        def less_before(runs):  # running sums down all rows (columns), each less its entity's sum before it
-            for j in range(runs.shape[1]):
-                column = runs[:, j]
-                column -= np.r_[0, column[first[1:] - 1]][entity]
-            return runs
 
         sums = [c for c, t in kinds.items() if t.agg == "sum"]
         days = [c for c, t in kinds.items() if t.agg == "max"]
@@ -359,10 +407,10 @@ class _Changes:
                     carried[c] = pc.take(table[c], pa.array(np.where(found, row[newest], 0), mask=~found))
         decimal = [i for i, c in enumerate(sums) if kinds[c].sql_type.startswith("DECIMAL")]
         if any(np.abs(total[:, i]).sum(dtype=float) > _DECIMAL_MAX for i in decimal):  # an int64 could wrap: check
-            if (np.abs(less_before(np.cumsum(total[:, decimal], axis=0, dtype=float))) > _DECIMAL_MAX).any():
+            if (np.abs(_running_sums(total[:, decimal].astype(float), first)) > _DECIMAL_MAX).any():
                 raise duckdb.ConversionException(f"a running sum of {', '.join(sums[i] for i in decimal)} is over "
                                                  "DECIMAL(18, 6)'s range")
-        less_before(np.cumsum(total, axis=0, out=total))
+        _running_sums(total, first)
         base = (keys * (2 * _DAYS))[:, None]  # days packed beside their key: a running maximum stays per entity
         last = np.maximum.accumulate(np.where(last == _NONE, 0, last + _DAYS) + base, axis=0) - base
         grid = self.grid_arrow()
@@ -432,6 +480,14 @@ class _Changes:
 # DECIMAL(18, 6)'s range in millionths; a day's room in `_states_arrow`'s packed maxima, and "no day"
 _DECIMAL_MAX, _DAYS, _NONE = 10**18 - 1, 2**21, -2**62
 _SCRATCH = threading.local()
+
+
+def _running_sums(deltas: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Running sums down each column of `deltas`, in place, starting over at each group's first row (`first`: 0,
+    ascending): each group's first row less the group before's total, then one cumulative sum."""
+    if len(first) > 1:
+        deltas[first[1:]] -= np.add.reduceat(deltas, first, axis=0)[:-1]
+    return np.cumsum(deltas, axis=0, out=deltas)
 
 
 def _scratch(name: str, rows: int, cols: int, fill: int) -> np.ndarray:

@@ -99,6 +99,32 @@ def test_running_sums_with_numpy_equal_duckdbs_window_functions(built_features):
         pd.testing.assert_frame_equal(numpy[sql.columns], sql, check_dtype=False, check_exact=False, rtol=1e-12, obj=entity)
 
 
+def test_pair_mixes_with_numpy_equal_the_window_sql_as_pairs_leave_the_year(ws, raw):
+    """The category and brand mixes over 365 days, with numpy (DuckDB) and with window functions and a range join
+    (Spark's SQL), over 15 months of history: pairs enter and leave the window. A batch of no one gives no rows."""
+    from propel.demo.generate import generate
+
+    generate(raw, customers=300, days=450, seed=5, fmt="csv")
+    ingest(raw, ws)
+    con = Lake(ws).connect()
+    first, latest = span(con)
+    cuts = [T for T in cutoffs(latest, 7, 70) if T > first]
+    _sources(con)
+    (_, changes, batches), _ = _entities(con, cuts, 7, size=200)
+    for where in [*batches, "pid > 1000000"]:
+        for name in ("categories", "brands"):
+            numpy = changes._pairs_arrow(name, where).to_pandas()
+            changes._pairs(name, where)
+            sql = con.sql(f"SELECT pid * {changes.span} + k AS code, * EXCLUDE (pid, k) FROM pf_{name}").to_arrow_table()
+            sql = sql.to_pandas().sort_values("code", ignore_index=True)
+            pd.testing.assert_frame_equal(numpy.sort_values("code", ignore_index=True), sql, check_exact=False,
+                                          rtol=1e-12, obj=f"{name} {where}")
+            if where.startswith("pid > 1000000"):
+                assert sql.empty
+    (left,), = con.execute(f"SELECT count(*) FROM src_cat_daily WHERE day < DATE '{cuts[-1]}' - 365").fetchall()
+    assert left > 100  # rows that left the window before the last cutoff
+
+
 def test_an_aggregate_the_build_cannot_keep_running_is_refused():
     with pytest.raises(ValueError, match="median_basket: `median\\(quantity\\)`.*derived feature"):
         _terms(Feature("median_basket", "float", "median basket", "customer_rfm", "median(quantity)"))
