@@ -337,21 +337,66 @@ class _Changes:
             self.con.unregister("pairs_now")
             self.con.unregister("pair_changes_now")
 
-    def _deltas(self, where: str, pairs: bool = True) -> list[tuple[str, list[str]]]:
+    def _deltas(self, where: str) -> list[tuple[str, list[str]]]:
         """(SQL, columns) of every slice of deltas per (key, k) of the entities matching `where`: each source's per
-        offset, the pair features' where they change (creating their tables; not if `pairs` is false), and each
-        entity's first cutoff (no columns), where every entity gets a row."""
+        offset, the pair features' where they change (creating their tables), and each entity's first cutoff."""
         key, out = self.key, []
         for source in dict.fromkeys(s for s, _ in self.terms):
             out += self._slices(source, key, {col: (t.delta(), t.offset) for (s, t), col in self.terms.items()
                                               if s == source}, where)
-        for name in dict.fromkeys(f.source for f in self.pair_features) if pairs else ():
+        for name in dict.fromkeys(f.source for f in self.pair_features):
             self._pairs(name, where)
             cols = [f"p_{f.name}" for f in self.pair_features if f.source == name]
             out.append((f"SELECT {key}, k, {', '.join(cols)} FROM pf_{name}", cols))
+        return [*out, (self._firsts(where), [])]
+
+    def _firsts(self, where: str) -> str:
+        """SQL of (key, k) of each entity's first cutoff, where every entity gets a row."""
         first, known = ((self._k(f"CAST({self.since} AS DATE)", 0), f"{self.since} < DATE '{self.last}'") if self.since
                         else ("0", "true"))
-        out.append((f"SELECT {key}, {first} AS k FROM ({self.grid}) WHERE {known} AND {where}", []))
+        return f"SELECT {self.key}, {first} AS k FROM ({self.grid}) WHERE {known} AND {where}"
+
+    def _source_deltas(self, where: str) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """`_deltas`' slices of the sources, as (codes = key * span + k, ascending, {column: its deltas there}) with
+        numpy: each source's rows of the entities matching `where` are read once and summed (or maxed) per (key, k)
+        for every offset (a GROUP BY per offset in DuckDB took 3x the CPU). int64s: DECIMAL(18, 6) as millionths,
+        days since 1970 (or _NONE)."""
+        out = []
+        for source in dict.fromkeys(s for s, _ in self.terms):
+            terms = {col: t for (s, t), col in self.terms.items() if s == source}
+            values, value = {}, {}  # SQL of a row's value -> its index, and each term's (terms differ by offset)
+            for col, t in terms.items():
+                x = t.expr if t.cond == "true" else f"CASE WHEN {t.cond} THEN {t.expr} END"
+                sql = (f"coalesce({_EPOCH_DAY.format(x)}, {_NONE})" if t.agg == "max" else
+                       f"CAST(coalesce({x}, 0) * 1000000 AS BIGINT)" if t.sql_type.startswith("DECIMAL") else
+                       f"CAST(coalesce({x}, 0) AS BIGINT)")
+                value[col] = values.setdefault(sql, len(values))
+            rows = self.con.sql(f"SELECT {self.key} AS key, {_EPOCH_DAY.format('day')} AS day, "
+                                f"{', '.join(f'{sql} AS v{i}' for sql, i in values.items())} FROM src_{source} "
+                                f"WHERE day < DATE '{self.last}' AND {where}").to_arrow_table().combine_chunks()
+            key, day = rows["key"].to_numpy(), rows["day"].to_numpy()
+            # in (key, day) order, each offset's (key, k) groups are runs (rows mostly come in that order already)
+            order = np.argsort(key * 2**24 + (day - day.min(initial=0)), kind="stable")
+            key, day = key[order], day[order]
+            columns = [rows[f"v{i}"].to_numpy()[order] for i in range(len(values))]
+            t0 = (self.t0 - date(1970, 1, 1)).days
+            for offset in sorted({t.offset for t in terms.values()}):
+                # k = span - 1: rows counting after the last cutoff, dropped once summed
+                k = np.clip((day + offset + self.every - t0) // self.every, 0, self.span - 1)
+                codes = key * self.span + k
+                starts = np.flatnonzero(np.diff(codes, prepend=-1))
+                kept = codes[starts] % self.span < self.span - 1
+                deltas = {}
+                for col, t in terms.items():
+                    v = columns[value[col]]
+                    if t.offset != offset or not len(v):
+                        deltas.update({col: v} if t.offset == offset else {})
+                        continue
+                    if t.sql_type.startswith("DECIMAL") and np.add.reduceat(
+                            np.abs(v), starts, dtype=float).max() > _DECIMAL_MAX:  # an int64 sum could wrap
+                        raise duckdb.ConversionException(f"a sum of {col} is over DECIMAL(18, 6)'s range")
+                    deltas[col] = (np.maximum if t.agg == "max" else np.add).reduceat(v, starts)[kept]
+                out.append((codes[starts][kept], deltas))
         return out
 
     def _states_sql(self, where: str) -> str:
@@ -372,17 +417,14 @@ class _Changes:
         sums at once as a cumulative sum down a matrix, less each entity's total before its first row."""
         key, span = self.key, self.span
         kinds = {col: t for (_, t), col in self.terms.items()}
-        slices = [(self._pairs_arrow(name, where), [f"p_{f.name}" for f in self.pair_features if f.source == name])
-                  for name in dict.fromkeys(f.source for f in self.pair_features)]
-        for sql, cols in self._deltas(where, pairs=False):
-            # fetched as int64s (DuckDB's sums are 128-bit), none NULL: DECIMAL(18, 6) as millionths, DATE as days
-            # since 1970 (or _NONE)
-            fetch = [c if c not in kinds else f"coalesce(CAST({c} * 1000000 AS BIGINT), 0) AS {c}"
-                     if kinds[c].sql_type.startswith("DECIMAL") else f"CAST(coalesce({c}, 0) AS BIGINT) AS {c}" if kinds[c].agg == "sum"
-                     else f"coalesce({_EPOCH_DAY.format(c)}, {_NONE}) AS {c}" for c in cols]
-            slices.append((self.con.sql(f"SELECT {key} * {span} + k AS code, {', '.join(fetch) or 'k'} FROM ({sql})")
-                           .to_arrow_table().combine_chunks(), cols))
-        codes = np.sort(np.concatenate([t["code"].to_numpy() for t, _ in slices]))
+        slices = []  # (codes, {column: its values there})
+        for name in dict.fromkeys(f.source for f in self.pair_features):
+            table = self._pairs_arrow(name, where)
+            slices.append((table["code"].to_numpy(), {c: table[c] for c in table.column_names if c != "code"}))
+        slices += self._source_deltas(where)
+        slices.append((self.con.sql(f"SELECT {key} * {span} + k AS code FROM ({self._firsts(where)})").to_arrow_table()
+                       ["code"].to_numpy(), {}))
+        codes = np.sort(np.concatenate([c for c, _ in slices]))
         codes = codes[np.diff(codes, prepend=-1) != 0]
         n, keys = len(codes), codes // span
         first = np.flatnonzero(np.diff(keys, prepend=-1))  # each entity's first row
@@ -393,18 +435,18 @@ class _Changes:
         days = [c for c, t in kinds.items() if t.agg == "max"]
         total, last = _scratch("total", n, len(sums), 0), _scratch("last", n, len(days), _NONE)
         carried = {}
-        for table, cols in slices:
-            at = np.searchsorted(codes, table["code"].to_numpy())
-            for c in cols:
+        for at, columns in slices:
+            at = np.searchsorted(codes, at)
+            for c, values in columns.items():
                 if c in kinds:
                     into = total[:, sums.index(c)] if c in sums else last[:, days.index(c)]
-                    into[at] = table[c].to_numpy()
+                    into[at] = values
                 else:  # a pair feature: carried forward from its entity's last change
                     row = np.full(n, -1)
                     row[at] = np.arange(len(at))
                     newest = np.maximum.accumulate(np.where(row >= 0, np.arange(n), -1))
                     found = newest >= start
-                    carried[c] = pc.take(table[c], pa.array(np.where(found, row[newest], 0), mask=~found))
+                    carried[c] = pc.take(values, pa.array(np.where(found, row[newest], 0), mask=~found))
         decimal = [i for i, c in enumerate(sums) if kinds[c].sql_type.startswith("DECIMAL")]
         if any(np.abs(total[:, i]).sum(dtype=float) > _DECIMAL_MAX for i in decimal):  # an int64 could wrap: check
             if (np.abs(_running_sums(total[:, decimal].astype(float), first)) > _DECIMAL_MAX).any():

@@ -99,9 +99,10 @@ def test_running_sums_with_numpy_equal_duckdbs_window_functions(built_features):
         pd.testing.assert_frame_equal(numpy[sql.columns], sql, check_dtype=False, check_exact=False, rtol=1e-12, obj=entity)
 
 
-def test_pair_mixes_with_numpy_equal_the_window_sql_as_pairs_leave_the_year(ws, raw):
-    """The category and brand mixes over 365 days, with numpy (DuckDB) and with window functions and a range join
-    (Spark's SQL), over 15 months of history: pairs enter and leave the window. A batch of no one gives no rows."""
+def test_numpy_equals_the_window_sql_as_rows_leave_the_year(ws, raw):
+    """Over 15 months of history (rows enter and leave the 365-day windows, and count before the first cutoff):
+    the category and brand mixes with numpy (DuckDB) and with window functions and a range join (Spark's SQL),
+    and the change rows of every customer. A batch of no one gives no rows."""
     from propel.demo.generate import generate
 
     generate(raw, customers=300, days=450, seed=5, fmt="csv")
@@ -121,6 +122,11 @@ def test_pair_mixes_with_numpy_equal_the_window_sql_as_pairs_leave_the_year(ws, 
                                           rtol=1e-12, obj=f"{name} {where}")
             if where.startswith("pid > 1000000"):
                 assert sql.empty
+        numpy = changes.changes_arrow(where).to_pandas().sort_values(["customer_id", "k"], ignore_index=True)
+        sql = con.sql(changes.changes_sql(where)).to_arrow_table().to_pandas()
+        sql = sql.sort_values(["customer_id", "k"], ignore_index=True)
+        pd.testing.assert_frame_equal(numpy[sql.columns], sql, check_dtype=False, check_exact=False, rtol=1e-12,
+                                      obj=where)
     (left,), = con.execute(f"SELECT count(*) FROM src_cat_daily WHERE day < DATE '{cuts[-1]}' - 365").fetchall()
     assert left > 100  # rows that left the window before the last cutoff
 
