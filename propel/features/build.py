@@ -149,6 +149,11 @@ _MOMENT = re.compile(r"(?P<fn>avg|stddev_samp)\((?P<x>\w+)\)")
 # Cumulative sums are exact, so a window's sum (the difference of two) leaves no residue, and 8 bytes wide:
 # floats keep 6 decimals, up to 10^12 per customer.
 _EXACT = {"int": "BIGINT", "float": "DECIMAL(18, 6)"}
+def _millionths(decimal: str) -> str:
+    """SQL of a DECIMAL(18, 6) as an integer count of millionths (multiplied in 128 bits: in 64 it could overflow)."""
+    return f"CAST(CAST({decimal} AS DECIMAL(38, 6)) * 1000000 AS BIGINT)"
+
+
 # A stored day: days since 1970-01-01 (an integer every store carries: Parquet, Feast, SQLite, Redis, Spark)
 _EPOCH_DAY = "date_diff('day', DATE '1970-01-01', {})"
 _RUNNING = "OVER (PARTITION BY {} ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
@@ -298,25 +303,37 @@ class _Changes:
     def _pairs_arrow(self, name: str, where: str):
         """`pf_<name>`'s rows as Arrow (code = key * span + k, the features), the pairs' running sums and the pairs
         alive at each change found with numpy (DuckDB's window operator and range join took twice the CPU)."""
-        p, key, span = _PAIRS[name], self.key, self.span
-        sums = [*p.sums, "n_rows"]
-        table = self.con.sql(f"SELECT {key} * {span} + k AS code, {p.key}, "
-                             f"{', '.join(f'CAST({c} * 1000000 AS BIGINT) AS {c}' for c in p.sums)}, n_rows "
-                             f"FROM ({self._pair_deltas(name, where)})").to_arrow_table().combine_chunks()
-        pair = pc.dictionary_encode(table[p.key], null_encoding="encode").combine_chunks()
-        n_pairs = len(pair.dictionary)
-        code = table["code"].to_numpy()
-        order = (code // span * n_pairs + pair.indices.to_numpy()) * span + code % span  # (entity, pair, k)
-        rows = np.argsort(order)
-        code, pair = code[rows], order[rows] // span
-        new = np.ones(len(rows), bool)  # a pair's first row
+        p, key, span, exact = _PAIRS[name], self.key, self.span, _EXACT["float"]
+        raw = self.con.sql(f"SELECT {key} AS key, {_EPOCH_DAY.format('day')} AS day, {p.key}, " + ", ".join(
+            f"{_millionths(f'coalesce(CAST({c} AS {exact}), 0)')} AS {c}" for c in p.sums) +
+            f" FROM src_{p.source} WHERE day < DATE '{self.last}' AND {where}").to_arrow_table().combine_chunks()
+        day, t0 = raw["day"].to_numpy(), (self.t0 - date(1970, 1, 1)).days
+        # pairs numbered in key order, not as the rows come: the mixes' SQL then sums a customer's pairs in one order
+        names = pc.unique(raw[p.key]).drop_null()
+        names = names.take(pc.sort_indices(names))
+        n_pairs = len(names) + 1  # the last for a NULL key
+        pair = (raw["key"].to_numpy() * n_pairs + pc.index_in(raw[p.key], value_set=names).fill_null(len(names))
+                .to_numpy()) * span
+        # a row enters its pair's sums at the first cutoff after its day and leaves them `p.days` later; summed per
+        # (entity, pair, k), k = span - 1 (after the last cutoff) dropped
+        order = np.concatenate([pair + np.clip((day + o + self.every - t0) // self.every, 0, span - 1) for o in (0, p.days)])
+        rows = np.argsort(order, kind="stable")
+        order = order[rows]
+        starts = np.flatnonzero(np.diff(order, prepend=-1))
+        kept = order[starts] % span < span - 1
+        values = np.column_stack([*(raw[c].to_numpy() for c in p.sums), np.ones(len(day), np.int64)])  # + n_rows
+        values = np.concatenate([values, -values])[rows]
+        deltas = np.add.reduceat(values, starts, axis=0)[kept] if len(starts) else values
+        order, first_raw = order[starts][kept], rows[starts][kept] % max(len(day), 1)  # a row of each: its pair key
+        code, pair = order // span // n_pairs * span + order % span, order // span
+        new = np.ones(len(order), bool)  # a pair's first row
         new[1:] = pair[1:] != pair[:-1]
-        deltas = np.column_stack([table[c].to_numpy()[rows] for c in sums])
-        if np.abs(deltas).sum(axis=0, dtype=float).max(initial=0) >= 2.0**63:  # a running sum could wrap
-            raise duckdb.ConversionException(f"a running sum of {', '.join(p.sums)} per {p.key} is over BIGINT's range")
+        if len(order) and np.add.reduceat(np.abs(deltas), np.flatnonzero(new), axis=0, dtype=float).max() > _DECIMAL_MAX:
+            raise duckdb.ConversionException(f"a running sum of {', '.join(p.sums)} per {p.key} is over DECIMAL(18, 6)'s "
+                                             "range")
         runs = _running_sums(deltas, np.flatnonzero(new))
         # a pair's state holds from its row's k until its next row's, or past the last cutoff
-        ends, last = np.empty_like(code), np.ones(len(rows), bool)
+        ends, last = np.empty_like(code), np.ones(len(code), bool)
         ends[:-1], last[:-1] = code[1:], new[1:]
         ends[last] = code[last] // span * span + span
         changes = np.unique(code)
@@ -326,7 +343,7 @@ class _Changes:
         at = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())  # each alive pair's changes, in turn
         state = np.repeat(alive, n)
         pairs = {key: pa.array(changes[at] // span), "k": pa.array(changes[at] % span),
-                 p.key: table[p.key].take(pa.array(rows[state])),
+                 p.key: raw[p.key].take(pa.array(first_raw[state])),
                  **{c: pa.array(runs[state, j] / 1e6) for j, c in enumerate(p.sums)}}
         self.con.register("pairs_now", pa.table(pairs))
         self.con.register("pair_changes_now", pa.table({key: pa.array(changes // span), "k": pa.array(changes % span)}))
@@ -368,7 +385,7 @@ class _Changes:
             for col, t in terms.items():
                 x = t.expr if t.cond == "true" else f"CASE WHEN {t.cond} THEN {t.expr} END"
                 sql = (f"coalesce({_EPOCH_DAY.format(x)}, {_NONE})" if t.agg == "max" else
-                       f"CAST(coalesce({x}, 0) * 1000000 AS BIGINT)" if t.sql_type.startswith("DECIMAL") else
+                       _millionths(f"coalesce({x}, 0)") if t.sql_type.startswith("DECIMAL") else
                        f"CAST(coalesce({x}, 0) AS BIGINT)")
                 value[col] = values.setdefault(sql, len(values))
             rows = self.con.sql(f"SELECT {self.key} AS key, {_EPOCH_DAY.format('day')} AS day, "
@@ -560,6 +577,16 @@ class _ArrowTables:
     def run(self, changes: _Changes, batches: list[str]) -> Iterator[int]:
         """Computes and spills the batches; yields each one's index once it is spilled."""
         changes.grid_arrow()  # fetched once, before the threads share it
+        (threads,), = self.con.execute("SELECT current_setting('threads')").fetchall()
+        # a batch's queries on one DuckDB thread: two batches at once keep both cores busy, and floats are summed in
+        # one order (the mixes' shares and entropies), so a build's rows and values are the same run after run
+        self.con.execute("SET threads = 1")
+        try:
+            yield from self._run(changes, batches)
+        finally:
+            self.con.execute(f"SET threads = {threads}")
+
+    def _run(self, changes: _Changes, batches: list[str]) -> Iterator[int]:
         with ThreadPoolExecutor(2) as computing, ThreadPoolExecutor(1) as spilling:
             todo, running, spilled = iter(batches), deque(), None
             for where in itertools.islice(todo, 2):
