@@ -149,6 +149,8 @@ _MOMENT = re.compile(r"(?P<fn>avg|stddev_samp)\((?P<x>\w+)\)")
 # Cumulative sums are exact, so a window's sum (the difference of two) leaves no residue, and 8 bytes wide:
 # floats keep 6 decimals, up to 10^12 per customer.
 _EXACT = {"int": "BIGINT", "float": "DECIMAL(18, 6)"}
+
+
 def _millionths(decimal: str) -> str:
     """SQL of a DECIMAL(18, 6) as an integer count of millionths (multiplied in 128 bits: in 64 it could overflow)."""
     return f"CAST(CAST({decimal} AS DECIMAL(38, 6)) * 1000000 AS BIGINT)"
@@ -244,6 +246,11 @@ class _Changes:
         """SQL of the index of the first cutoff after `day` + `offset` days: where a row counts from."""
         return f"greatest(0, ({_EPOCH_DAY.format(day)} + {offset + self.every - (self.t0 - date(1970, 1, 1)).days}) // {self.every})"
 
+    def _ks(self, day: np.ndarray, offset: int) -> np.ndarray:
+        """`_k` with numpy, of days since 1970; k = span - 1 for a row counting after the last cutoff (to drop)."""
+        t0 = (self.t0 - date(1970, 1, 1)).days
+        return np.clip((day + offset + self.every - t0) // self.every, 0, self.span - 1)
+
     def _slices(self, source: str, keys: str, deltas: dict[str, tuple[str, int]], where: str) -> list[tuple[str, list[str]]]:
         """Per offset, (SQL, columns) of the deltas of `source` per (keys, k): `deltas` = column -> (aggregate,
         offset). Rows counting after the last cutoff are left out."""
@@ -307,7 +314,7 @@ class _Changes:
         raw = self.con.sql(f"SELECT {key} AS key, {_EPOCH_DAY.format('day')} AS day, {p.key}, " + ", ".join(
             f"{_millionths(f'coalesce(CAST({c} AS {exact}), 0)')} AS {c}" for c in p.sums) +
             f" FROM src_{p.source} WHERE day < DATE '{self.last}' AND {where}").to_arrow_table().combine_chunks()
-        day, t0 = raw["day"].to_numpy(), (self.t0 - date(1970, 1, 1)).days
+        day = raw["day"].to_numpy()
         # pairs numbered in key order, not as the rows come: the mixes' SQL then sums a customer's pairs in one order
         names = pc.unique(raw[p.key]).drop_null()
         names = names.take(pc.sort_indices(names))
@@ -316,7 +323,7 @@ class _Changes:
                 .to_numpy()) * span
         # a row enters its pair's sums at the first cutoff after its day and leaves them `p.days` later; summed per
         # (entity, pair, k), k = span - 1 (after the last cutoff) dropped
-        order = np.concatenate([pair + np.clip((day + o + self.every - t0) // self.every, 0, span - 1) for o in (0, p.days)])
+        order = np.concatenate([pair + self._ks(day, o) for o in (0, p.days)])
         rows = np.argsort(order, kind="stable")
         order = order[rows]
         starts = np.flatnonzero(np.diff(order, prepend=-1))
@@ -392,23 +399,21 @@ class _Changes:
                                 f"{', '.join(f'{sql} AS v{i}' for sql, i in values.items())} FROM src_{source} "
                                 f"WHERE day < DATE '{self.last}' AND {where}").to_arrow_table().combine_chunks()
             key, day = rows["key"].to_numpy(), rows["day"].to_numpy()
+            if not len(key):
+                continue  # no deltas: the batch's sums stay 0
             # in (key, day) order, each offset's (key, k) groups are runs (rows mostly come in that order already)
             order = np.argsort(key * 2**24 + (day - day.min(initial=0)), kind="stable")
             key, day = key[order], day[order]
             columns = [rows[f"v{i}"].to_numpy()[order] for i in range(len(values))]
-            t0 = (self.t0 - date(1970, 1, 1)).days
             for offset in sorted({t.offset for t in terms.values()}):
-                # k = span - 1: rows counting after the last cutoff, dropped once summed
-                k = np.clip((day + offset + self.every - t0) // self.every, 0, self.span - 1)
-                codes = key * self.span + k
+                codes = key * self.span + self._ks(day, offset)
                 starts = np.flatnonzero(np.diff(codes, prepend=-1))
-                kept = codes[starts] % self.span < self.span - 1
+                kept = codes[starts] % self.span < self.span - 1  # rows counting after the last cutoff dropped
                 deltas = {}
                 for col, t in terms.items():
-                    v = columns[value[col]]
-                    if t.offset != offset or not len(v):
-                        deltas.update({col: v} if t.offset == offset else {})
+                    if t.offset != offset:
                         continue
+                    v = columns[value[col]]
                     if t.sql_type.startswith("DECIMAL") and np.add.reduceat(
                             np.abs(v), starts, dtype=float).max() > _DECIMAL_MAX:  # an int64 sum could wrap
                         raise duckdb.ConversionException(f"a sum of {col} is over DECIMAL(18, 6)'s range")
